@@ -1,0 +1,242 @@
+//! Command-line arguments (clap) and their conversion into a validated [`MountConfig`].
+//!
+//! Owns every rule about what the user may type: source forms, modes, durations. Nothing here
+//! touches the network or the mount point's contents; `run.rs` does that with the config.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::fs::names::RootPrefix;
+
+/// Default metadata TTL. Long enough that `ls -l` on a directory of 100,000 names is served from
+/// what its own listing cached; contents stay close-to-open because every open asks S3 anyway.
+pub const DEFAULT_METADATA_TTL: &str = "60s";
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "s3mount",
+    version,
+    about = "Mount an S3 bucket, or a prefix of one, as a file system.",
+    long_about = "Mount an S3 bucket, or a prefix of one, as a file system.\n\n\
+        Key prefixes are directories, objects are files. Credentials come from the standard AWS \
+        provider chain (environment, shared config/credentials profile, web identity, instance \
+        metadata); they are never taken from the command line.\n\n\
+        By default s3mount runs in the background and returns once the mount is live; \
+        unmount with `umount MOUNTPOINT` (or `fusermount3 -u MOUNTPOINT`).",
+    after_help = "Examples:\n  s3mount my-bucket /mnt/data\n  \
+        s3mount s3://my-bucket/datasets/imagenet/ /mnt/in\n  \
+        s3mount my-bucket:/datasets /mnt/data --read-only\n  \
+        s3mount my-bucket /mnt/data --prefix datasets/ --endpoint-url http://127.0.0.1:3900 --force-path-style"
+)]
+pub struct Args {
+    /// What to mount: BUCKET, BUCKET:/PREFIX or s3://BUCKET/PREFIX/
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+
+    /// An existing, empty directory to mount on
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mount_point: PathBuf,
+
+    /// Mount only the keys under this prefix (the prefix becomes the root directory)
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+
+    /// AWS region of the bucket (default: from the environment or profile, else us-east-1)
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// S3 endpoint URL, for S3-compatible servers (default: AWS; also AWS_ENDPOINT_URL)
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// Address the bucket as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT (most S3-compatible servers)
+    #[arg(long)]
+    pub force_path_style: bool,
+
+    /// Take credentials and settings from this profile of ~/.aws/config and ~/.aws/credentials
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+
+    /// Send unsigned requests, for public buckets (no credentials needed)
+    #[arg(long)]
+    pub no_sign_request: bool,
+
+    /// Mount read-only: every change is refused with EROFS
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// Owner of every file and directory (default: the user who mounts)
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+
+    /// Group of every file and directory (default: the group of the user who mounts)
+    #[arg(long, value_name = "GID")]
+    pub gid: Option<u32>,
+
+    /// Permission bits of files, in octal
+    #[arg(long, value_name = "MODE", default_value = "0644", value_parser = parse_mode)]
+    pub file_mode: u16,
+
+    /// Permission bits of directories, in octal
+    #[arg(long, value_name = "MODE", default_value = "0755", value_parser = parse_mode)]
+    pub dir_mode: u16,
+
+    /// Let users other than the one who mounts use the mount (needs user_allow_other in
+    /// /etc/fuse.conf unless root)
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// Stay in the foreground and log to stderr instead of running in the background
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// How long file and directory metadata is trusted before S3 is asked again, e.g. 1s, 60s,
+    /// 5m (0 to ask every time). Contents are close-to-open whatever this is: every open asks S3
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_METADATA_TTL, value_parser = parse_duration)]
+    pub metadata_ttl: Duration,
+
+    /// Log verbosity: error, warn, info, debug or trace (RUST_LOG-style filters work too)
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Append logs to this file (default: stderr in the foreground, syslog in the background)
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+/// Where the bucket is and how to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub bucket: String,
+    pub prefix: RootPrefix,
+}
+
+/// Why the command line cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CliError {
+    #[error("invalid source {0:?}: expected BUCKET, BUCKET:/PREFIX or s3://BUCKET/PREFIX/")]
+    BadSource(String),
+    #[error("invalid bucket name {0:?}")]
+    BadBucket(String),
+    #[error("invalid prefix {prefix:?}: {reason}")]
+    BadPrefix {
+        prefix: String,
+        reason: crate::fs::names::NameError,
+    },
+    #[error("the prefix is given twice: in the source ({0:?}) and with --prefix ({1:?})")]
+    PrefixTwice(String, String),
+}
+
+/// Splits SOURCE (and `--prefix`) into a bucket and a root prefix.
+pub fn parse_source(source: &str, prefix_option: Option<&str>) -> Result<Source, CliError> {
+    let (bucket, prefix) = if let Some(rest) = source.strip_prefix("s3://") {
+        rest.split_once('/').unwrap_or((rest, ""))
+    } else if let Some((bucket, prefix)) = source.split_once(":/") {
+        (bucket, prefix)
+    } else if source.contains('/') || source.contains(':') {
+        return Err(CliError::BadSource(source.to_owned()));
+    } else {
+        (source, "")
+    };
+    check_bucket_name(bucket)?;
+    let prefix = match (prefix.trim_matches('/'), prefix_option) {
+        ("", None) => "",
+        ("", Some(option)) => option,
+        (inline, None) => inline,
+        (inline, Some(option)) => return Err(CliError::PrefixTwice(inline.to_owned(), option.to_owned())),
+    };
+    let root = RootPrefix::new(prefix).map_err(|reason| CliError::BadPrefix {
+        prefix: prefix.to_owned(),
+        reason,
+    })?;
+    Ok(Source {
+        bucket: bucket.to_owned(),
+        prefix: root,
+    })
+}
+
+/// S3's rules are stricter (3-63 lower-case letters, digits, dots, hyphens) but S3-compatible
+/// servers and legacy buckets allow more; refuse only what can never be a bucket in a URL.
+fn check_bucket_name(bucket: &str) -> Result<(), CliError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if bucket.is_empty() || bucket.len() > 255 || !bucket.chars().all(allowed) {
+        return Err(CliError::BadBucket(bucket.to_owned()));
+    }
+    Ok(())
+}
+
+/// Octal permission bits: `644`, `0644` or `0o644`, at most `7777`.
+pub fn parse_mode(text: &str) -> Result<u16, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    let mode =
+        u16::from_str_radix(digits, 8).map_err(|_| format!("{text:?} is not an octal mode like 0644"))?;
+    if mode > 0o7777 {
+        return Err(format!("{text:?} has bits beyond 07777"));
+    }
+    Ok(mode)
+}
+
+/// A duration like `1s`, `500ms`, `5m`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 1s or 5m: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(s: &str, p: Option<&str>) -> Result<(String, String), CliError> {
+        parse_source(s, p).map(|s| (s.bucket, s.prefix.as_str().to_owned()))
+    }
+
+    #[test]
+    fn source_forms() {
+        assert_eq!(source("b", None), Ok(("b".into(), "".into())));
+        assert_eq!(source("b:/p/q", None), Ok(("b".into(), "p/q/".into())));
+        assert_eq!(source("b:/", None), Ok(("b".into(), "".into())));
+        assert_eq!(source("s3://b", None), Ok(("b".into(), "".into())));
+        assert_eq!(source("s3://b/", None), Ok(("b".into(), "".into())));
+        assert_eq!(
+            source("s3://b/datasets/imagenet/", None),
+            Ok(("b".into(), "datasets/imagenet/".into()))
+        );
+        assert_eq!(source("b", Some("x/y")), Ok(("b".into(), "x/y/".into())));
+        assert_eq!(
+            source("s3://b/x", Some("y")),
+            Err(CliError::PrefixTwice("x".into(), "y".into()))
+        );
+        assert_eq!(source("b/x", None), Err(CliError::BadSource("b/x".into())));
+        assert_eq!(source("", None), Err(CliError::BadBucket("".into())));
+        assert_eq!(source("s3:///x", None), Err(CliError::BadBucket("".into())));
+        assert_eq!(source("b c", None), Err(CliError::BadBucket("b c".into())));
+        assert!(matches!(
+            source("b:/a/../c", None),
+            Err(CliError::BadPrefix { .. })
+        ));
+    }
+
+    #[test]
+    fn modes_and_durations() {
+        assert_eq!(parse_mode("0644"), Ok(0o644));
+        assert_eq!(parse_mode("755"), Ok(0o755));
+        assert_eq!(parse_mode("0o600"), Ok(0o600));
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("17777").is_err());
+        assert!(parse_mode("rw-r--r--").is_err());
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+}

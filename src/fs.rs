@@ -1,0 +1,510 @@
+//! The file system: namespace, inodes, open handles and attributes over an [`ObjectClient`],
+//! written without any fuser type so it can be driven directly in tests.
+//!
+//! Owns: the mapping of paths to keys (via `names`), the inode table (`inode`), directory
+//! streams (`dir`), the metadata cache (moka, with a TTL and negative entries), and the
+//! consistency rule: close-to-open (every open asks S3 for the object's current ETag and size,
+//! and every read of that handle is pinned to that ETag with If-Match). Must not touch the kernel
+//! protocol (`fuse.rs`) or the process (`run.rs`).
+
+pub mod dir;
+pub mod error;
+pub mod inode;
+pub mod names;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use moka::sync::Cache;
+
+use crate::object::{ListRequest, ObjectClient, ObjectError, ObjectHead};
+use dir::{DirStream, Hidden, Listed, ListedKind};
+pub use error::FsError;
+use inode::{InodeTable, ROOT_INO};
+use names::{RootPrefix, check_os_name, join};
+
+/// How many paths the metadata cache holds at most; about 200 bytes each, so ~13 MiB at the cap.
+const METADATA_CACHE_ENTRIES: u64 = 65_536;
+/// How many distinct hidden keys we remember having warned about, so each is logged once.
+const WARNED_KEYS: u64 = 10_000;
+/// `st_blksize`: the I/O size we advise. Reads are served in ranged GETs, so bigger is better.
+const BLOCK_SIZE: u32 = 1 << 20;
+/// Longest time a "does not exist" answer is trusted, whatever the metadata TTL: a file another
+/// writer creates should appear within a second, as NFS's default negative caching allows.
+const NEGATIVE_TTL_CAP: Duration = Duration::from_secs(1);
+
+/// What the file system may ask of the kernel: drop its cached attributes and pages of an inode
+/// (the object changed under it). Implemented by the FUSE adapter; absent in unit tests.
+pub trait KernelCache: Send + Sync {
+    fn invalidate(&self, ino: u64);
+}
+
+/// Ownership, modes and cache settings for the whole mount.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    pub root: RootPrefix,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits of files and directories (no type bits).
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    /// How long a file's or directory's metadata is trusted (a negative lookup: at most 1 s).
+    pub metadata_ttl: Duration,
+    pub read_only: bool,
+    /// ListObjectsV2 page size (`None`: the server's default, 1000).
+    pub list_page_size: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+/// What we know of one path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub etag: Option<String>,
+}
+
+impl Entry {
+    fn dir(mtime: SystemTime) -> Self {
+        Self {
+            kind: Kind::Dir,
+            size: 0,
+            mtime,
+            etag: None,
+        }
+    }
+}
+
+/// Attributes as `stat` shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub blksize: u32,
+}
+
+/// One readdir entry as handed to the adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub offset: u64,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// `statfs` figures. S3 has no capacity, so the numbers say "plenty" (as Mountpoint does).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// An open file: the object as it was at open time.
+#[derive(Debug)]
+struct OpenFile {
+    key: String,
+    etag: String,
+    size: u64,
+}
+
+/// An open directory: a listing stream, behind an async mutex because filling a reply may
+/// wait for the next page.
+struct OpenDir {
+    path: Arc<str>,
+    stream: tokio::sync::Mutex<DirStream>,
+}
+
+/// The file system. All methods take `&self` and are safe to call concurrently.
+pub struct S3Fs {
+    client: Arc<dyn ObjectClient>,
+    config: FsConfig,
+    inodes: Mutex<InodeTable>,
+    /// path -> what S3 said about it (`None`: it does not exist), for `metadata_ttl`.
+    metadata: Cache<String, Option<Entry>>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
+    next_handle: AtomicU64,
+    warned_keys: Cache<String, ()>,
+    /// Directories have no time of their own in S3; they show the mount time.
+    mount_time: SystemTime,
+    kernel_cache: std::sync::OnceLock<Arc<dyn KernelCache>>,
+}
+
+/// Offsets 1 and 2 are `.` and `..`; listed names start after them.
+const DOT_ENTRIES: u64 = 2;
+
+impl S3Fs {
+    pub fn new(client: Arc<dyn ObjectClient>, config: FsConfig) -> Self {
+        let expiry = MetadataExpiry {
+            positive: config.metadata_ttl,
+        };
+        let metadata = Cache::builder()
+            .max_capacity(METADATA_CACHE_ENTRIES)
+            .expire_after(expiry)
+            .build();
+        Self {
+            client,
+            config,
+            inodes: Mutex::new(InodeTable::new()),
+            metadata,
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            warned_keys: Cache::new(WARNED_KEYS),
+            mount_time: SystemTime::now(),
+            kernel_cache: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Connects the kernel's cache, once the session exists. Later calls are ignored.
+    pub fn set_kernel_cache(&self, kernel_cache: Arc<dyn KernelCache>) {
+        let _ = self.kernel_cache.set(kernel_cache);
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    /// How many inodes the kernel currently holds references to (the root included).
+    pub fn live_inodes(&self) -> usize {
+        lock(&self.inodes).len()
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        let parent_path = self.path_of(parent)?;
+        let name = check_os_name(name)?;
+        let path = join(&parent_path, name);
+        let entry = self.resolve(&path).await?.ok_or(FsError::NotFound)?;
+        let ino = lock(&self.inodes).remember(&path);
+        Ok(self.attr(ino, &entry))
+    }
+
+    pub fn forget(&self, ino: u64, count: u64) {
+        lock(&self.inodes).forget(ino, count);
+    }
+
+    pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let path = self.path_of(ino)?;
+        let entry = self.resolve(&path).await?.ok_or(FsError::NotFound)?;
+        Ok(self.attr(ino, &entry))
+    }
+
+    /// Opens a file for reading. Close-to-open: asks S3 for the current object, whatever the
+    /// cache says, and pins the handle to that ETag.
+    pub async fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        let path = self.path_of(ino)?;
+        if path.is_empty() {
+            return Err(FsError::IsADirectory);
+        }
+        let key = self.config.root.file_key(&path);
+        let head = match self.client.head(&key).await {
+            Ok(head) => head,
+            Err(ObjectError::NoSuchKey(_)) => {
+                self.metadata.invalidate(&*path);
+                return Err(FsError::NotFound);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let fresh = file_entry_from_head(&head);
+        let known = self.metadata.get(&*path).flatten();
+        if known.is_some_and(|known| known.etag != fresh.etag || known.size != fresh.size) {
+            // Another writer replaced the object: the kernel's size and pages are of the old one.
+            if let Some(kernel_cache) = self.kernel_cache.get() {
+                kernel_cache.invalidate(ino);
+            }
+        }
+        self.metadata.insert(path.to_string(), Some(fresh));
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let file = OpenFile {
+            key,
+            etag: head.etag,
+            size: head.size,
+        };
+        lock(&self.files).insert(handle, Arc::new(file));
+        Ok(handle)
+    }
+
+    /// Reads up to `size` bytes at `offset` of the object as it was at open.
+    pub async fn read(&self, handle: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+        let file = lock(&self.files)
+            .get(&handle)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        if offset >= file.size || size == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = file.size.min(offset.saturating_add(u64::from(size)));
+        Ok(self
+            .client
+            .get_range(&file.key, offset..end, Some(&file.etag))
+            .await?)
+    }
+
+    pub fn release(&self, handle: u64) {
+        lock(&self.files).remove(&handle);
+    }
+
+    pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let path = self.path_of(ino)?;
+        let entry = self.resolve(&path).await?.ok_or(FsError::NotFound)?;
+        if entry.kind != Kind::Dir {
+            return Err(FsError::NotADirectory);
+        }
+        let prefix = self.config.root.dir_prefix(&path);
+        let stream = DirStream::new(prefix, DOT_ENTRIES, self.config.list_page_size);
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let dir = OpenDir {
+            path,
+            stream: tokio::sync::Mutex::new(stream),
+        };
+        lock(&self.dirs).insert(handle, Arc::new(dir));
+        Ok(handle)
+    }
+
+    /// Hands entries after `offset` to `add` until it returns `true` (reply buffer full) or the
+    /// directory ends. Lists one page at a time.
+    pub async fn readdir(
+        &self,
+        ino: u64,
+        handle: u64,
+        offset: u64,
+        add: &mut (dyn FnMut(DirEntry) -> bool + Send),
+    ) -> Result<(), FsError> {
+        let dir = lock(&self.dirs).get(&handle).cloned().ok_or(FsError::BadHandle)?;
+        let parent_ino = self.parent_ino(&dir.path);
+        let dots = [(1, ".", ino), (2, "..", parent_ino)];
+        for (entry_offset, name, entry_ino) in dots {
+            if offset < entry_offset {
+                let entry = DirEntry {
+                    ino: entry_ino,
+                    offset: entry_offset,
+                    kind: Kind::Dir,
+                    name: name.into(),
+                };
+                if add(entry) {
+                    return Ok(());
+                }
+            }
+        }
+        let mut stream = dir.stream.lock().await;
+        if offset < stream.earliest_offset() {
+            stream.restart();
+        }
+        stream.skip_through(offset);
+        loop {
+            while let Some(listed) = stream.front() {
+                if listed.offset > offset {
+                    let entry = self.dir_entry(&dir.path, listed);
+                    if add(entry) {
+                        return Ok(());
+                    }
+                }
+                stream.pop_front();
+            }
+            if stream.is_exhausted() {
+                return Ok(());
+            }
+            let outcome = stream.fetch_page(self.client.as_ref()).await?;
+            self.remember_listing(&dir.path, &outcome.added);
+            self.warn_hidden(&outcome.hidden);
+        }
+    }
+
+    pub fn releasedir(&self, handle: u64) {
+        lock(&self.dirs).remove(&handle);
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        // Large round numbers: "free" must never make `cp` or `df` believe the disk is full.
+        const PLENTY: u64 = 1 << 40;
+        StatFs {
+            blocks: PLENTY,
+            bfree: PLENTY,
+            bavail: PLENTY,
+            files: PLENTY,
+            ffree: PLENTY,
+            bsize: BLOCK_SIZE,
+            namelen: names::NAME_MAX as u32,
+            frsize: BLOCK_SIZE,
+        }
+    }
+
+    fn path_of(&self, ino: u64) -> Result<Arc<str>, FsError> {
+        lock(&self.inodes).path(ino).ok_or(FsError::BadHandle)
+    }
+
+    fn parent_ino(&self, path: &str) -> u64 {
+        match path.rsplit_once('/') {
+            Some((parent, _)) => lock(&self.inodes).peek(parent),
+            None => ROOT_INO,
+        }
+    }
+
+    fn dir_entry(&self, dir_path: &str, listed: &Listed) -> DirEntry {
+        let ino = lock(&self.inodes).peek(&dir::listed_path(dir_path, listed));
+        let kind = match listed.kind {
+            ListedKind::File(_) => Kind::File,
+            ListedKind::Dir => Kind::Dir,
+        };
+        DirEntry {
+            ino,
+            offset: listed.offset,
+            kind,
+            name: listed.name.clone(),
+        }
+    }
+
+    /// What is at `path`: from the cache if fresh, else from S3 (a HEAD of the file key and a
+    /// one-key LIST of the directory prefix, concurrently; a directory shadows a file).
+    async fn resolve(&self, path: &str) -> Result<Option<Entry>, FsError> {
+        if path.is_empty() {
+            return Ok(Some(Entry::dir(self.mount_time)));
+        }
+        if let Some(entry) = self.metadata.get(path) {
+            return Ok(entry);
+        }
+        let key = self.config.root.file_key(path);
+        let list = ListRequest {
+            prefix: self.config.root.dir_prefix(path),
+            delimiter: Some("/".to_owned()),
+            continuation_token: None,
+            max_keys: Some(1),
+        };
+        let (head, listing) = tokio::join!(self.client.head(&key), self.client.list(&list));
+        let listing = listing?;
+        let entry = if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
+            Some(Entry::dir(self.mount_time))
+        } else {
+            match head {
+                Ok(head) => Some(file_entry_from_head(&head)),
+                Err(ObjectError::NoSuchKey(_)) => None,
+                Err(error) => return Err(error.into()),
+            }
+        };
+        self.metadata.insert(path.to_owned(), entry.clone());
+        Ok(entry)
+    }
+
+    /// Caches what a listing page told about each entry, so `ls -l` costs no request per entry.
+    fn remember_listing(&self, dir_path: &str, added: &[Listed]) {
+        for listed in added {
+            let entry = match &listed.kind {
+                ListedKind::File(object) => Entry {
+                    kind: Kind::File,
+                    size: object.size,
+                    mtime: object.last_modified,
+                    etag: Some(object.etag.clone()),
+                },
+                ListedKind::Dir => Entry::dir(self.mount_time),
+            };
+            self.metadata
+                .insert(dir::listed_path(dir_path, listed), Some(entry));
+        }
+    }
+
+    fn warn_hidden(&self, hidden: &[Hidden]) {
+        for item in hidden {
+            if !self.warned_keys.contains_key(&item.key) {
+                self.warned_keys.insert(item.key.clone(), ());
+                tracing::warn!(key = %item.key, reason = ?item.reason, "hiding key that cannot be a path");
+            }
+        }
+    }
+
+    fn attr(&self, ino: u64, entry: &Entry) -> Attr {
+        let (perm, nlink) = match entry.kind {
+            Kind::File => (self.config.file_mode, 1),
+            Kind::Dir => (self.config.dir_mode, 2),
+        };
+        Attr {
+            ino,
+            kind: entry.kind,
+            size: entry.size,
+            mtime: entry.mtime,
+            perm,
+            uid: self.config.uid,
+            gid: self.config.gid,
+            nlink,
+            blksize: BLOCK_SIZE,
+        }
+    }
+}
+
+/// Positive entries live for the metadata TTL, negative ones for at most [`NEGATIVE_TTL_CAP`];
+/// every insert restarts the clock.
+struct MetadataExpiry {
+    positive: Duration,
+}
+
+impl MetadataExpiry {
+    fn ttl(&self, entry: &Option<Entry>) -> Duration {
+        match entry {
+            Some(_) => self.positive,
+            None => self.positive.min(NEGATIVE_TTL_CAP),
+        }
+    }
+}
+
+impl moka::Expiry<String, Option<Entry>> for MetadataExpiry {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        entry: &Option<Entry>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(self.ttl(entry))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        entry: &Option<Entry>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.ttl(entry))
+    }
+}
+
+fn file_entry_from_head(head: &ObjectHead) -> Entry {
+    Entry {
+        kind: Kind::File,
+        size: head.size,
+        mtime: head.last_modified,
+        etag: Some(head.etag.clone()),
+    }
+}
+
+/// Locks a std mutex, recovering from poisoning: the data behind these locks stays consistent
+/// at every await-free step, and a panicking request must not take the whole mount down.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,87 @@
+//! Every error the file system can return, and the one place each becomes an errno.
+//!
+//! The match in [`FsError::errno`] is exhaustive on purpose, with no catch-all arm: a new error
+//! variant (here or in `ObjectError`) does not compile until someone decides its errno.
+
+use crate::object::ObjectError;
+
+use super::names::NameError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("is a directory")]
+    IsADirectory,
+    /// A mutating operation on a read-only mount (or one this version does not support yet).
+    #[error("read-only file system")]
+    ReadOnly,
+    /// The kernel named an inode or handle we do not know (forgotten, or never handed out).
+    #[error("unknown inode or file handle")]
+    BadHandle,
+    #[error("invalid name: {0}")]
+    InvalidName(#[from] NameError),
+    #[error("operation not supported")]
+    NotSupported,
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+}
+
+impl FsError {
+    /// The errno the kernel gets for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotADirectory => libc::ENOTDIR,
+            FsError::IsADirectory => libc::EISDIR,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::BadHandle => libc::EBADF,
+            FsError::InvalidName(NameError::TooLong) => libc::ENAMETOOLONG,
+            // Such a name can never exist in the bucket as we show it.
+            FsError::InvalidName(
+                NameError::Empty | NameError::Dot | NameError::ForbiddenByte | NameError::NotUtf8,
+            ) => libc::ENOENT,
+            FsError::NotSupported => libc::ENOTSUP,
+            FsError::Object(error) => object_errno(error),
+        }
+    }
+}
+
+fn object_errno(error: &ObjectError) -> i32 {
+    match error {
+        ObjectError::NoSuchKey(_) => libc::ENOENT,
+        // The bucket vanished under a live mount: nothing the caller can fix by retrying a path.
+        ObjectError::NoSuchBucket(_) => libc::EIO,
+        ObjectError::AccessDenied(_) => libc::EACCES,
+        // The object was replaced while open: never mix two versions, like NFS after a replace.
+        ObjectError::PreconditionFailed(_) => libc::ESTALE,
+        ObjectError::InvalidRange(_) => libc::EIO,
+        ObjectError::Unreachable(_) => libc::EIO,
+        ObjectError::Service { .. } => libc::EIO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errnos() {
+        assert_eq!(FsError::NotFound.errno(), libc::ENOENT);
+        assert_eq!(FsError::from(NameError::TooLong).errno(), libc::ENAMETOOLONG);
+        assert_eq!(
+            FsError::from(ObjectError::PreconditionFailed("k".into())).errno(),
+            libc::ESTALE
+        );
+        assert_eq!(
+            FsError::from(ObjectError::AccessDenied("k".into())).errno(),
+            libc::EACCES
+        );
+        assert_eq!(
+            FsError::from(ObjectError::Unreachable("x".into())).errno(),
+            libc::EIO
+        );
+    }
+}

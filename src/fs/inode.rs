@@ -1,0 +1,191 @@
+//! The inode table: which inode number stands for which path, and how many kernel references
+//! (lookups) each has.
+//!
+//! Inode numbers are derived from a hash of the path, so a path keeps its number for the life of
+//! the mount even after the kernel forgets it and looks it up again, while the table itself only
+//! holds the paths the kernel currently remembers (FORGET removes them). On the rare hash
+//! collision with a live path the number is probed upward; only then can a path's number differ
+//! between two lookups. This module knows nothing of S3 or attributes.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+/// FUSE's fixed inode number of the mount root.
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Debug)]
+struct Record {
+    path: Arc<str>,
+    lookups: u64,
+}
+
+/// Path <-> inode number, with lookup counts. Not synchronised: the caller holds it in a mutex.
+#[derive(Debug)]
+pub struct InodeTable {
+    by_ino: HashMap<u64, Record>,
+    by_path: HashMap<Arc<str>, u64>,
+}
+
+impl Default for InodeTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InodeTable {
+    pub fn new() -> Self {
+        let root: Arc<str> = Arc::from("");
+        let mut table = Self {
+            by_ino: HashMap::new(),
+            by_path: HashMap::new(),
+        };
+        // The root is never forgotten: its count starts at 1 and FORGET never reaches it.
+        table.by_ino.insert(
+            ROOT_INO,
+            Record {
+                path: root.clone(),
+                lookups: 1,
+            },
+        );
+        table.by_path.insert(root, ROOT_INO);
+        table
+    }
+
+    /// The path of a live inode.
+    pub fn path(&self, ino: u64) -> Option<Arc<str>> {
+        self.by_ino.get(&ino).map(|r| r.path.clone())
+    }
+
+    /// The number `path` has, or would get, without taking a reference (for readdir entries).
+    pub fn peek(&self, path: &str) -> u64 {
+        match self.by_path.get(path) {
+            Some(&ino) => ino,
+            None => self.free_number_for(path),
+        }
+    }
+
+    /// Takes one kernel reference on `path` (a successful lookup) and returns its number.
+    pub fn remember(&mut self, path: &str) -> u64 {
+        if let Some(&ino) = self.by_path.get(path) {
+            if let Some(record) = self.by_ino.get_mut(&ino) {
+                record.lookups += 1;
+            }
+            return ino;
+        }
+        let ino = self.free_number_for(path);
+        let path: Arc<str> = Arc::from(path);
+        self.by_ino.insert(
+            ino,
+            Record {
+                path: path.clone(),
+                lookups: 1,
+            },
+        );
+        self.by_path.insert(path, ino);
+        ino
+    }
+
+    /// Drops `count` kernel references; the inode leaves the table when none remain.
+    pub fn forget(&mut self, ino: u64, count: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        if let Entry::Occupied(mut slot) = self.by_ino.entry(ino) {
+            let record = slot.get_mut();
+            record.lookups = record.lookups.saturating_sub(count);
+            if record.lookups == 0 {
+                let record = slot.remove();
+                self.by_path.remove(&record.path);
+            }
+        }
+    }
+
+    /// How many inodes are live (the root included).
+    pub fn len(&self) -> usize {
+        self.by_ino.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ino.is_empty()
+    }
+
+    /// The hash of `path`, moved past reserved numbers and numbers live for another path.
+    fn free_number_for(&self, path: &str) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        path.hash(&mut hasher);
+        let mut ino = hasher.finish();
+        while ino <= ROOT_INO || self.by_ino.get(&ino).is_some_and(|r| &*r.path != path) {
+            ino = ino.wrapping_add(1);
+        }
+        ino
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_stable_across_forget() {
+        let mut table = InodeTable::new();
+        let first = table.remember("a/b");
+        assert_eq!(table.peek("a/b"), first);
+        table.forget(first, 1);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.remember("a/b"), first);
+    }
+
+    #[test]
+    fn lookups_are_counted() {
+        let mut table = InodeTable::new();
+        let ino = table.remember("x");
+        table.remember("x");
+        table.forget(ino, 1);
+        assert_eq!(table.path(ino).as_deref(), Some("x"));
+        table.forget(ino, 1);
+        assert_eq!(table.path(ino), None);
+    }
+
+    #[test]
+    fn root_is_never_forgotten() {
+        let mut table = InodeTable::new();
+        table.forget(ROOT_INO, 100);
+        assert_eq!(table.path(ROOT_INO).as_deref(), Some(""));
+    }
+
+    #[test]
+    fn memory_is_bounded_by_what_the_kernel_remembers() {
+        let mut table = InodeTable::new();
+        let inos: Vec<u64> = (0..10_000)
+            .map(|i| table.remember(&format!("dir/file-{i}")))
+            .collect();
+        assert_eq!(table.len(), 10_001);
+        let distinct: std::collections::HashSet<_> = inos.iter().collect();
+        assert_eq!(distinct.len(), inos.len());
+        for ino in inos {
+            table.forget(ino, 1);
+        }
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn collisions_probe_to_a_free_number() {
+        let mut table = InodeTable::new();
+        let ino = table.remember("a");
+        // Plant a different path on the number "b" would hash to.
+        let b_hash = table.peek("b");
+        table.by_ino.insert(
+            b_hash,
+            Record {
+                path: Arc::from("squatter"),
+                lookups: 1,
+            },
+        );
+        let b = table.remember("b");
+        assert_ne!(b, b_hash);
+        assert_ne!(b, ino);
+        assert_eq!(table.path(b).as_deref(), Some("b"));
+    }
+}

@@ -1,0 +1,360 @@
+//! Unit tests of the file system driven through `MemoryClient`, without mounting: what a user of
+//! the mount would see (names, sizes, contents, errors) and what it costs in requests.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::object::memory::{MemoryClient, Op};
+
+fn config(prefix: &str) -> FsConfig {
+    FsConfig {
+        root: RootPrefix::new(prefix).unwrap(),
+        uid: 1000,
+        gid: 1000,
+        file_mode: 0o644,
+        dir_mode: 0o755,
+        metadata_ttl: Duration::from_secs(60),
+        read_only: false,
+        list_page_size: None,
+    }
+}
+
+fn mount(client: &Arc<MemoryClient>, prefix: &str) -> S3Fs {
+    S3Fs::new(client.clone(), config(prefix))
+}
+
+async fn list_names(fs: &S3Fs, ino: u64) -> Vec<(String, Kind)> {
+    let handle = fs.opendir(ino).await.unwrap();
+    let mut names = Vec::new();
+    let mut offset = 0;
+    loop {
+        let mut batch = Vec::new();
+        // A small reply buffer, like the kernel's, so paging through readdir is exercised.
+        let mut add = |e: DirEntry| {
+            if batch.len() == 7 {
+                return true;
+            }
+            batch.push(e);
+            false
+        };
+        fs.readdir(ino, handle, offset, &mut add).await.unwrap();
+        let Some(last) = batch.last() else { break };
+        offset = last.offset;
+        names.extend(batch.into_iter().map(|e| (e.name, e.kind)));
+    }
+    fs.releasedir(handle);
+    names
+}
+
+async fn lookup_path(fs: &S3Fs, path: &str) -> Result<Attr, FsError> {
+    let mut ino = ROOT_INO;
+    let mut attr = fs.getattr(ino).await?;
+    for name in path.split('/') {
+        attr = fs.lookup(ino, OsStr::new(name)).await?;
+        ino = attr.ino;
+    }
+    Ok(attr)
+}
+
+async fn read_all(fs: &S3Fs, ino: u64) -> Result<Vec<u8>, FsError> {
+    let handle = fs.open(ino, false).await?;
+    let mut data = Vec::new();
+    loop {
+        let chunk = fs.read(handle, data.len() as u64, 4096).await?;
+        if chunk.is_empty() {
+            break;
+        }
+        data.extend_from_slice(&chunk);
+    }
+    fs.release(handle);
+    Ok(data)
+}
+
+#[tokio::test]
+async fn prefixes_are_directories_and_objects_files() {
+    let client = Arc::new(MemoryClient::new("b"));
+    client.put_object("2021/doc-example-bucket/math/john.txt", "john");
+    client.put_object("2021/doc-example-bucket/math/jane.txt", "jane!");
+    client.put_object("2021/empty-dir/", "");
+    client.put_object("top.txt", "top");
+    let fs = mount(&client, "");
+    let root = list_names(&fs, ROOT_INO).await;
+    assert_eq!(
+        root,
+        vec![
+            (".".into(), Kind::Dir),
+            ("..".into(), Kind::Dir),
+            ("2021".into(), Kind::Dir),
+            ("top.txt".into(), Kind::File)
+        ]
+    );
+    let math = lookup_path(&fs, "2021/doc-example-bucket/math").await.unwrap();
+    assert_eq!(math.kind, Kind::Dir);
+    assert_eq!(math.perm, 0o755);
+    let names: Vec<_> = list_names(&fs, math.ino)
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, vec![".", "..", "jane.txt", "john.txt"]);
+    let jane = lookup_path(&fs, "2021/doc-example-bucket/math/jane.txt")
+        .await
+        .unwrap();
+    assert_eq!(
+        (jane.kind, jane.size, jane.perm, jane.uid),
+        (Kind::File, 5, 0o644, 1000)
+    );
+    assert_eq!(read_all(&fs, jane.ino).await.unwrap(), b"jane!");
+    // An explicit marker is a directory even with nothing under it.
+    let empty = lookup_path(&fs, "2021/empty-dir").await.unwrap();
+    assert_eq!(empty.kind, Kind::Dir);
+    assert_eq!(list_names(&fs, empty.ino).await.len(), 2);
+    assert!(matches!(
+        lookup_path(&fs, "2021/nope").await,
+        Err(FsError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn a_prefix_becomes_the_root() {
+    let client = Arc::new(MemoryClient::new("b"));
+    client.put_object("datasets/imagenet/train/0.jpg", "0");
+    client.put_object("datasets/imagenet/val.txt", "v");
+    client.put_object("datasets/other/x", "x");
+    let fs = mount(&client, "datasets/imagenet/");
+    let names: Vec<_> = list_names(&fs, ROOT_INO)
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, vec![".", "..", "train", "val.txt"]);
+    let zero = lookup_path(&fs, "train/0.jpg").await.unwrap();
+    assert_eq!(read_all(&fs, zero.ino).await.unwrap(), b"0");
+    assert!(matches!(lookup_path(&fs, "x").await, Err(FsError::NotFound)));
+}
+
+#[tokio::test]
+async fn file_and_prefix_of_one_name_show_the_directory() {
+    let client = Arc::new(MemoryClient::new("b"));
+    client.put_object("a", "file");
+    client.put_object("a/b", "inner");
+    let fs = mount(&client, "");
+    let names = list_names(&fs, ROOT_INO).await;
+    assert_eq!(names[2..], [("a".to_owned(), Kind::Dir)]);
+    assert_eq!(lookup_path(&fs, "a").await.unwrap().kind, Kind::Dir);
+    // Without the cache the lookup rule agrees with the listing rule.
+    let fresh = mount(&client, "");
+    assert_eq!(lookup_path(&fresh, "a").await.unwrap().kind, Kind::Dir);
+}
+
+#[tokio::test]
+async fn bad_names_are_refused_without_a_request() {
+    let client = Arc::new(MemoryClient::new("b"));
+    let fs = mount(&client, "");
+    client.reset_counters();
+    let long = "x".repeat(256);
+    assert_eq!(
+        fs.lookup(ROOT_INO, OsStr::new(&long)).await.unwrap_err().errno(),
+        libc::ENAMETOOLONG
+    );
+    let counts = client.counters();
+    assert_eq!(counts.head + counts.list, 0);
+}
+
+#[tokio::test]
+async fn ls_l_costs_no_request_per_entry() {
+    let client = Arc::new(MemoryClient::new("b"));
+    for i in 0..2_500 {
+        client.put_object(&format!("big/f{i:05}"), vec![0u8; i % 7]);
+    }
+    let fs = mount(&client, "");
+    let dir = lookup_path(&fs, "big").await.unwrap();
+    client.reset_counters();
+    let names = list_names(&fs, dir.ino).await;
+    assert_eq!(names.len(), 2_502);
+    for (name, _) in &names[2..] {
+        let attr = fs.lookup(dir.ino, OsStr::new(name)).await.unwrap();
+        assert_eq!(attr.kind, Kind::File);
+    }
+    let counts = client.counters();
+    // One ListObjectsV2 per 1,000 names, and nothing per entry.
+    assert_eq!((counts.list, counts.head, counts.get), (3, 0, 0));
+}
+
+#[tokio::test]
+async fn a_huge_directory_streams_one_page_at_a_time() {
+    let client = Arc::new(MemoryClient::new("b"));
+    for i in 0..100_000 {
+        client.put_object(&format!("huge/{i:06}"), "");
+    }
+    let mut cfg = config("");
+    cfg.list_page_size = Some(1000);
+    let fs = S3Fs::new(client.clone(), cfg);
+    let dir = lookup_path(&fs, "huge").await.unwrap();
+    let handle = fs.opendir(dir.ino).await.unwrap();
+    let (mut count, mut offset, mut most_buffered) = (0u64, 0u64, 0usize);
+    loop {
+        let mut batch = 0;
+        let mut last = offset;
+        let mut add = |e: DirEntry| {
+            if batch == 100 {
+                return true;
+            }
+            batch += 1;
+            last = e.offset;
+            false
+        };
+        fs.readdir(dir.ino, handle, offset, &mut add).await.unwrap();
+        let open = lock(&fs.dirs).get(&handle).cloned().unwrap();
+        most_buffered = most_buffered.max(open.stream.lock().await.buffered());
+        if batch == 0 {
+            break;
+        }
+        count += batch;
+        offset = last;
+    }
+    assert_eq!(count, 100_002);
+    assert!(most_buffered <= 1000, "buffered {most_buffered} entries");
+}
+
+#[tokio::test]
+async fn forget_releases_inodes_and_numbers_stay_stable() {
+    let client = Arc::new(MemoryClient::new("b"));
+    for i in 0..500 {
+        client.put_object(&format!("f{i}"), "x");
+    }
+    let fs = mount(&client, "");
+    let mut first = Vec::new();
+    for i in 0..500 {
+        first.push(
+            fs.lookup(ROOT_INO, OsStr::new(&format!("f{i}")))
+                .await
+                .unwrap()
+                .ino,
+        );
+    }
+    assert_eq!(fs.live_inodes(), 501);
+    for ino in &first {
+        fs.forget(*ino, 1);
+    }
+    assert_eq!(fs.live_inodes(), 1);
+    for (i, ino) in first.iter().enumerate() {
+        assert_eq!(
+            fs.lookup(ROOT_INO, OsStr::new(&format!("f{i}")))
+                .await
+                .unwrap()
+                .ino,
+            *ino
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_replaced_object_fails_the_read_instead_of_mixing_versions() {
+    let client = Arc::new(MemoryClient::new("b"));
+    client.put_object("f", vec![1u8; 10_000]);
+    let fs = mount(&client, "");
+    let ino = lookup_path(&fs, "f").await.unwrap().ino;
+    let handle = fs.open(ino, false).await.unwrap();
+    assert_eq!(fs.read(handle, 0, 4096).await.unwrap().len(), 4096);
+    client.put_object("f", vec![2u8; 10_000]);
+    let error = fs.read(handle, 4096, 4096).await.unwrap_err();
+    assert_eq!(error.errno(), libc::ESTALE);
+    fs.release(handle);
+    // Close-to-open: the next open sees the new object.
+    assert_eq!(read_all(&fs, ino).await.unwrap(), vec![2u8; 10_000]);
+}
+
+#[tokio::test]
+async fn open_refreshes_size_despite_the_metadata_cache() {
+    let client = Arc::new(MemoryClient::new("b"));
+    client.put_object("f", "short");
+    let fs = mount(&client, "");
+    let ino = lookup_path(&fs, "f").await.unwrap().ino;
+    client.put_object("f", "a longer body");
+    assert_eq!(
+        fs.getattr(ino).await.unwrap().size,
+        5,
+        "within the TTL the cached size is served"
+    );
+    assert_eq!(read_all(&fs, ino).await.unwrap(), b"a longer body");
+    assert_eq!(
+        fs.getattr(ino).await.unwrap().size,
+        13,
+        "open refreshed the cache"
+    );
+}
+
+#[tokio::test]
+async fn writes_are_refused_for_now() {
+    let client = Arc::new(MemoryClient::new("b"));
+    client.put_object("f", "x");
+    let fs = mount(&client, "");
+    let ino = lookup_path(&fs, "f").await.unwrap().ino;
+    assert_eq!(fs.open(ino, true).await.unwrap_err().errno(), libc::EROFS);
+}
+
+#[tokio::test]
+async fn server_errors_become_errors_not_panics() {
+    let client = Arc::new(MemoryClient::new("b"));
+    client.put_object("d/f", "x");
+    let fs = mount(&client, "");
+    client.set_unreachable(true);
+    assert_eq!(
+        fs.lookup(ROOT_INO, OsStr::new("d")).await.unwrap_err().errno(),
+        libc::EIO
+    );
+    assert!(fs.opendir(ROOT_INO).await.is_ok());
+    client.set_unreachable(false);
+    let d = lookup_path(&fs, "d").await.unwrap();
+    client.fail_next(Op::List, 1, ObjectError::AccessDenied("no".into()));
+    let handle = fs.opendir(d.ino).await.unwrap();
+    let mut add = |_: DirEntry| false;
+    assert_eq!(
+        fs.readdir(d.ino, handle, 2, &mut add).await.unwrap_err().errno(),
+        libc::EACCES
+    );
+    // The stream recovers on the next call.
+    let mut names = Vec::new();
+    let mut add = |e: DirEntry| {
+        names.push(e.name);
+        false
+    };
+    fs.readdir(d.ino, handle, 2, &mut add).await.unwrap();
+    assert_eq!(names, vec!["f"]);
+    client.fail_next(Op::Get, 1, ObjectError::Unreachable("reset".into()));
+    let f = lookup_path(&fs, "d/f").await.unwrap();
+    let handle = fs.open(f.ino, false).await.unwrap();
+    assert_eq!(fs.read(handle, 0, 10).await.unwrap_err().errno(), libc::EIO);
+    assert_eq!(&fs.read(handle, 0, 10).await.unwrap()[..], b"x");
+}
+
+#[tokio::test]
+async fn a_slow_read_does_not_block_a_lookup() {
+    let client = Arc::new(MemoryClient::new("b"));
+    client.put_object("slow", "data");
+    client.put_object("other", "x");
+    let fs = Arc::new(mount(&client, ""));
+    let ino = lookup_path(&fs, "slow").await.unwrap().ino;
+    let handle = fs.open(ino, false).await.unwrap();
+    client.set_latency(Op::Get, Duration::from_secs(30));
+    let reader = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.read(handle, 0, 4).await })
+    };
+    let lookup = tokio::time::timeout(Duration::from_secs(5), fs.lookup(ROOT_INO, OsStr::new("other"))).await;
+    assert!(lookup.expect("lookup waited for the slow GET").is_ok());
+    assert!(!reader.is_finished());
+    reader.abort();
+}
+
+#[test]
+fn statfs_reports_space() {
+    let client = Arc::new(MemoryClient::new("b"));
+    let fs = mount(&client, "");
+    let s = fs.statfs();
+    assert!(s.bavail > 0 && s.ffree > 0);
+    assert_eq!(s.namelen, 255);
+}

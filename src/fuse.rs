@@ -1,0 +1,342 @@
+//! The FUSE adapter: `impl fuser::Filesystem` over [`S3Fs`], one short function per operation.
+//!
+//! Every request that may touch the network is handed to the tokio runtime and answered from
+//! its task, so a slow GET never blocks a `stat` or another read. This module only converts
+//! between fuser types and the file system's; it holds no state and makes no decision of its own
+//! beyond which operations this version refuses (every change: the mount is read-only for now).
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, Notifier,
+    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+
+use crate::fs::{Attr, FsError, KernelCache, Kind, S3Fs};
+
+pub struct FuseAdapter {
+    fs: Arc<S3Fs>,
+    runtime: Handle,
+    /// Kernel entry and attribute TTL: the same as the file system's metadata TTL.
+    ttl: Duration,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<S3Fs>, runtime: Handle) -> Self {
+        let ttl = fs.config().metadata_ttl;
+        Self { fs, runtime, ttl }
+    }
+
+    /// Runs `work` on the runtime and answers with its result.
+    fn serve<T, R, F>(&self, reply: R, work: impl FnOnce(Arc<S3Fs>) -> F)
+    where
+        F: Future<Output = Result<T, FsError>> + Send + 'static,
+        R: Respond<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let future = work(self.fs.clone());
+        let ttl = self.ttl;
+        self.runtime.spawn(async move {
+            match future.await {
+                Ok(value) => reply.respond(value, ttl),
+                Err(error) => {
+                    tracing::debug!(%error, "request failed");
+                    reply.fail(Errno::from_i32(error.errno()));
+                }
+            }
+        });
+    }
+}
+
+/// A fuser reply that can carry a `T`.
+trait Respond<T> {
+    fn respond(self, value: T, ttl: Duration);
+    fn fail(self, errno: Errno);
+}
+
+impl Respond<Attr> for ReplyEntry {
+    fn respond(self, attr: Attr, ttl: Duration) {
+        self.entry(&ttl, &file_attr(&attr), Generation(0));
+    }
+    fn fail(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+impl Respond<Attr> for ReplyAttr {
+    fn respond(self, attr: Attr, ttl: Duration) {
+        self.attr(&ttl, &file_attr(&attr));
+    }
+    fn fail(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+impl Respond<u64> for ReplyOpen {
+    fn respond(self, handle: u64, _: Duration) {
+        self.opened(FileHandle(handle), FopenFlags::empty());
+    }
+    fn fail(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+impl Respond<Bytes> for ReplyData {
+    fn respond(self, data: Bytes, _: Duration) {
+        self.data(&data);
+    }
+    fn fail(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+impl Respond<()> for ReplyEmpty {
+    fn respond(self, _: (), _: Duration) {
+        self.ok();
+    }
+    fn fail(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+impl Respond<()> for ReplyDirectory {
+    fn respond(self, _: (), _: Duration) {
+        self.ok();
+    }
+    fn fail(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+fn file_attr(attr: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(attr.ino),
+        size: attr.size,
+        blocks: attr.size.div_ceil(512),
+        atime: attr.mtime,
+        mtime: attr.mtime,
+        ctime: attr.mtime,
+        crtime: attr.mtime,
+        kind: file_type(attr.kind),
+        perm: attr.perm,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: 0,
+        blksize: attr.blksize,
+        flags: 0,
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+    }
+}
+
+const READ_ONLY: Errno = Errno::EROFS;
+
+impl Filesystem for FuseAdapter {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.to_owned();
+        self.serve(reply, |fs| async move { fs.lookup(parent.0, &name).await });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.serve(reply, |fs| async move { fs.getattr(ino.0).await });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        self.serve(reply, |fs| async move { fs.open(ino.0, write).await });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.serve(reply, |fs| async move { fs.read(fh.0, offset, size).await });
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Nothing is ever written, so there is nothing to make durable.
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.serve(reply, |fs| async move { fs.opendir(ino.0).await });
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+        let fs = self.fs.clone();
+        self.runtime.spawn(async move {
+            let mut reply = reply;
+            let mut add =
+                |e: crate::fs::DirEntry| reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), &e.name);
+            match fs.readdir(ino.0, fh.0, offset, &mut add).await {
+                Ok(()) => reply.ok(),
+                Err(error) => reply.error(Errno::from_i32(error.errno())),
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.fs.statfs();
+        reply.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+        );
+    }
+
+    // Extended attributes come later; say so plainly (and without fuser's per-call warning).
+
+    fn getxattr(&self, _: &Request, _: INodeNo, _: &OsStr, _: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn listxattr(&self, _: &Request, _: INodeNo, _: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOTSUP);
+    }
+
+    // Every change is refused until write-back lands; EROFS tells tools the truth.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(READ_ONLY);
+    }
+
+    fn mknod(&self, _: &Request, _: INodeNo, _: &OsStr, _: u32, _: u32, _: u32, reply: ReplyEntry) {
+        reply.error(READ_ONLY);
+    }
+
+    fn mkdir(&self, _: &Request, _: INodeNo, _: &OsStr, _: u32, _: u32, reply: ReplyEntry) {
+        reply.error(READ_ONLY);
+    }
+
+    fn unlink(&self, _: &Request, _: INodeNo, _: &OsStr, reply: ReplyEmpty) {
+        reply.error(READ_ONLY);
+    }
+
+    fn rmdir(&self, _: &Request, _: INodeNo, _: &OsStr, reply: ReplyEmpty) {
+        reply.error(READ_ONLY);
+    }
+
+    fn symlink(&self, _: &Request, _: INodeNo, _: &OsStr, _: &Path, reply: ReplyEntry) {
+        reply.error(READ_ONLY);
+    }
+
+    fn rename(
+        &self,
+        _: &Request,
+        _: INodeNo,
+        _: &OsStr,
+        _: INodeNo,
+        _: &OsStr,
+        _: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(READ_ONLY);
+    }
+
+    fn link(&self, _: &Request, _: INodeNo, _: INodeNo, _: &OsStr, reply: ReplyEntry) {
+        reply.error(READ_ONLY);
+    }
+
+    fn write(
+        &self,
+        _: &Request,
+        _: INodeNo,
+        _: FileHandle,
+        _: u64,
+        _: &[u8],
+        _: WriteFlags,
+        _: OpenFlags,
+        _: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(READ_ONLY);
+    }
+
+    fn create(&self, _: &Request, _: INodeNo, _: &OsStr, _: u32, _: u32, _: i32, reply: ReplyCreate) {
+        reply.error(READ_ONLY);
+    }
+}
+
+/// Lets the file system drop the kernel's cached attributes and pages of an inode.
+pub struct KernelNotifier(pub Notifier);
+
+impl KernelCache for KernelNotifier {
+    fn invalidate(&self, ino: u64) {
+        // Offset 0, length -1: the whole file. ENOENT means the kernel no longer has the inode,
+        // which is what we wanted anyway.
+        if let Err(error) = self.0.inval_inode(INodeNo(ino), 0, -1)
+            && error.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::warn!(ino, %error, "could not invalidate the kernel's cache of an inode");
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The `s3mount` command: parse arguments, check them, and mount (in the background unless
+//! `--foreground`). Errors end here as one line on stderr and exit status 1.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use s3mount::cli::{Args, parse_source};
+use s3mount::fs::FsConfig;
+use s3mount::logging::{self, LogTarget};
+use s3mount::object::s3::S3Settings;
+use s3mount::run::{self, MountConfig};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match start(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("s3mount: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: Args) -> anyhow::Result<()> {
+    let source = parse_source(&args.source, args.prefix.as_deref())?;
+    let filter = logging::filter(&args.log_level)?;
+    let mount_point = run::check_mount_point(&args.mount_point)?;
+    let log_file = match &args.log_file {
+        Some(path) => Some(std::path::absolute(path).context("--log-file")?),
+        None => None,
+    };
+    // SAFETY: geteuid/getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let config = MountConfig {
+        s3: S3Settings {
+            bucket: source.bucket.clone(),
+            region: args.region,
+            endpoint_url: args.endpoint_url,
+            force_path_style: args.force_path_style,
+            profile: args.profile,
+            no_sign_request: args.no_sign_request,
+        },
+        fs: FsConfig {
+            root: source.prefix.clone(),
+            uid: args.uid.unwrap_or(uid),
+            gid: args.gid.unwrap_or(gid),
+            file_mode: args.file_mode,
+            dir_mode: args.dir_mode,
+            metadata_ttl: args.metadata_ttl,
+            read_only: args.read_only,
+            list_page_size: None,
+        },
+        source,
+        mount_point,
+        allow_other: args.allow_other,
+    };
+    if args.foreground {
+        logging::init(filter, &log_file.map_or(LogTarget::Stderr, LogTarget::File))?;
+        run::mount(config, || {})?;
+    } else {
+        let target = log_file.map_or(LogTarget::Syslog, LogTarget::File);
+        run::daemonize(move |ready| {
+            if let Err(error) = logging::init(filter, &target) {
+                return Err(run::RunError::Daemon(error.to_string()));
+            }
+            run::mount(config, ready)
+        })?;
+    }
+    Ok(())
+}

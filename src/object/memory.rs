@@ -1,0 +1,971 @@
+//! `MemoryClient`: an in-memory bucket implementing [`ObjectClient`] with S3's semantics
+//! (ListObjectsV2 paging and common prefixes, ranged GET with If-Match, content-derived ETags), plus
+//! what tests need around it: setup helpers that bypass the request path, per-operation request
+//! counters, and fault injection (queued errors, added latency, an unreachable switch).
+//!
+//! It owns only its own map of objects and its test knobs. It must not know about inodes, paths,
+//! caches or errno values, and it must stay a faithful stand-in for the server: when S3 and the
+//! convenient answer differ, it answers like S3 and says so here.
+//!
+//! Choices made where S3 is not what a unit test can reproduce byte for byte:
+//! - ETag: S3 uses the quoted MD5 of the body for single-part uploads. Here it is the quoted
+//!   hex of two 64-bit `DefaultHasher` (SipHash, fixed keys) digests over the body and its
+//!   length: same shape (32 hex digits), same body gives the same ETag, a different body a
+//!   different one. Stable within a build, not across Rust releases, and not equal to MD5.
+//! - Last-Modified is truncated to whole seconds, as S3 reports it.
+//! - Continuation tokens are opaque (`mem1:` plus the hex of the last key or common prefix
+//!   returned); a token this client did not produce fails like S3 does, with `InvalidArgument`.
+//! - Requests are counted when made, whether they then succeed or fail; setup helpers are not
+//!   requests and count nothing.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::hash::{DefaultHasher, Hasher};
+use std::ops::{Bound, Range};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectSummary};
+
+/// S3's page size when MaxKeys is absent, and also the most it returns when asked for more.
+const S3_MAX_KEYS: u32 = 1000;
+
+/// The Content-Type S3 records when PutObject carries none.
+const DEFAULT_CONTENT_TYPE: &str = "binary/octet-stream";
+
+/// Marks (and versions) this client's continuation tokens, so a foreign token is rejected.
+const TOKEN_PREFIX: &str = "mem1:";
+
+/// Salt fed to the second ETag hasher so its digest is independent of the first one.
+const ETAG_SECOND_HALF_SALT: u8 = 0x5a;
+
+/// Number of [`Op`] variants: the size of the per-operation tables.
+const OP_COUNT: usize = 4;
+
+/// A request kind, for fault injection and latency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    List,
+    Head,
+    Get,
+    Put,
+}
+
+impl Op {
+    fn index(self) -> usize {
+        match self {
+            Op::List => 0,
+            Op::Head => 1,
+            Op::Get => 2,
+            Op::Put => 3,
+        }
+    }
+}
+
+/// A snapshot of the request counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub list: u64,
+    pub head: u64,
+    pub get: u64,
+    pub put: u64,
+    /// Total bytes returned by successful `get_range` calls.
+    pub get_bytes: u64,
+}
+
+/// One stored object.
+#[derive(Clone, Debug)]
+struct MemoryObject {
+    body: Bytes,
+    etag: String,
+    last_modified: SystemTime,
+    content_type: String,
+    user_metadata: HashMap<String, String>,
+}
+
+/// Errors queued for the next calls of one operation.
+#[derive(Debug)]
+struct Fault {
+    remaining: usize,
+    error: ObjectError,
+}
+
+#[derive(Default)]
+struct Counters {
+    list: AtomicU64,
+    head: AtomicU64,
+    get: AtomicU64,
+    put: AtomicU64,
+    get_bytes: AtomicU64,
+}
+
+/// An in-memory S3 bucket. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct MemoryClient {
+    bucket: String,
+    objects: Mutex<BTreeMap<String, MemoryObject>>,
+    counters: Counters,
+    faults: Mutex<[VecDeque<Fault>; OP_COUNT]>,
+    latency: Mutex<[Duration; OP_COUNT]>,
+    unreachable: AtomicBool,
+}
+
+impl fmt::Debug for MemoryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryClient")
+            .field("bucket", &self.bucket)
+            .field("objects", &self.object_count())
+            .field("unreachable", &self.unreachable.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks a mutex, carrying on if a panicking test poisoned it (the data is still consistent:
+/// every critical section here is a plain read or a single insert/remove).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The quoted, content-derived ETag described in the module documentation.
+fn etag_of(body: &[u8]) -> String {
+    let mut first = DefaultHasher::new();
+    first.write(body);
+    first.write_u64(body.len() as u64);
+    let mut second = DefaultHasher::new();
+    second.write_u8(ETAG_SECOND_HALF_SALT);
+    second.write(body);
+    second.write_u64(body.len() as u64);
+    format!("\"{:016x}{:016x}\"", first.finish(), second.finish())
+}
+
+/// Now, truncated to whole seconds as S3 reports Last-Modified.
+fn now_in_seconds() -> SystemTime {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs())
+}
+
+/// Whether an If-Match header value accepts `etag`: `*` matches any existing object, otherwise
+/// one of the comma-separated ETags must equal it (quotes optional, as S3 accepts both).
+fn etag_matches(if_match: &str, etag: &str) -> bool {
+    let stored = etag.trim_matches('"');
+    if_match
+        .split(',')
+        .map(str::trim)
+        .any(|candidate| candidate == "*" || candidate.trim_matches('"') == stored)
+}
+
+fn encode_token(last: &str) -> String {
+    let mut token = String::with_capacity(TOKEN_PREFIX.len() + 2 * last.len());
+    token.push_str(TOKEN_PREFIX);
+    for byte in last.bytes() {
+        token.push_str(&format!("{byte:02x}"));
+    }
+    token
+}
+
+fn decode_token(token: &str) -> Result<String, ObjectError> {
+    let invalid = || ObjectError::Service {
+        code: "InvalidArgument".to_owned(),
+        message: "The continuation token provided is incorrect".to_owned(),
+    };
+    let hex = token.strip_prefix(TOKEN_PREFIX).ok_or_else(invalid)?;
+    if hex.len() % 2 != 0 {
+        return Err(invalid());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|at| {
+            hex.get(at..at + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(invalid)?;
+    String::from_utf8(bytes).map_err(|_| invalid())
+}
+
+/// The common prefix `key` collapses into: `prefix` plus everything up to and including the first
+/// `delimiter` after it, or `None` when no delimiter follows the prefix.
+fn common_prefix<'k>(key: &'k str, prefix: &str, delimiter: &str) -> Option<&'k str> {
+    let rest = &key[prefix.len()..];
+    rest.find(delimiter)
+        .map(|at| &key[..prefix.len() + at + delimiter.len()])
+}
+
+impl MemoryClient {
+    /// An empty bucket called `bucket`.
+    pub fn new(bucket: &str) -> Self {
+        MemoryClient {
+            bucket: bucket.to_owned(),
+            objects: Mutex::new(BTreeMap::new()),
+            counters: Counters::default(),
+            faults: Mutex::new(Default::default()),
+            latency: Mutex::new([Duration::ZERO; OP_COUNT]),
+            unreachable: AtomicBool::new(false),
+        }
+    }
+
+    /// Setup: stores `body` at `key` with S3's default content type and no user metadata, as
+    /// another writer would. Not counted as a request. Returns the new ETag.
+    pub fn put_object(&self, key: &str, body: impl Into<Bytes>) -> String {
+        self.put_object_with(key, body, None, HashMap::new())
+    }
+
+    /// Setup: stores an object with a content type (`None`: S3's default, `binary/octet-stream`)
+    /// and user metadata (keys lower-cased, as S3 stores them). Replaces any object at `key`
+    /// entirely, metadata included. Not counted as a request. Returns the new ETag.
+    pub fn put_object_with(
+        &self,
+        key: &str,
+        body: impl Into<Bytes>,
+        content_type: Option<&str>,
+        user_metadata: HashMap<String, String>,
+    ) -> String {
+        let body = body.into();
+        let etag = etag_of(&body);
+        let object = MemoryObject {
+            body,
+            etag: etag.clone(),
+            last_modified: now_in_seconds(),
+            content_type: content_type.unwrap_or(DEFAULT_CONTENT_TYPE).to_owned(),
+            user_metadata: user_metadata
+                .into_iter()
+                .map(|(name, value)| (name.to_lowercase(), value))
+                .collect(),
+        };
+        lock(&self.objects).insert(key.to_owned(), object);
+        etag
+    }
+
+    /// Setup: removes `key`, as another writer would. Returns whether it existed.
+    pub fn delete_object(&self, key: &str) -> bool {
+        lock(&self.objects).remove(key).is_some()
+    }
+
+    /// Setup: backdates (or postdates) an object's Last-Modified, stored exactly as given.
+    ///
+    /// # Panics
+    /// If `key` does not exist: that is a bug in the test's setup.
+    pub fn set_last_modified(&self, key: &str, last_modified: SystemTime) {
+        match lock(&self.objects).get_mut(key) {
+            Some(object) => object.last_modified = last_modified,
+            None => panic!(
+                "set_last_modified: no object {key:?} in memory bucket {:?}",
+                self.bucket
+            ),
+        }
+    }
+
+    /// How many objects the bucket holds.
+    pub fn object_count(&self) -> usize {
+        lock(&self.objects).len()
+    }
+
+    /// Whether `key` exists.
+    pub fn contains(&self, key: &str) -> bool {
+        lock(&self.objects).contains_key(key)
+    }
+
+    /// Inspection: the body stored at `key`, without counting a request.
+    pub fn body(&self, key: &str) -> Option<Bytes> {
+        lock(&self.objects).get(key).map(|object| object.body.clone())
+    }
+
+    /// Inspection: every key, in S3's (byte-lexicographic) order.
+    pub fn keys(&self) -> Vec<String> {
+        lock(&self.objects).keys().cloned().collect()
+    }
+
+    /// A snapshot of the request counters.
+    pub fn counters(&self) -> RequestCounts {
+        let counters = &self.counters;
+        RequestCounts {
+            list: counters.list.load(Ordering::Relaxed),
+            head: counters.head.load(Ordering::Relaxed),
+            get: counters.get.load(Ordering::Relaxed),
+            put: counters.put.load(Ordering::Relaxed),
+            get_bytes: counters.get_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sets every request counter back to zero.
+    pub fn reset_counters(&self) {
+        let counters = &self.counters;
+        for counter in [
+            &counters.list,
+            &counters.head,
+            &counters.get,
+            &counters.put,
+            &counters.get_bytes,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Makes the next `n` calls of `op` fail with `error` (after any errors already queued for
+    /// `op`). The error is chosen when the call starts, so concurrent calls consume it in the
+    /// order they were made.
+    pub fn fail_next(&self, op: Op, n: usize, error: ObjectError) {
+        if n > 0 {
+            lock(&self.faults)[op.index()].push_back(Fault { remaining: n, error });
+        }
+    }
+
+    /// Makes every later call of `op` wait `latency` (a tokio sleep, so other tasks keep running)
+    /// before it answers, whether it then succeeds or fails. `Duration::ZERO` removes the delay.
+    pub fn set_latency(&self, op: Op, latency: Duration) {
+        lock(&self.latency)[op.index()] = latency;
+    }
+
+    /// While `true`, every call fails with [`ObjectError::Unreachable`] (queued faults are left
+    /// for later, not consumed).
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.unreachable.store(unreachable, Ordering::Relaxed);
+    }
+
+    /// The common start of every request: count it, pick its injected failure if any, wait the
+    /// configured latency, then fail or let the operation run.
+    async fn begin(&self, op: Op) -> Result<(), ObjectError> {
+        let counter = match op {
+            Op::List => &self.counters.list,
+            Op::Head => &self.counters.head,
+            Op::Get => &self.counters.get,
+            Op::Put => &self.counters.put,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let failure = if self.unreachable.load(Ordering::Relaxed) {
+            Some(ObjectError::Unreachable(format!(
+                "memory bucket {:?} is set unreachable",
+                self.bucket
+            )))
+        } else {
+            self.take_fault(op)
+        };
+        let latency = lock(&self.latency)[op.index()];
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    fn take_fault(&self, op: Op) -> Option<ObjectError> {
+        let mut faults = lock(&self.faults);
+        let queue = &mut faults[op.index()];
+        let fault = queue.front_mut()?;
+        fault.remaining -= 1;
+        let error = fault.error.clone();
+        if fault.remaining == 0 {
+            queue.pop_front();
+        }
+        Some(error)
+    }
+
+    fn list_page(&self, request: &ListRequest) -> Result<ListPage, ObjectError> {
+        let start_after = request
+            .continuation_token
+            .as_deref()
+            .map(decode_token)
+            .transpose()?;
+        let max_keys = request.max_keys.unwrap_or(S3_MAX_KEYS).min(S3_MAX_KEYS) as usize;
+        // S3 treats an empty delimiter as no delimiter.
+        let delimiter = request
+            .delimiter
+            .as_deref()
+            .filter(|delimiter| !delimiter.is_empty());
+        let prefix = request.prefix.as_str();
+        let lower = match start_after.as_deref() {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+
+        let objects = lock(&self.objects);
+        let mut page = ListPage::default();
+        let mut returned = 0;
+        let mut last: Option<&str> = None;
+        let mut truncated = false;
+        // Keys sharing `prefix` are contiguous from `prefix` on, and keys sharing a common prefix
+        // are contiguous too, so one ordered pass sees each common prefix as one run.
+        for (key, object) in objects.range::<str, _>((lower, Bound::Unbounded)) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            match delimiter.and_then(|delimiter| common_prefix(key, prefix, delimiter)) {
+                Some(common) => {
+                    let already_returned = last == Some(common) || start_after.as_deref() >= Some(common);
+                    if already_returned {
+                        continue;
+                    }
+                    if returned == max_keys {
+                        truncated = true;
+                        break;
+                    }
+                    page.common_prefixes.push(common.to_owned());
+                    last = Some(common);
+                }
+                None => {
+                    if returned == max_keys {
+                        truncated = true;
+                        break;
+                    }
+                    page.objects.push(ObjectSummary {
+                        key: key.clone(),
+                        size: object.body.len() as u64,
+                        last_modified: object.last_modified,
+                        etag: object.etag.clone(),
+                    });
+                    last = Some(key);
+                }
+            }
+            returned += 1;
+        }
+        // With max_keys 0 nothing was returned to resume after: the page ends the listing.
+        if truncated {
+            page.next_continuation_token = last.map(encode_token);
+        }
+        Ok(page)
+    }
+
+    fn head_object(&self, key: &str) -> Result<ObjectHead, ObjectError> {
+        let objects = lock(&self.objects);
+        let object = objects
+            .get(key)
+            .ok_or_else(|| ObjectError::NoSuchKey(key.to_owned()))?;
+        Ok(ObjectHead {
+            size: object.body.len() as u64,
+            last_modified: object.last_modified,
+            etag: object.etag.clone(),
+            content_type: Some(object.content_type.clone()),
+            version_id: None,
+            user_metadata: object.user_metadata.clone(),
+        })
+    }
+
+    /// S3's order of checks: existence (404), then If-Match (412), then the range (416).
+    fn read_range(&self, key: &str, range: Range<u64>, if_match: Option<&str>) -> Result<Bytes, ObjectError> {
+        let objects = lock(&self.objects);
+        let object = objects
+            .get(key)
+            .ok_or_else(|| ObjectError::NoSuchKey(key.to_owned()))?;
+        if if_match.is_some_and(|if_match| !etag_matches(if_match, &object.etag)) {
+            return Err(ObjectError::PreconditionFailed(key.to_owned()));
+        }
+        let size = object.body.len() as u64;
+        let empty_object_from_zero = size == 0 && range.start == 0;
+        if range.start >= size && !empty_object_from_zero {
+            return Err(ObjectError::InvalidRange(key.to_owned()));
+        }
+        let end = range.end.min(size);
+        // An empty or inverted range cannot be sent as an HTTP Range header; answer it with no
+        // bytes rather than S3's whole-object fallback for a malformed header.
+        let start = range.start.min(end);
+        Ok(object.body.slice(start as usize..end as usize))
+    }
+}
+
+#[async_trait]
+impl ObjectClient for MemoryClient {
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn list(&self, request: &ListRequest) -> Result<ListPage, ObjectError> {
+        self.begin(Op::List).await?;
+        self.list_page(request)
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectHead, ObjectError> {
+        self.begin(Op::Head).await?;
+        self.head_object(key)
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Bytes, ObjectError> {
+        self.begin(Op::Get).await?;
+        let bytes = self.read_range(key, range, if_match)?;
+        self.counters
+            .get_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> Result<String, ObjectError> {
+        self.begin(Op::Put).await?;
+        Ok(self.put_object(key, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Ten keys: files at the root, a nested tree, and neighbours of `/` in byte order
+    /// (`-` is 0x2d and `0` is 0x30, on either side of `/` at 0x2f).
+    const TREE: [&str; 10] = [
+        "a-file", "a/1", "a/2", "a/b/3", "a/b/c/4", "a0", "b/5", "c/d/6", "top", "zz/7",
+    ];
+
+    fn tree() -> MemoryClient {
+        let client = MemoryClient::new("test-bucket");
+        for key in TREE {
+            client.put_object(key, key.as_bytes().to_vec());
+        }
+        client
+    }
+
+    fn request(prefix: &str, delimiter: Option<&str>, max_keys: Option<u32>) -> ListRequest {
+        ListRequest {
+            prefix: prefix.to_owned(),
+            delimiter: delimiter.map(str::to_owned),
+            continuation_token: None,
+            max_keys,
+        }
+    }
+
+    /// One listing entry in the order S3 returns them, objects and prefixes merged.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    enum Entry {
+        Object(String),
+        Prefix(String),
+    }
+
+    impl Entry {
+        fn name(&self) -> &str {
+            match self {
+                Entry::Object(name) | Entry::Prefix(name) => name,
+            }
+        }
+    }
+
+    fn entries(page: &ListPage) -> Vec<Entry> {
+        let mut entries: Vec<Entry> = page
+            .objects
+            .iter()
+            .map(|object| Entry::Object(object.key.clone()))
+            .chain(page.common_prefixes.iter().cloned().map(Entry::Prefix))
+            .collect();
+        entries.sort_by(|a, b| a.name().cmp(b.name()));
+        entries
+    }
+
+    /// Follows continuation tokens to the end; returns every page's entries.
+    async fn all_pages(client: &MemoryClient, mut request: ListRequest) -> Vec<Vec<Entry>> {
+        let mut pages = Vec::new();
+        loop {
+            let page = client.list(&request).await.expect("list");
+            pages.push(entries(&page));
+            match page.next_continuation_token {
+                Some(token) => request.continuation_token = Some(token),
+                None => return pages,
+            }
+            assert!(pages.len() <= TREE.len() + 1, "listing does not terminate");
+        }
+    }
+
+    #[tokio::test]
+    async fn list_without_delimiter_pages_concatenate_to_full_listing() {
+        let client = tree();
+        let full = client.list(&request("", None, None)).await.unwrap();
+        assert_eq!(full.next_continuation_token, None);
+        assert!(full.common_prefixes.is_empty());
+        let full_keys: Vec<&str> = full.objects.iter().map(|object| object.key.as_str()).collect();
+        let mut sorted = TREE.to_vec();
+        sorted.sort();
+        assert_eq!(full_keys, sorted);
+
+        let pages = all_pages(&client, request("", None, Some(2))).await;
+        assert_eq!(pages.len(), 5);
+        assert!(pages.iter().all(|page| page.len() == 2));
+        let concatenated: Vec<Entry> = pages.concat();
+        let expected: Vec<Entry> = sorted.iter().map(|key| Entry::Object(key.to_string())).collect();
+        assert_eq!(concatenated, expected);
+    }
+
+    #[tokio::test]
+    async fn list_with_delimiter_collapses_prefixes_once_across_pages() {
+        let client = tree();
+        let expected = vec![
+            Entry::Object("a-file".into()),
+            Entry::Prefix("a/".into()),
+            Entry::Object("a0".into()),
+            Entry::Prefix("b/".into()),
+            Entry::Prefix("c/".into()),
+            Entry::Object("top".into()),
+            Entry::Prefix("zz/".into()),
+        ];
+        let single = client.list(&request("", Some("/"), None)).await.unwrap();
+        assert_eq!(entries(&single), expected);
+        assert_eq!(single.next_continuation_token, None);
+
+        for max_keys in [1, 2, 3] {
+            let pages = all_pages(&client, request("", Some("/"), Some(max_keys))).await;
+            assert!(pages.iter().all(|page| page.len() <= max_keys as usize));
+            let concatenated = pages.concat();
+            let distinct: HashSet<&Entry> = concatenated.iter().collect();
+            assert_eq!(
+                distinct.len(),
+                concatenated.len(),
+                "an entry repeated with max_keys {max_keys}"
+            );
+            assert_eq!(concatenated, expected, "max_keys {max_keys}");
+        }
+    }
+
+    #[tokio::test]
+    async fn list_with_delimiter_under_a_prefix() {
+        let client = tree();
+        let pages = all_pages(&client, request("a/", Some("/"), Some(2))).await;
+        assert_eq!(
+            pages,
+            vec![
+                vec![Entry::Object("a/1".into()), Entry::Object("a/2".into())],
+                vec![Entry::Prefix("a/b/".into())],
+            ]
+        );
+        // The prefix need not end at a delimiter: "a" matches "a-file", "a/..." and "a0".
+        let page = client.list(&request("a", Some("/"), None)).await.unwrap();
+        assert_eq!(
+            entries(&page),
+            vec![
+                Entry::Object("a-file".into()),
+                Entry::Prefix("a/".into()),
+                Entry::Object("a0".into())
+            ]
+        );
+        // A prefix with nothing under it lists empty, and a prefix that is itself a key lists it.
+        let empty = client.list(&request("nothing/", Some("/"), None)).await.unwrap();
+        assert_eq!(empty, ListPage::default());
+        let itself = client.list(&request("top", Some("/"), None)).await.unwrap();
+        assert_eq!(entries(&itself), vec![Entry::Object("top".into())]);
+    }
+
+    #[tokio::test]
+    async fn list_orders_by_bytes_and_reports_sizes_and_etags() {
+        let client = MemoryClient::new("b");
+        // "é" is 0xc3 0xa9 in UTF-8, after "z"; "Z" (0x5a) sorts before "a" (0x61).
+        let etag = client.put_object("é", "12345");
+        client.put_object("z", "");
+        client.put_object("Z", "x");
+        let page = client.list(&request("", None, None)).await.unwrap();
+        let keys: Vec<&str> = page.objects.iter().map(|object| object.key.as_str()).collect();
+        assert_eq!(keys, ["Z", "z", "é"]);
+        assert_eq!(page.objects[2].size, 5);
+        assert_eq!(page.objects[2].etag, etag);
+        assert_eq!(page.objects[1].size, 0);
+    }
+
+    #[tokio::test]
+    async fn list_max_keys_zero_default_and_cap() {
+        let client = MemoryClient::new("b");
+        for index in 0..1005 {
+            client.put_object(&format!("k{index:04}"), "");
+        }
+        let zero = client.list(&request("", None, Some(0))).await.unwrap();
+        assert_eq!(zero, ListPage::default());
+
+        let default = client.list(&request("", None, None)).await.unwrap();
+        assert_eq!(default.objects.len(), 1000);
+        assert!(default.next_continuation_token.is_some());
+        let capped = client.list(&request("", None, Some(5000))).await.unwrap();
+        assert_eq!(capped.objects.len(), 1000);
+
+        let mut next = request("", None, None);
+        next.continuation_token = default.next_continuation_token;
+        let rest = client.list(&next).await.unwrap();
+        assert_eq!(rest.objects.len(), 5);
+        assert_eq!(rest.objects[0].key, "k1000");
+        assert_eq!(rest.next_continuation_token, None);
+    }
+
+    #[tokio::test]
+    async fn list_rejects_a_foreign_continuation_token() {
+        let client = tree();
+        for token in ["a/1", "mem1:zz", "mem1:6", "mem1:ff"] {
+            let mut bad = request("", None, None);
+            bad.continuation_token = Some(token.to_owned());
+            match client.list(&bad).await {
+                Err(ObjectError::Service { code, .. }) => {
+                    assert_eq!(code, "InvalidArgument", "token {token}")
+                }
+                other => panic!("token {token:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn list_sees_objects_added_and_removed_between_pages() {
+        let client = tree();
+        let first = client.list(&request("", Some("/"), Some(2))).await.unwrap();
+        assert_eq!(
+            entries(&first),
+            vec![Entry::Object("a-file".into()), Entry::Prefix("a/".into())]
+        );
+        // Added inside an already returned prefix: not listed again. Added later: listed.
+        client.put_object("a/new", "");
+        client.put_object("b0", "");
+        assert!(client.delete_object("top"));
+        let mut next = request("", Some("/"), None);
+        next.continuation_token = first.next_continuation_token;
+        let rest = client.list(&next).await.unwrap();
+        assert_eq!(
+            entries(&rest),
+            vec![
+                Entry::Object("a0".into()),
+                Entry::Prefix("b/".into()),
+                Entry::Object("b0".into()),
+                Entry::Prefix("c/".into()),
+                Entry::Prefix("zz/".into()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn head_reports_metadata_and_missing_keys() {
+        let client = MemoryClient::new("b");
+        let metadata = HashMap::from([("Mode".to_owned(), "0644".to_owned())]);
+        let etag = client.put_object_with("f", "hello", Some("text/plain"), metadata);
+        let head = client.head("f").await.unwrap();
+        assert_eq!(head.size, 5);
+        assert_eq!(head.etag, etag);
+        assert_eq!(head.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(
+            head.user_metadata,
+            HashMap::from([("mode".to_owned(), "0644".to_owned())])
+        );
+        assert_eq!(head.version_id, None);
+        let since_epoch = head.last_modified.duration_since(UNIX_EPOCH).unwrap();
+        assert_eq!(
+            since_epoch.subsec_nanos(),
+            0,
+            "Last-Modified has whole seconds, like S3"
+        );
+
+        // A plain put replaces the metadata and falls back to S3's default content type.
+        client.put("f", Bytes::from_static(b"x")).await.unwrap();
+        let head = client.head("f").await.unwrap();
+        assert_eq!(head.content_type.as_deref(), Some(DEFAULT_CONTENT_TYPE));
+        assert!(head.user_metadata.is_empty());
+
+        let when = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        client.set_last_modified("f", when);
+        assert_eq!(client.head("f").await.unwrap().last_modified, when);
+        let page = client.list(&request("", None, None)).await.unwrap();
+        assert_eq!(page.objects[0].last_modified, when);
+
+        assert_eq!(
+            client.head("missing").await,
+            Err(ObjectError::NoSuchKey("missing".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn get_range_clamps_and_rejects_unsatisfiable_ranges() {
+        let client = MemoryClient::new("b");
+        client.put_object("ten", "0123456789");
+        client.put_object("empty", "");
+        assert_eq!(client.get_range("ten", 0..100, None).await.unwrap(), "0123456789");
+        assert_eq!(client.get_range("ten", 4..8, None).await.unwrap(), "4567");
+        assert_eq!(client.get_range("ten", 8..u64::MAX, None).await.unwrap(), "89");
+        assert_eq!(
+            client.get_range("ten", 10..20, None).await,
+            Err(ObjectError::InvalidRange("ten".into()))
+        );
+        assert_eq!(
+            client.get_range("ten", 99..100, None).await,
+            Err(ObjectError::InvalidRange("ten".into()))
+        );
+        assert_eq!(client.get_range("empty", 0..10, None).await.unwrap(), "");
+        assert_eq!(
+            client.get_range("empty", 1..10, None).await,
+            Err(ObjectError::InvalidRange("empty".into()))
+        );
+        assert_eq!(client.get_range("ten", 5..5, None).await.unwrap(), "");
+        #[allow(clippy::reversed_empty_ranges)]
+        let inverted = 7..5;
+        assert_eq!(client.get_range("ten", inverted, None).await.unwrap(), "");
+        assert_eq!(
+            client.get_range("nope", 0..1, None).await,
+            Err(ObjectError::NoSuchKey("nope".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn get_range_if_match_follows_the_stored_etag() {
+        let client = MemoryClient::new("b");
+        let first = client.put_object("f", "one");
+        assert!(first.starts_with('"') && first.ends_with('"') && first.len() == 34);
+        assert_eq!(client.get_range("f", 0..3, Some(&first)).await.unwrap(), "one");
+        // Quotes are optional and `*` matches any existing object, as on S3.
+        assert_eq!(
+            client
+                .get_range("f", 0..3, Some(first.trim_matches('"')))
+                .await
+                .unwrap(),
+            "one"
+        );
+        assert_eq!(client.get_range("f", 0..3, Some("*")).await.unwrap(), "one");
+
+        let second = client.put("f", Bytes::from_static(b"two")).await.unwrap();
+        assert_ne!(first, second);
+        assert_eq!(
+            client.get_range("f", 0..3, Some(&first)).await,
+            Err(ObjectError::PreconditionFailed("f".into()))
+        );
+        assert_eq!(client.get_range("f", 0..3, Some(&second)).await.unwrap(), "two");
+        // Precondition is checked before the range, as S3 does.
+        assert_eq!(
+            client.get_range("f", 50..60, Some(&first)).await,
+            Err(ObjectError::PreconditionFailed("f".into()))
+        );
+
+        // Same body, same ETag (S3's MD5 ETags behave the same way).
+        assert_eq!(client.put_object("g", "two"), second);
+    }
+
+    #[tokio::test]
+    async fn counters_count_requests_and_bytes() {
+        let client = tree();
+        assert_eq!(
+            client.counters(),
+            RequestCounts::default(),
+            "setup helpers are not requests"
+        );
+        client.list(&request("", None, None)).await.unwrap();
+        client.head("top").await.unwrap();
+        client.head("missing").await.unwrap_err();
+        client.get_range("a/b/c/4", 0..100, None).await.unwrap();
+        client.get_range("a/b/c/4", 2..4, None).await.unwrap();
+        client.get_range("a/b/c/4", 100..200, None).await.unwrap_err();
+        client.put("new", Bytes::from_static(b"abc")).await.unwrap();
+        assert_eq!(
+            client.counters(),
+            RequestCounts {
+                list: 1,
+                head: 2,
+                get: 3,
+                put: 1,
+                get_bytes: 7 + 2
+            }
+        );
+        assert!(client.contains("new"));
+        assert_eq!(client.object_count(), TREE.len() + 1);
+        client.reset_counters();
+        assert_eq!(client.counters(), RequestCounts::default());
+    }
+
+    #[tokio::test]
+    async fn fail_next_fails_exactly_n_calls_of_one_op_in_order() {
+        let client = tree();
+        let throttled = ObjectError::Service {
+            code: "SlowDown".into(),
+            message: "reduce rate".into(),
+        };
+        client.fail_next(Op::Get, 2, throttled.clone());
+        client.fail_next(Op::Get, 1, ObjectError::AccessDenied("top".into()));
+        assert_eq!(
+            client.head("top").await.unwrap().size,
+            3,
+            "other operations are not affected"
+        );
+        assert_eq!(client.get_range("top", 0..3, None).await, Err(throttled.clone()));
+        assert_eq!(client.get_range("top", 0..3, None).await, Err(throttled));
+        assert_eq!(
+            client.get_range("top", 0..3, None).await,
+            Err(ObjectError::AccessDenied("top".into()))
+        );
+        assert_eq!(client.get_range("top", 0..3, None).await.unwrap(), "top");
+        assert_eq!(client.counters().get, 4);
+        assert_eq!(client.counters().get_bytes, 3);
+
+        client.fail_next(Op::Put, 1, ObjectError::Unreachable("reset".into()));
+        assert!(client.put("p", Bytes::from_static(b"1")).await.is_err());
+        assert!(!client.contains("p"), "a failed put stores nothing");
+        client.put("p", Bytes::from_static(b"1")).await.unwrap();
+        assert!(client.contains("p"));
+
+        client.fail_next(Op::List, 1, ObjectError::NoSuchBucket("test-bucket".into()));
+        assert!(client.list(&request("", None, None)).await.is_err());
+        assert!(client.list(&request("", None, None)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn unreachable_fails_everything_until_cleared() {
+        let client = tree();
+        client.fail_next(Op::Head, 1, ObjectError::AccessDenied("top".into()));
+        client.set_unreachable(true);
+        assert!(matches!(
+            client.list(&request("", None, None)).await,
+            Err(ObjectError::Unreachable(_))
+        ));
+        assert!(matches!(
+            client.head("top").await,
+            Err(ObjectError::Unreachable(_))
+        ));
+        assert!(matches!(
+            client.get_range("top", 0..1, None).await,
+            Err(ObjectError::Unreachable(_))
+        ));
+        assert!(matches!(
+            client.put("x", Bytes::new()).await,
+            Err(ObjectError::Unreachable(_))
+        ));
+        assert!(!client.contains("x"));
+        client.set_unreachable(false);
+        // The queued fault was kept for the first call after the outage.
+        assert_eq!(
+            client.head("top").await,
+            Err(ObjectError::AccessDenied("top".into()))
+        );
+        assert!(client.head("top").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn slow_get_does_not_block_other_requests() {
+        let client = Arc::new(tree());
+        // An hour: far longer than the test, so the GET is certainly still waiting at the end.
+        client.set_latency(Op::Get, Duration::from_secs(3600));
+        let slow = tokio::spawn({
+            let client = Arc::clone(&client);
+            async move { client.get_range("top", 0..3, None).await }
+        });
+        while client.counters().get == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(client.head("top").await.unwrap().size, 3);
+        assert_eq!(
+            client
+                .list(&request("", None, Some(1)))
+                .await
+                .unwrap()
+                .objects
+                .len(),
+            1
+        );
+        client.put("during", Bytes::from_static(b"x")).await.unwrap();
+        assert!(!slow.is_finished());
+        slow.abort();
+        assert!(slow.await.unwrap_err().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn latency_delays_the_answer() {
+        let client = tree();
+        // Long enough to be measurable, short enough not to slow the suite.
+        let latency = Duration::from_millis(20);
+        client.set_latency(Op::Head, latency);
+        let started = tokio::time::Instant::now();
+        client.head("top").await.unwrap();
+        assert!(started.elapsed() >= latency);
+        assert_eq!(client.counters().head, 1);
+    }
+}

@@ -1,0 +1,294 @@
+//! The production [`ObjectClient`]: aws-sdk-s3 bound to one bucket.
+//!
+//! Owns the SDK configuration (region, endpoint, addressing style, credentials provider chain)
+//! and the translation of SDK results and errors into this crate's types. It must not grow any
+//! file-system logic: retries and timeouts are the SDK's, everything else belongs above.
+
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use bytes::Bytes;
+
+use super::{ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectSummary};
+
+/// Region used when neither the command line, the environment nor a profile names one. S3 itself
+/// answers a wrong-region request with a redirect error that names the right one.
+const FALLBACK_REGION: &str = "us-east-1";
+
+/// How long to wait for a TCP/TLS connection before calling the endpoint unreachable. Long enough
+/// for a cross-region handshake, short enough that a wrong `--endpoint-url` fails the mount quickly.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where and how to reach the bucket. Credentials are not here: they come from the AWS provider
+/// chain (environment, profile, web identity, IMDS), never from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    pub profile: Option<String>,
+    /// Send anonymous requests (public buckets).
+    pub no_sign_request: bool,
+}
+
+/// aws-sdk-s3 client for one bucket.
+#[derive(Clone, Debug)]
+pub struct S3Client {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Client {
+    /// Builds the SDK client. Makes no request: the first call tells whether the bucket is there.
+    pub async fn new(settings: S3Settings) -> Result<Self, ObjectError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(TimeoutConfig::builder().connect_timeout(CONNECT_TIMEOUT).build());
+        if let Some(region) = &settings.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(profile) = &settings.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(endpoint) = &settings.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if settings.no_sign_request {
+            loader = loader.no_credentials();
+        }
+        let sdk_config = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config)
+            .force_path_style(settings.force_path_style)
+            // S3-compatible servers differ in their support for the newer flexible checksums;
+            // send and check them only where the API requires it. Data integrity on disk is the
+            // block cache's CRC32C, not this.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if sdk_config.region().is_none() {
+            builder = builder.region(Region::new(FALLBACK_REGION));
+        }
+        Ok(Self {
+            client: aws_sdk_s3::Client::from_conf(builder.build()),
+            bucket: settings.bucket,
+        })
+    }
+}
+
+#[async_trait]
+impl ObjectClient for S3Client {
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn list(&self, request: &ListRequest) -> Result<ListPage, ObjectError> {
+        let output = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&request.prefix)
+            .set_delimiter(request.delimiter.clone())
+            .set_continuation_token(request.continuation_token.clone())
+            .set_max_keys(request.max_keys.map(|n| n.min(i32::MAX as u32) as i32))
+            .send()
+            .await
+            .map_err(|e| self.map_error(e, &request.prefix))?;
+        let objects = output
+            .contents()
+            .iter()
+            .filter_map(|object| {
+                Some(ObjectSummary {
+                    key: object.key()?.to_owned(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                    last_modified: to_system_time(object.last_modified()),
+                    etag: object.e_tag().unwrap_or_default().to_owned(),
+                })
+            })
+            .collect();
+        let common_prefixes = output
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_owned))
+            .collect();
+        let next_continuation_token = match output.is_truncated() {
+            Some(true) => output.next_continuation_token().map(str::to_owned),
+            _ => None,
+        };
+        Ok(ListPage {
+            objects,
+            common_prefixes,
+            next_continuation_token,
+        })
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectHead, ObjectError> {
+        let output = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.map_error(e, key))?;
+        Ok(ObjectHead {
+            size: output.content_length().unwrap_or(0).max(0) as u64,
+            last_modified: to_system_time(output.last_modified()),
+            etag: output.e_tag().unwrap_or_default().to_owned(),
+            content_type: output.content_type().map(str::to_owned),
+            version_id: output.version_id().map(str::to_owned),
+            user_metadata: output.metadata().cloned().unwrap_or_default(),
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Bytes, ObjectError> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        // HTTP ranges are inclusive at both ends.
+        let header = format!("bytes={}-{}", range.start, range.end - 1);
+        let output = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(header)
+            .set_if_match(if_match.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| self.map_error(e, key))?;
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| ObjectError::Unreachable(format!("reading body of {key}: {e}")))?;
+        Ok(body.into_bytes())
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> Result<String, ObjectError> {
+        let output = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.map_error(e, key))?;
+        Ok(output.e_tag().unwrap_or_default().to_owned())
+    }
+}
+
+impl S3Client {
+    /// Turns an SDK error into the few cases the file system tells apart. `key` names what was
+    /// asked for, for the message.
+    fn map_error<E, R>(&self, error: SdkError<E, R>, key: &str) -> ObjectError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + HttpStatus,
+    {
+        let described = DisplayErrorContext(&error).to_string();
+        match &error {
+            SdkError::ServiceError(context) => classify_service_error(
+                context.raw().http_status(),
+                context.err().code(),
+                context.err().message().unwrap_or(&described),
+                &self.bucket,
+                key,
+            ),
+            SdkError::DispatchFailure(failure) if failure.as_connector_error().is_some() => {
+                ObjectError::Unreachable(described)
+            }
+            SdkError::TimeoutError(_) => ObjectError::Unreachable(described),
+            _ => ObjectError::Service {
+                code: "ClientError".to_owned(),
+                message: described,
+            },
+        }
+    }
+}
+
+/// The HTTP status of a raw response, whatever response type the SDK error carries.
+trait HttpStatus {
+    fn http_status(&self) -> u16;
+}
+
+impl HttpStatus for aws_smithy_runtime_api::http::Response {
+    fn http_status(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+/// Maps a status and an S3 error code to an [`ObjectError`]. The code wins where present; the
+/// status decides for responses without a body (HEAD) or with an unexpected code.
+fn classify_service_error(
+    status: u16,
+    code: Option<&str>,
+    message: &str,
+    bucket: &str,
+    key: &str,
+) -> ObjectError {
+    match (code, status) {
+        (Some("NoSuchBucket"), _) => ObjectError::NoSuchBucket(bucket.to_owned()),
+        (Some("NoSuchKey"), _) | (None, 404) | (Some("NotFound"), _) => {
+            ObjectError::NoSuchKey(key.to_owned())
+        }
+        (Some("PreconditionFailed"), _) | (_, 412) => ObjectError::PreconditionFailed(key.to_owned()),
+        (Some("InvalidRange"), _) | (_, 416) => ObjectError::InvalidRange(key.to_owned()),
+        (Some(code), 403) => ObjectError::AccessDenied(format!("{code}: {message}")),
+        (None, 403) => ObjectError::AccessDenied(format!("bucket {bucket}")),
+        (code, status) => ObjectError::Service {
+            code: code
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("HTTP {status}")),
+            message: message.to_owned(),
+        },
+    }
+}
+
+fn to_system_time(time: Option<&DateTime>) -> SystemTime {
+    time.and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_win_over_statuses() {
+        let e = classify_service_error(404, Some("NoSuchBucket"), "m", "b", "k");
+        assert_eq!(e, ObjectError::NoSuchBucket("b".into()));
+        let e = classify_service_error(404, None, "m", "b", "k");
+        assert_eq!(e, ObjectError::NoSuchKey("k".into()));
+        let e = classify_service_error(412, None, "m", "b", "k");
+        assert_eq!(e, ObjectError::PreconditionFailed("k".into()));
+        let e = classify_service_error(403, Some("InvalidAccessKeyId"), "bad key", "b", "k");
+        assert_eq!(e, ObjectError::AccessDenied("InvalidAccessKeyId: bad key".into()));
+        let e = classify_service_error(503, Some("SlowDown"), "busy", "b", "k");
+        assert_eq!(
+            e,
+            ObjectError::Service {
+                code: "SlowDown".into(),
+                message: "busy".into()
+            }
+        );
+        let e = classify_service_error(500, None, "boom", "b", "k");
+        assert_eq!(
+            e,
+            ObjectError::Service {
+                code: "HTTP 500".into(),
+                message: "boom".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! From a validated configuration to a live mount: mount-point checks, the S3 client and a
+//! probe of the bucket (so bad input fails before anything is mounted), the FUSE session,
+//! daemonizing, and a clean unmount on SIGTERM/SIGINT.
+//!
+//! Owns the process; knows nothing of file-system semantics.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use crate::cli::Source;
+use crate::fs::{FsConfig, S3Fs};
+use crate::fuse::{FuseAdapter, KernelNotifier};
+use crate::object::s3::{S3Client, S3Settings};
+use crate::object::{ListRequest, ObjectClient, ObjectError};
+
+/// Everything needed to mount, already validated.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    pub source: Source,
+    pub mount_point: PathBuf,
+    pub s3: S3Settings,
+    pub fs: FsConfig,
+    pub allow_other: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("mount point {0} does not exist")]
+    MountPointMissing(PathBuf),
+    #[error("mount point {0} is not a directory")]
+    MountPointNotDirectory(PathBuf),
+    #[error("mount point {0} is not empty")]
+    MountPointNotEmpty(PathBuf),
+    #[error("cannot use mount point {0}: {1}")]
+    MountPointUnusable(PathBuf, io::Error),
+    #[error("bucket {0:?} does not exist")]
+    NoSuchBucket(String),
+    #[error("access denied to bucket {bucket:?}: {detail}")]
+    AccessDenied { bucket: String, detail: String },
+    #[error("cannot reach the object store at {endpoint}: {detail}")]
+    Unreachable { endpoint: String, detail: String },
+    #[error("cannot list bucket {bucket:?}: {error}")]
+    Probe { bucket: String, error: ObjectError },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(io::Error),
+    #[error("cannot mount on {0}: {1}")]
+    Mount(PathBuf, io::Error),
+    #[error("cannot run in the background: {0}")]
+    Daemon(String),
+}
+
+/// Checks the mount point before anything else happens, and returns it absolute (the daemon
+/// changes its working directory to `/`).
+pub fn check_mount_point(path: &Path) -> Result<PathBuf, RunError> {
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(RunError::MountPointMissing(path.to_owned()));
+        }
+        Err(e) => return Err(RunError::MountPointUnusable(path.to_owned(), e)),
+    };
+    if !metadata.is_dir() {
+        return Err(RunError::MountPointNotDirectory(path.to_owned()));
+    }
+    let mut entries =
+        std::fs::read_dir(path).map_err(|e| RunError::MountPointUnusable(path.to_owned(), e))?;
+    if entries.next().is_some() {
+        return Err(RunError::MountPointNotEmpty(path.to_owned()));
+    }
+    std::fs::canonicalize(path).map_err(|e| RunError::MountPointUnusable(path.to_owned(), e))
+}
+
+/// Mounts and serves until unmounted. `ready` is called once the mount is live.
+pub fn mount(config: MountConfig, ready: impl FnOnce()) -> Result<(), RunError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("s3mount-worker")
+        .build()
+        .map_err(RunError::Runtime)?;
+    let client = runtime.block_on(async {
+        let client = S3Client::new(config.s3.clone())
+            .await
+            .map_err(|error| probe_error(&config, error))?;
+        probe_bucket(&client, &config).await?;
+        Ok::<_, RunError>(client)
+    })?;
+    let fs = Arc::new(S3Fs::new(Arc::new(client), config.fs.clone()));
+    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
+    let mut session = Session::new(adapter, &config.mount_point, &session_config(&config))
+        .map_err(|e| RunError::Mount(config.mount_point.clone(), e))?;
+    fs.set_kernel_cache(Arc::new(KernelNotifier(session.notifier())));
+    let mut unmounter = session.unmount_callable();
+    runtime.spawn(async move {
+        wait_for_termination().await;
+        tracing::info!("unmounting on signal");
+        if let Err(error) = unmounter.unmount() {
+            tracing::error!(%error, "unmount failed");
+        }
+    });
+    tracing::info!(bucket = %config.source.bucket, prefix = %config.source.prefix.as_str(),
+        mount_point = %config.mount_point.display(), "mounted");
+    ready();
+    let served = session.run();
+    tracing::info!("unmounted");
+    served.map_err(|e| RunError::Mount(config.mount_point.clone(), e))
+}
+
+/// One listing of the root prefix: proves the endpoint answers, the bucket exists and we may
+/// read it, before the mount is made.
+async fn probe_bucket(client: &S3Client, config: &MountConfig) -> Result<(), RunError> {
+    let request = ListRequest {
+        prefix: config.source.prefix.as_str().to_owned(),
+        delimiter: Some("/".to_owned()),
+        continuation_token: None,
+        max_keys: Some(1),
+    };
+    client
+        .list(&request)
+        .await
+        .map(drop)
+        .map_err(|error| probe_error(config, error))
+}
+
+fn probe_error(config: &MountConfig, error: ObjectError) -> RunError {
+    let bucket = config.source.bucket.clone();
+    match error {
+        ObjectError::NoSuchBucket(_) => RunError::NoSuchBucket(bucket),
+        ObjectError::AccessDenied(detail) => RunError::AccessDenied { bucket, detail },
+        ObjectError::Unreachable(detail) => RunError::Unreachable {
+            endpoint: config
+                .s3
+                .endpoint_url
+                .clone()
+                .unwrap_or_else(|| "the default S3 endpoint".to_owned()),
+            detail,
+        },
+        error => RunError::Probe { bucket, error },
+    }
+}
+
+fn session_config(config: &MountConfig) -> Config {
+    let fsname = format!(
+        "s3mount:{}/{}",
+        config.source.bucket,
+        config.source.prefix.as_str()
+    );
+    let mut options = vec![
+        MountOption::FSName(fsname),
+        MountOption::Subtype("s3mount".to_owned()),
+        // The kernel checks modes against uid/gid, so --file-mode and --uid mean what they say.
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+    ];
+    if config.fs.read_only {
+        options.push(MountOption::RO);
+    }
+    let mut session = Config::default();
+    session.mount_options = options;
+    session.acl = if config.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    session
+}
+
+async fn wait_for_termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; unmount with umount instead");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// What the background child tells the waiting parent: the mount is live, or why not.
+const READY: &[u8] = b"ok";
+
+/// Forks: the parent waits until the child reports the mount live (exit 0) or fails (prints the
+/// child's error, exit 1); the child detaches and runs `serve`, which gets a `ready` callback.
+/// Must be called before any thread exists.
+pub fn daemonize(serve: impl FnOnce(Box<dyn FnOnce()>) -> Result<(), RunError>) -> Result<(), RunError> {
+    let (read_end, write_end) = nix::unistd::pipe().map_err(|e| RunError::Daemon(e.to_string()))?;
+    // SAFETY: called from main before any thread is started, so the child is a full copy.
+    match unsafe { nix::unistd::fork() }.map_err(|e| RunError::Daemon(e.to_string()))? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(write_end);
+            std::process::exit(wait_for_child(read_end))
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(read_end);
+            nix::unistd::setsid().map_err(|e| RunError::Daemon(e.to_string()))?;
+            std::env::set_current_dir("/").map_err(|e| RunError::Daemon(e.to_string()))?;
+            let pipe = Arc::new(std::sync::Mutex::new(Some(std::fs::File::from(write_end))));
+            let ready_pipe = pipe.clone();
+            let ready = Box::new(move || {
+                if let Some(mut file) = ready_pipe.lock().ok().and_then(|mut p| p.take()) {
+                    let _ = file.write_all(READY);
+                }
+                detach_stdio();
+            });
+            let result = serve(ready);
+            if let Err(error) = &result
+                && let Some(mut file) = pipe.lock().ok().and_then(|mut p| p.take())
+            {
+                let _ = file.write_all(error.to_string().as_bytes());
+                std::process::exit(1);
+            }
+            result
+        }
+    }
+}
+
+/// The parent's side: the exit status for the `s3mount` command.
+fn wait_for_child(read_end: OwnedFd) -> i32 {
+    let mut message = Vec::new();
+    let _ = std::fs::File::from(read_end).read_to_end(&mut message);
+    if message == READY {
+        return 0;
+    }
+    let text = String::from_utf8_lossy(&message);
+    if text.is_empty() {
+        eprintln!("s3mount: error: the background process exited before the mount was ready (see the log)");
+    } else {
+        eprintln!("s3mount: error: {text}");
+    }
+    1
+}
+
+/// Points stdin, stdout and stderr at /dev/null once the parent has gone.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..=2 {
+            // SAFETY: dup2 onto the standard descriptors of our own process.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
