@@ -43,6 +43,8 @@ pub enum HiddenReason {
     DirectoryMarkerWithData,
     /// A file whose name is also a prefix: the directory is shown instead.
     ShadowedByDirectory,
+    /// The server returned a key outside the prefix we listed (a misbehaving server).
+    NotUnderListedPrefix,
 }
 
 /// A readdir stream over one directory prefix. `.` and `..` are the caller's; offsets here
@@ -161,19 +163,10 @@ impl DirStream {
                 }
             }
             PageItem::Object(object) => self.held.push(object),
-            PageItem::Prefix(prefix) => {
-                let name = &prefix[self.prefix.len()..prefix.len() - 1];
-                match check_component(name.as_bytes()) {
-                    Ok(name) => {
-                        let name = name.to_owned();
-                        self.push(name, ListedKind::Dir);
-                    }
-                    Err(reason) => hidden.push(Hidden {
-                        key: prefix,
-                        reason: HiddenReason::BadName(reason),
-                    }),
-                }
-            }
+            PageItem::Prefix(prefix) => match name_under(&self.prefix, &prefix, true) {
+                Ok(name) => self.push(name, ListedKind::Dir),
+                Err(reason) => hidden.push(Hidden { key: prefix, reason }),
+            },
         }
     }
 
@@ -197,15 +190,11 @@ impl DirStream {
     }
 
     fn emit_file(&mut self, file: ObjectSummary, hidden: &mut Vec<Hidden>) {
-        let name = &file.key[self.prefix.len()..];
-        match check_component(name.as_bytes()) {
-            Ok(name) => {
-                let name = name.to_owned();
-                self.push(name, ListedKind::File(file));
-            }
+        match name_under(&self.prefix, &file.key, false) {
+            Ok(name) => self.push(name, ListedKind::File(file)),
             Err(reason) => hidden.push(Hidden {
                 key: file.key,
-                reason: HiddenReason::BadName(reason),
+                reason,
             }),
         }
     }
@@ -230,6 +219,22 @@ pub struct PageOutcome {
 enum PageItem {
     Object(ObjectSummary),
     Prefix(String),
+}
+
+/// The name `key` gives under the listed `prefix` (without the trailing `/` of a common prefix),
+/// or why it cannot be one.
+fn name_under(prefix: &str, key: &str, common_prefix: bool) -> Result<String, HiddenReason> {
+    let rest = key
+        .strip_prefix(prefix)
+        .ok_or(HiddenReason::NotUnderListedPrefix)?;
+    let name = if common_prefix {
+        rest.strip_suffix('/').ok_or(HiddenReason::NotUnderListedPrefix)?
+    } else {
+        rest
+    };
+    check_component(name.as_bytes())
+        .map(str::to_owned)
+        .map_err(HiddenReason::BadName)
 }
 
 /// One page's objects and prefixes in the single key order S3 produced them in.
