@@ -14,6 +14,7 @@ pub mod names;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -59,7 +60,7 @@ pub struct FsConfig {
     pub list_page_size: Option<u32>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     File,
     Dir,
@@ -82,6 +83,13 @@ impl Entry {
             mtime,
             etag: None,
         }
+    }
+
+    /// Identifies this version of the path's attributes: equal fingerprints, same size and object.
+    fn fingerprint(&self) -> u64 {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (self.kind, self.size, self.mtime, &self.etag).hash(&mut hasher);
+        hasher.finish()
     }
 }
 
@@ -197,7 +205,9 @@ impl S3Fs {
         let name = check_os_name(name)?;
         let path = join(&parent_path, name);
         let entry = self.resolve(&path).await?.ok_or(FsError::NotFound)?;
-        let ino = lock(&self.inodes).remember(&path);
+        let mut inodes = lock(&self.inodes);
+        let ino = inodes.remember(&path);
+        inodes.set_kernel_view(ino, Some(entry.fingerprint()));
         Ok(self.attr(ino, &entry))
     }
 
@@ -208,6 +218,7 @@ impl S3Fs {
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         let path = self.path_of(ino)?;
         let entry = self.resolve(&path).await?.ok_or(FsError::NotFound)?;
+        lock(&self.inodes).set_kernel_view(ino, Some(entry.fingerprint()));
         Ok(self.attr(ino, &entry))
     }
 
@@ -231,13 +242,7 @@ impl S3Fs {
             Err(error) => return Err(error.into()),
         };
         let fresh = file_entry_from_head(&head);
-        let known = self.metadata.get(&*path).flatten();
-        if known.is_some_and(|known| known.etag != fresh.etag || known.size != fresh.size) {
-            // Another writer replaced the object: the kernel's size and pages are of the old one.
-            if let Some(kernel_cache) = self.kernel_cache.get() {
-                kernel_cache.invalidate(ino);
-            }
-        }
+        self.forget_stale_kernel_view(ino, &fresh);
         self.metadata.insert(path.to_string(), Some(fresh));
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let file = OpenFile {
@@ -351,6 +356,24 @@ impl S3Fs {
             bsize: BLOCK_SIZE,
             namelen: names::NAME_MAX as u32,
             frsize: BLOCK_SIZE,
+        }
+    }
+
+    /// When the kernel holds attributes of `ino` other than `fresh` (another writer replaced the
+    /// object since the kernel was told), makes it drop them and the pages read under them.
+    fn forget_stale_kernel_view(&self, ino: u64, fresh: &Entry) {
+        let stale = {
+            let mut inodes = lock(&self.inodes);
+            let stale = inodes
+                .kernel_view(ino)
+                .is_some_and(|view| view != fresh.fingerprint());
+            if stale {
+                inodes.set_kernel_view(ino, None);
+            }
+            stale
+        };
+        if stale && let Some(kernel_cache) = self.kernel_cache.get() {
+            kernel_cache.invalidate(ino);
         }
     }
 

@@ -19,6 +19,9 @@ pub const ROOT_INO: u64 = 1;
 struct Record {
     path: Arc<str>,
     lookups: u64,
+    /// A fingerprint of the attributes the kernel was last given for this inode (`None`: none,
+    /// or it was told to drop them), so the caller can tell when the kernel's view is stale.
+    kernel_view: Option<u64>,
 }
 
 /// Path <-> inode number, with lookup counts. Not synchronised: the caller holds it in a mutex.
@@ -47,6 +50,7 @@ impl InodeTable {
             Record {
                 path: root.clone(),
                 lookups: 1,
+                kernel_view: None,
             },
         );
         table.by_path.insert(root, ROOT_INO);
@@ -81,10 +85,23 @@ impl InodeTable {
             Record {
                 path: path.clone(),
                 lookups: 1,
+                kernel_view: None,
             },
         );
         self.by_path.insert(path, ino);
         ino
+    }
+
+    /// Records what the kernel was just told about `ino` (ignored for an inode not in the table).
+    pub fn set_kernel_view(&mut self, ino: u64, view: Option<u64>) {
+        if let Some(record) = self.by_ino.get_mut(&ino) {
+            record.kernel_view = view;
+        }
+    }
+
+    /// What the kernel was last told about `ino`, if anything.
+    pub fn kernel_view(&self, ino: u64) -> Option<u64> {
+        self.by_ino.get(&ino).and_then(|r| r.kernel_view)
     }
 
     /// Drops `count` kernel references; the inode leaves the table when none remain.
@@ -181,6 +198,7 @@ mod tests {
             Record {
                 path: Arc::from("squatter"),
                 lookups: 1,
+                kernel_view: None,
             },
         );
         let b = table.remember("b");

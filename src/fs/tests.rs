@@ -287,6 +287,43 @@ async fn open_refreshes_size_despite_the_metadata_cache() {
     );
 }
 
+/// Records which inodes the file system asked the kernel to forget.
+#[derive(Default)]
+struct RecordingKernel(std::sync::Mutex<Vec<u64>>);
+
+impl KernelCache for RecordingKernel {
+    fn invalidate(&self, ino: u64) {
+        self.0.lock().unwrap().push(ino);
+    }
+}
+
+#[tokio::test]
+async fn open_drops_the_kernels_view_when_the_object_changed_since_it_was_told() {
+    let client = Arc::new(MemoryClient::new("b"));
+    client.put_object("d/f", "v1");
+    let fs = mount(&client, "");
+    let kernel = Arc::new(RecordingKernel::default());
+    fs.set_kernel_cache(kernel.clone());
+    let f = lookup_path(&fs, "d/f").await.unwrap();
+    let d = lookup_path(&fs, "d").await.unwrap();
+    // Unchanged: no invalidation.
+    let handle = fs.open(f.ino, false).await.unwrap();
+    fs.release(handle);
+    assert!(kernel.0.lock().unwrap().is_empty());
+    // Replaced, and a listing refreshes the metadata cache before the open: the kernel still
+    // holds the old size, so the open must still invalidate it.
+    client.put_object("d/f", "version two");
+    assert_eq!(list_names(&fs, d.ino).await.len(), 3);
+    let handle = fs.open(f.ino, false).await.unwrap();
+    fs.release(handle);
+    assert_eq!(*kernel.0.lock().unwrap(), vec![f.ino]);
+    // Once the kernel asks again it is up to date, and the next open leaves it alone.
+    assert_eq!(fs.getattr(f.ino).await.unwrap().size, 11);
+    let handle = fs.open(f.ino, false).await.unwrap();
+    fs.release(handle);
+    assert_eq!(kernel.0.lock().unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn writes_are_refused_for_now() {
     let client = Arc::new(MemoryClient::new("b"));
