@@ -104,6 +104,29 @@ pub struct Args {
     /// Append logs to this file (default: stderr in the foreground, syslog in the background)
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+
+    /// Keep a block cache of what is read in DIR, kept across remounts (default: a directory per
+    /// bucket and prefix under $XDG_CACHE_HOME/s3mount or ~/.cache/s3mount). One mount per DIR
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    pub cache: Option<PathBuf>,
+
+    /// Do not cache blocks on local disk
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Largest size of the block cache, e.g. 50GiB (default: 20% of the disk holding it, at most
+    /// 20 GiB). Whatever this is, the cache leaves 10% of that disk (at most 10 GiB) free
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub cache_size: Option<u64>,
+
+    /// Memory for read-ahead buffers of all open files together, e.g. 512MiB (default: 1/16 of
+    /// the machine's memory, between 64 MiB and 256 MiB)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+
+    /// Size of one ranged GET when reading ahead: a multiple of 1MiB, at most 1GiB
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = parse_part_size)]
+    pub part_size: u64,
 }
 
 /// Where the bucket is and how to reach it.
@@ -178,6 +201,25 @@ pub fn parse_mode(text: &str) -> Result<u16, String> {
     Ok(mode)
 }
 
+/// A size like `512MiB`, `10GiB`, `8MB` or a number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|_| format!("{text:?} is not a size like 512MiB or 10GiB"))
+}
+
+/// A part size: whole cache blocks (1 MiB), up to 1 GiB (S3 serves any range, but a part is one
+/// buffer in memory).
+pub fn parse_part_size(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    let block = crate::cache::BLOCK_SIZE;
+    if size == 0 || size % block != 0 || size > 1024 * block {
+        return Err(format!("{text:?} must be a multiple of 1MiB, from 1MiB to 1GiB"));
+    }
+    Ok(size)
+}
+
 /// A duration like `1s`, `500ms`, `5m`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.parse::<u64>() {
@@ -232,6 +274,14 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_part_size("8MiB"), Ok(8 << 20));
+        assert!(parse_part_size("1500KiB").is_err());
+        assert!(parse_part_size("0").is_err());
+        assert!(parse_part_size("2GiB").is_err());
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! Owns: the mapping of paths to keys (via `names`), the inode table (`inode`), directory
 //! streams (`dir`), the metadata cache (moka, with a TTL and negative entries), and the
 //! consistency rule: close-to-open (every open asks S3 for the object's current ETag and size,
-//! and every read of that handle is pinned to that ETag with If-Match). Must not touch the kernel
-//! protocol (`fuse.rs`) or the process (`run.rs`).
+//! and every read of that handle is pinned to that version: cached blocks are keyed by its ETag,
+//! GETs carry If-Match). Reads go through the handle's `Prefetcher` and the mount's
+//! `BlockReader` (disk cache). Must not touch the kernel protocol (`fuse.rs`) or the process
+//! (`run.rs`).
 
 pub mod dir;
 pub mod error;
@@ -22,7 +24,10 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use moka::sync::Cache;
 
+use crate::cache::disk::DiskCache;
+use crate::cache::{BlockReader, ObjectVersion, ReadCounters};
 use crate::object::{ListRequest, ObjectClient, ObjectError, ObjectHead};
+use crate::prefetch::{MemoryBudget, Prefetcher, ReadAheadConfig};
 use dir::{DirStream, Hidden, Listed, ListedKind};
 pub use error::FsError;
 use inode::{InodeTable, ROOT_INO};
@@ -58,6 +63,9 @@ pub struct FsConfig {
     pub read_only: bool,
     /// ListObjectsV2 page size (`None`: the server's default, 1000).
     pub list_page_size: Option<u32>,
+    pub read_ahead: ReadAheadConfig,
+    /// Bytes all read-ahead buffers of the mount may hold together.
+    pub read_ahead_memory: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -130,11 +138,19 @@ pub struct StatFs {
 }
 
 /// An open file: the object as it was at open time.
-#[derive(Debug)]
 struct OpenFile {
-    key: String,
-    etag: String,
-    size: u64,
+    ino: u64,
+    /// Fingerprint of the version opened, to notice a newer one opened on this inode since.
+    version: u64,
+    prefetcher: tokio::sync::Mutex<Prefetcher>,
+}
+
+/// What `open` hands back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub handle: u64,
+    /// The kernel's cached pages are of this very version: it may keep them.
+    pub keep_cache: bool,
 }
 
 /// An open directory: a listing stream, behind an async mutex because filling a reply may
@@ -158,13 +174,16 @@ pub struct S3Fs {
     /// Directories have no time of their own in S3; they show the mount time.
     mount_time: SystemTime,
     kernel_cache: std::sync::OnceLock<Arc<dyn KernelCache>>,
+    reader: Arc<BlockReader>,
+    budget: Arc<MemoryBudget>,
 }
 
 /// Offsets 1 and 2 are `.` and `..`; listed names start after them.
 const DOT_ENTRIES: u64 = 2;
 
 impl S3Fs {
-    pub fn new(client: Arc<dyn ObjectClient>, config: FsConfig) -> Self {
+    /// A file system over `client`; blocks are cached in `disk` when given.
+    pub fn new(client: Arc<dyn ObjectClient>, config: FsConfig, disk: Option<Arc<DiskCache>>) -> Self {
         let expiry = MetadataExpiry {
             positive: config.metadata_ttl,
         };
@@ -173,8 +192,6 @@ impl S3Fs {
             .expire_after(expiry)
             .build();
         Self {
-            client,
-            config,
             inodes: Mutex::new(InodeTable::new()),
             metadata,
             files: Mutex::new(HashMap::new()),
@@ -183,7 +200,21 @@ impl S3Fs {
             warned_keys: Cache::new(WARNED_KEYS),
             mount_time: SystemTime::now(),
             kernel_cache: std::sync::OnceLock::new(),
+            reader: Arc::new(BlockReader::new(client.clone(), disk)),
+            budget: Arc::new(MemoryBudget::new(config.read_ahead_memory)),
+            client,
+            config,
         }
+    }
+
+    /// What the read path has done so far (GETs, bytes, cache hits).
+    pub fn read_counters(&self) -> &ReadCounters {
+        &self.reader.counters
+    }
+
+    /// The read-ahead memory budget (for tests and the stats line).
+    pub fn read_ahead_budget(&self) -> &MemoryBudget {
+        &self.budget
     }
 
     /// Connects the kernel's cache, once the session exists. Later calls are ignored.
@@ -207,7 +238,7 @@ impl S3Fs {
         let entry = self.resolve(&path).await?.ok_or(FsError::NotFound)?;
         let mut inodes = lock(&self.inodes);
         let ino = inodes.remember(&path);
-        inodes.set_kernel_view(ino, Some(entry.fingerprint()));
+        set_attrs_view(&mut inodes, ino, &entry);
         Ok(self.attr(ino, &entry))
     }
 
@@ -218,13 +249,13 @@ impl S3Fs {
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         let path = self.path_of(ino)?;
         let entry = self.resolve(&path).await?.ok_or(FsError::NotFound)?;
-        lock(&self.inodes).set_kernel_view(ino, Some(entry.fingerprint()));
+        set_attrs_view(&mut lock(&self.inodes), ino, &entry);
         Ok(self.attr(ino, &entry))
     }
 
     /// Opens a file for reading. Close-to-open: asks S3 for the current object, whatever the
     /// cache says, and pins the handle to that ETag.
-    pub async fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
+    pub async fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
         if write {
             return Err(FsError::ReadOnly);
         }
@@ -242,32 +273,47 @@ impl S3Fs {
             Err(error) => return Err(error.into()),
         };
         let fresh = file_entry_from_head(&head);
+        let version = fresh.fingerprint();
         self.forget_stale_kernel_view(ino, &fresh);
+        let keep_cache = self.note_pages_version(ino, version);
         self.metadata.insert(path.to_string(), Some(fresh));
-        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let file = OpenFile {
+        let object = ObjectVersion {
             key,
             etag: head.etag,
             size: head.size,
         };
+        let prefetcher = Prefetcher::new(
+            self.reader.clone(),
+            self.budget.clone(),
+            self.config.read_ahead.clone(),
+            object,
+        );
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let file = OpenFile {
+            ino,
+            version,
+            prefetcher: tokio::sync::Mutex::new(prefetcher),
+        };
         lock(&self.files).insert(handle, Arc::new(file));
-        Ok(handle)
+        Ok(Opened { handle, keep_cache })
     }
 
-    /// Reads up to `size` bytes at `offset` of the object as it was at open.
+    /// Reads up to `size` bytes at `offset` of the object as it was at open. Once a newer version
+    /// has been opened on this inode, the kernel's pages are that version's: an older handle gets
+    /// ESTALE rather than mixing its bytes into them.
     pub async fn read(&self, handle: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
         let file = lock(&self.files)
             .get(&handle)
             .cloned()
             .ok_or(FsError::BadHandle)?;
-        if offset >= file.size || size == 0 {
-            return Ok(Bytes::new());
+        let pages = lock(&self.inodes)
+            .kernel_view(file.ino)
+            .and_then(|view| view.pages);
+        if pages.is_some_and(|pages| pages != file.version) {
+            let key = file.prefetcher.lock().await.object().key.clone();
+            return Err(ObjectError::PreconditionFailed(key).into());
         }
-        let end = file.size.min(offset.saturating_add(u64::from(size)));
-        Ok(self
-            .client
-            .get_range(&file.key, offset..end, Some(&file.etag))
-            .await?)
+        Ok(Prefetcher::read(&file.prefetcher, offset, u64::from(size)).await?)
     }
 
     pub fn release(&self, handle: u64) {
@@ -362,18 +408,24 @@ impl S3Fs {
     /// When the kernel holds attributes of `ino` other than `fresh` (another writer replaced the
     /// object since the kernel was told), makes it drop them and the pages read under them.
     fn forget_stale_kernel_view(&self, ino: u64, fresh: &Entry) {
-        let stale = {
-            let mut inodes = lock(&self.inodes);
-            let stale = inodes
-                .kernel_view(ino)
-                .is_some_and(|view| view != fresh.fingerprint());
-            if stale {
-                inodes.set_kernel_view(ino, None);
+        let stale = match lock(&self.inodes).kernel_view(ino) {
+            Some(view) if view.attrs.is_some_and(|attrs| attrs != fresh.fingerprint()) => {
+                view.attrs = None;
+                true
             }
-            stale
+            _ => false,
         };
         if stale && let Some(kernel_cache) = self.kernel_cache.get() {
             kernel_cache.invalidate(ino);
+        }
+    }
+
+    /// Records that the kernel's pages of `ino` will now come from `version`; true when they
+    /// already did (the kernel may keep its page cache).
+    fn note_pages_version(&self, ino: u64, version: u64) -> bool {
+        match lock(&self.inodes).kernel_view(ino) {
+            Some(view) => view.pages.replace(version) == Some(version),
+            None => false,
         }
     }
 
@@ -511,6 +563,13 @@ impl moka::Expiry<String, Option<Entry>> for MetadataExpiry {
         _: Option<Duration>,
     ) -> Option<Duration> {
         Some(self.ttl(entry))
+    }
+}
+
+/// Records that the kernel is being given `entry`'s attributes for `ino`.
+fn set_attrs_view(inodes: &mut InodeTable, ino: u64, entry: &Entry) {
+    if let Some(view) = inodes.kernel_view(ino) {
+        view.attrs = Some(entry.fingerprint());
     }
 }
 

@@ -19,7 +19,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::fs::{Attr, FsError, KernelCache, Kind, S3Fs};
+use crate::fs::{Attr, FsError, KernelCache, Kind, Opened, S3Fs};
 
 pub struct FuseAdapter {
     fs: Arc<S3Fs>,
@@ -88,6 +88,20 @@ impl Respond<u64> for ReplyOpen {
     }
 }
 
+impl Respond<Opened> for ReplyOpen {
+    fn respond(self, opened: Opened, _: Duration) {
+        let flags = if opened.keep_cache {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        self.opened(FileHandle(opened.handle), flags);
+    }
+    fn fail(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
 impl Respond<Bytes> for ReplyData {
     fn respond(self, data: Bytes, _: Duration) {
         self.data(&data);
@@ -144,7 +158,22 @@ fn file_type(kind: Kind) -> FileType {
 
 const READ_ONLY: Errno = Errno::EROFS;
 
+/// The largest read and write the kernel sends in one request, and its read-ahead: 1 MiB, one
+/// cache block, so a sequential reader costs a request per block rather than per 128 KiB.
+const MAX_IO: u32 = 1 << 20;
+
 impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // Each setter answers the nearest value the kernel allows when ours is too large.
+        if let Err(nearest) = config.set_max_readahead(MAX_IO) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        if let Err(nearest) = config.set_max_write(MAX_IO) {
+            let _ = config.set_max_write(nearest);
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
         self.serve(reply, |fs| async move { fs.lookup(parent.0, &name).await });

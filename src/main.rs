@@ -9,7 +9,8 @@ use s3mount::cli::{Args, parse_source};
 use s3mount::fs::FsConfig;
 use s3mount::logging::{self, LogTarget};
 use s3mount::object::s3::S3Settings;
-use s3mount::run::{self, MountConfig};
+use s3mount::prefetch::ReadAheadConfig;
+use s3mount::run::{self, CacheSettings, MountConfig};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -29,6 +30,11 @@ fn start(args: Args) -> anyhow::Result<()> {
     let log_file = match &args.log_file {
         Some(path) => Some(std::path::absolute(path).context("--log-file")?),
         None => None,
+    };
+    let cache = match (args.no_cache, &args.cache) {
+        (true, _) => None,
+        (false, Some(dir)) => Some(std::path::absolute(dir).context("--cache")?),
+        (false, None) => Some(run::default_cache_dir(&source, args.endpoint_url.as_deref())),
     };
     // SAFETY: geteuid/getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -50,7 +56,15 @@ fn start(args: Args) -> anyhow::Result<()> {
             metadata_ttl: args.metadata_ttl,
             read_only: args.read_only,
             list_page_size: None,
+            read_ahead: ReadAheadConfig {
+                part_size: args.part_size,
+            },
+            read_ahead_memory: args.max_memory.unwrap_or_else(run::default_read_ahead_memory),
         },
+        cache: cache.map(|dir| CacheSettings {
+            dir,
+            max_bytes: args.cache_size,
+        }),
         source,
         mount_point,
         allow_other: args.allow_other,

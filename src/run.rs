@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
+use crate::cache::disk::{DiskCache, DiskCacheError, DiskCacheLimits};
 use crate::cli::Source;
 use crate::fs::{FsConfig, S3Fs};
 use crate::fuse::{FuseAdapter, KernelNotifier};
@@ -25,6 +26,14 @@ pub struct MountConfig {
     pub s3: S3Settings,
     pub fs: FsConfig,
     pub allow_other: bool,
+    /// Where blocks are cached (`None`: not at all), and at most how much (`None`: the default).
+    pub cache: Option<CacheSettings>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    pub dir: PathBuf,
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +60,8 @@ pub enum RunError {
     Mount(PathBuf, io::Error),
     #[error("cannot run in the background: {0}")]
     Daemon(String),
+    #[error("{0}")]
+    CacheInUse(DiskCacheError),
 }
 
 /// Checks the mount point before anything else happens, and returns it absolute (the daemon
@@ -88,7 +99,8 @@ pub fn mount(config: MountConfig, ready: impl FnOnce()) -> Result<(), RunError> 
         probe_bucket(&client, &config).await?;
         Ok::<_, RunError>(client)
     })?;
-    let fs = Arc::new(S3Fs::new(Arc::new(client), config.fs.clone()));
+    let disk = open_disk_cache(config.cache.as_ref())?;
+    let fs = Arc::new(S3Fs::new(Arc::new(client), config.fs.clone(), disk));
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     let mut session = Session::new(adapter, &config.mount_point, &session_config(&config))
         .map_err(|e| RunError::Mount(config.mount_point.clone(), e))?;
@@ -106,7 +118,80 @@ pub fn mount(config: MountConfig, ready: impl FnOnce()) -> Result<(), RunError> 
     ready();
     let served = session.run();
     tracing::info!("unmounted");
+    tracing::info!("stats: {}", fs.read_counters().summary());
     served.map_err(|e| RunError::Mount(config.mount_point.clone(), e))
+}
+
+/// Opens the block cache. A cache another mount holds refuses the mount; any other problem
+/// (unwritable, missing disk) leaves the mount uncached, with a warning.
+fn open_disk_cache(settings: Option<&CacheSettings>) -> Result<Option<Arc<DiskCache>>, RunError> {
+    let Some(settings) = settings else { return Ok(None) };
+    let limits = default_cache_limits(&settings.dir, settings.max_bytes);
+    match DiskCache::open(&settings.dir, limits.clone()) {
+        Ok(cache) => {
+            tracing::info!(dir = %settings.dir.display(), max_bytes = limits.max_bytes,
+                min_free_bytes = limits.min_free_bytes, cached_bytes = cache.size(), "block cache ready");
+            Ok(Some(Arc::new(cache)))
+        }
+        Err(error @ DiskCacheError::InUse { .. }) => Err(RunError::CacheInUse(error)),
+        Err(error) => {
+            tracing::warn!(%error, "running without a block cache");
+            Ok(None)
+        }
+    }
+}
+
+/// The cache's default home for one source: one directory per endpoint, bucket and prefix, so
+/// two different mounts never contend for one, under the user's cache directory.
+pub fn default_cache_dir(source: &Source, endpoint: Option<&str>) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let base = match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
+        (Some(xdg), _) if !xdg.is_empty() => PathBuf::from(xdg),
+        (_, Some(home)) if !home.is_empty() => PathBuf::from(home).join(".cache"),
+        _ => PathBuf::from("/var/cache"),
+    };
+    let identity = format!(
+        "{}\0{}\0{}",
+        endpoint.unwrap_or(""),
+        source.bucket,
+        source.prefix.as_str()
+    );
+    let digest = Sha256::digest(identity.as_bytes());
+    let short: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    base.join("s3mount").join(format!("{}-{short}", source.bucket))
+}
+
+/// Default bounds: the cache may use 20% of its disk (at most 20 GiB), and always leaves 10%
+/// of the disk (at most 10 GiB) free, whatever else fills it.
+fn default_cache_limits(dir: &Path, max_bytes: Option<u64>) -> DiskCacheLimits {
+    const GIB: u64 = 1 << 30;
+    let disk_size = disk_size_of(dir).unwrap_or(100 * GIB);
+    DiskCacheLimits {
+        max_bytes: max_bytes.unwrap_or((disk_size / 5).min(20 * GIB)),
+        min_free_bytes: (disk_size / 10).min(10 * GIB),
+    }
+}
+
+/// Size of the file system holding `path` (or its nearest existing ancestor).
+fn disk_size_of(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let stat = nix::sys::statvfs::statvfs(existing).ok()?;
+    Some(stat.blocks() as u64 * stat.fragment_size() as u64)
+}
+
+/// Default read-ahead memory: 1/16 of the machine's memory, between 64 MiB and 256 MiB, so
+/// peak RSS stays well under 512 MiB with many files open.
+pub fn default_read_ahead_memory() -> u64 {
+    const MIB: u64 = 1 << 20;
+    // SAFETY: sysconf only reads system configuration.
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let total = (pages.max(0) as u64).saturating_mul(page_size.max(0) as u64);
+    (total / 16).clamp(64 * MIB, 256 * MIB)
 }
 
 /// One listing of the root prefix: proves the endpoint answers, the bucket exists and we may

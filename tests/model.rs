@@ -18,6 +18,7 @@ use s3mount::fs::inode::ROOT_INO;
 use s3mount::fs::names::{RootPrefix, check_component};
 use s3mount::fs::{DirEntry, FsConfig, Kind, S3Fs};
 use s3mount::object::memory::MemoryClient;
+use s3mount::prefetch::ReadAheadConfig;
 
 /// Components chosen to collide: `a` vs `a-b` vs `a.c` sort around `a/`; `.`, `..` and `` are
 /// invalid; the long one is over NAME_MAX.
@@ -144,8 +145,10 @@ impl Harness {
             read_only: false,
             // Tiny pages, so the rules are checked across page boundaries too.
             list_page_size: Some(2),
+            read_ahead: ReadAheadConfig { part_size: 1 << 20 },
+            read_ahead_memory: 16 << 20,
         };
-        let fs = S3Fs::new(client.clone(), config);
+        let fs = S3Fs::new(client.clone(), config, None);
         Self {
             client,
             fs,
@@ -230,7 +233,7 @@ impl Harness {
                 if let Some((ino, Kind::File, size)) = self.walk(path).await {
                     let body = &self.objects[path];
                     assert_eq!(size, body.len() as u64, "size of {path:?}");
-                    let handle = self.fs.open(ino, false).await.expect("open");
+                    let handle = self.fs.open(ino, false).await.expect("open").handle;
                     let data = self.fs.read(handle, 0, 1 << 20).await.expect("read");
                     self.fs.release(handle);
                     assert_eq!(&data[..], &body[..], "contents of {path:?}");

@@ -19,9 +19,17 @@ pub const ROOT_INO: u64 = 1;
 struct Record {
     path: Arc<str>,
     lookups: u64,
-    /// A fingerprint of the attributes the kernel was last given for this inode (`None`: none,
-    /// or it was told to drop them), so the caller can tell when the kernel's view is stale.
-    kernel_view: Option<u64>,
+    kernel: KernelView,
+}
+
+/// What the kernel may hold of an inode, as fingerprints of the versions it came from (`None`:
+/// nothing, or it was told to drop it), so the caller can tell when the kernel's copy is stale.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelView {
+    /// The version whose attributes the kernel was last given (lookup, getattr).
+    pub attrs: Option<u64>,
+    /// The version the kernel's page cache was filled from (the last open).
+    pub pages: Option<u64>,
 }
 
 /// Path <-> inode number, with lookup counts. Not synchronised: the caller holds it in a mutex.
@@ -50,7 +58,7 @@ impl InodeTable {
             Record {
                 path: root.clone(),
                 lookups: 1,
-                kernel_view: None,
+                kernel: KernelView::default(),
             },
         );
         table.by_path.insert(root, ROOT_INO);
@@ -85,23 +93,17 @@ impl InodeTable {
             Record {
                 path: path.clone(),
                 lookups: 1,
-                kernel_view: None,
+                kernel: KernelView::default(),
             },
         );
         self.by_path.insert(path, ino);
         ino
     }
 
-    /// Records what the kernel was just told about `ino` (ignored for an inode not in the table).
-    pub fn set_kernel_view(&mut self, ino: u64, view: Option<u64>) {
-        if let Some(record) = self.by_ino.get_mut(&ino) {
-            record.kernel_view = view;
-        }
-    }
-
-    /// What the kernel was last told about `ino`, if anything.
-    pub fn kernel_view(&self, ino: u64) -> Option<u64> {
-        self.by_ino.get(&ino).and_then(|r| r.kernel_view)
+    /// What the kernel may hold of `ino`, to read or update (`None` for an inode not in the
+    /// table, whose updates are moot).
+    pub fn kernel_view(&mut self, ino: u64) -> Option<&mut KernelView> {
+        self.by_ino.get_mut(&ino).map(|record| &mut record.kernel)
     }
 
     /// Drops `count` kernel references; the inode leaves the table when none remain.
@@ -198,7 +200,7 @@ mod tests {
             Record {
                 path: Arc::from("squatter"),
                 lookups: 1,
-                kernel_view: None,
+                kernel: KernelView::default(),
             },
         );
         let b = table.remember("b");

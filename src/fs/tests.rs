@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::object::memory::{MemoryClient, Op};
+use crate::prefetch::ReadAheadConfig;
 
 fn config(prefix: &str) -> FsConfig {
     FsConfig {
@@ -18,11 +19,13 @@ fn config(prefix: &str) -> FsConfig {
         metadata_ttl: Duration::from_secs(60),
         read_only: false,
         list_page_size: None,
+        read_ahead: ReadAheadConfig { part_size: 8 << 20 },
+        read_ahead_memory: 64 << 20,
     }
 }
 
 fn mount(client: &Arc<MemoryClient>, prefix: &str) -> S3Fs {
-    S3Fs::new(client.clone(), config(prefix))
+    S3Fs::new(client.clone(), config(prefix), None)
 }
 
 async fn list_names(fs: &S3Fs, ino: u64) -> Vec<(String, Kind)> {
@@ -59,7 +62,7 @@ async fn lookup_path(fs: &S3Fs, path: &str) -> Result<Attr, FsError> {
 }
 
 async fn read_all(fs: &S3Fs, ino: u64) -> Result<Vec<u8>, FsError> {
-    let handle = fs.open(ino, false).await?;
+    let handle = fs.open(ino, false).await?.handle;
     let mut data = Vec::new();
     loop {
         let chunk = fs.read(handle, data.len() as u64, 4096).await?;
@@ -191,7 +194,7 @@ async fn a_huge_directory_streams_one_page_at_a_time() {
     }
     let mut cfg = config("");
     cfg.list_page_size = Some(1000);
-    let fs = S3Fs::new(client.clone(), cfg);
+    let fs = S3Fs::new(client.clone(), cfg, None);
     let dir = lookup_path(&fs, "huge").await.unwrap();
     let handle = fs.opendir(dir.ino).await.unwrap();
     let (mut count, mut offset, mut most_buffered) = (0u64, 0u64, 0usize);
@@ -253,18 +256,22 @@ async fn forget_releases_inodes_and_numbers_stay_stable() {
 
 #[tokio::test]
 async fn a_replaced_object_fails_the_read_instead_of_mixing_versions() {
+    const SIZE: usize = 3 << 20;
     let client = Arc::new(MemoryClient::new("b"));
-    client.put_object("f", vec![1u8; 10_000]);
+    client.put_object("f", vec![1u8; SIZE]);
     let fs = mount(&client, "");
     let ino = lookup_path(&fs, "f").await.unwrap().ino;
-    let handle = fs.open(ino, false).await.unwrap();
-    assert_eq!(fs.read(handle, 0, 4096).await.unwrap().len(), 4096);
-    client.put_object("f", vec![2u8; 10_000]);
-    let error = fs.read(handle, 4096, 4096).await.unwrap_err();
+    let handle = fs.open(ino, false).await.unwrap().handle;
+    assert_eq!(&fs.read(handle, 0, 4096).await.unwrap()[..], &[1u8; 4096][..]);
+    client.put_object("f", vec![2u8; SIZE]);
+    // What this handle already fetched is of its own version: consistent, not mixed.
+    assert_eq!(&fs.read(handle, 4096, 4096).await.unwrap()[..], &[1u8; 4096][..]);
+    // What it has not must come from that version too, and S3 no longer has it.
+    let error = fs.read(handle, 2 << 20, 4096).await.unwrap_err();
     assert_eq!(error.errno(), libc::ESTALE);
     fs.release(handle);
     // Close-to-open: the next open sees the new object.
-    assert_eq!(read_all(&fs, ino).await.unwrap(), vec![2u8; 10_000]);
+    assert_eq!(read_all(&fs, ino).await.unwrap(), vec![2u8; SIZE]);
 }
 
 #[tokio::test]
@@ -307,19 +314,19 @@ async fn open_drops_the_kernels_view_when_the_object_changed_since_it_was_told()
     let f = lookup_path(&fs, "d/f").await.unwrap();
     let d = lookup_path(&fs, "d").await.unwrap();
     // Unchanged: no invalidation.
-    let handle = fs.open(f.ino, false).await.unwrap();
+    let handle = fs.open(f.ino, false).await.unwrap().handle;
     fs.release(handle);
     assert!(kernel.0.lock().unwrap().is_empty());
     // Replaced, and a listing refreshes the metadata cache before the open: the kernel still
     // holds the old size, so the open must still invalidate it.
     client.put_object("d/f", "version two");
     assert_eq!(list_names(&fs, d.ino).await.len(), 3);
-    let handle = fs.open(f.ino, false).await.unwrap();
+    let handle = fs.open(f.ino, false).await.unwrap().handle;
     fs.release(handle);
     assert_eq!(*kernel.0.lock().unwrap(), vec![f.ino]);
     // Once the kernel asks again it is up to date, and the next open leaves it alone.
     assert_eq!(fs.getattr(f.ino).await.unwrap().size, 11);
-    let handle = fs.open(f.ino, false).await.unwrap();
+    let handle = fs.open(f.ino, false).await.unwrap().handle;
     fs.release(handle);
     assert_eq!(kernel.0.lock().unwrap().len(), 1);
 }
@@ -363,7 +370,7 @@ async fn server_errors_become_errors_not_panics() {
     assert_eq!(names, vec!["f"]);
     client.fail_next(Op::Get, 1, ObjectError::Unreachable("reset".into()));
     let f = lookup_path(&fs, "d/f").await.unwrap();
-    let handle = fs.open(f.ino, false).await.unwrap();
+    let handle = fs.open(f.ino, false).await.unwrap().handle;
     assert_eq!(fs.read(handle, 0, 10).await.unwrap_err().errno(), libc::EIO);
     assert_eq!(&fs.read(handle, 0, 10).await.unwrap()[..], b"x");
 }
@@ -375,7 +382,7 @@ async fn a_slow_read_does_not_block_a_lookup() {
     client.put_object("other", "x");
     let fs = Arc::new(mount(&client, ""));
     let ino = lookup_path(&fs, "slow").await.unwrap().ino;
-    let handle = fs.open(ino, false).await.unwrap();
+    let handle = fs.open(ino, false).await.unwrap().handle;
     client.set_latency(Op::Get, Duration::from_secs(30));
     let reader = {
         let fs = fs.clone();

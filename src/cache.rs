@@ -1,0 +1,325 @@
+//! Block-granular reads of object versions: the disk cache first, then one ranged GET per run of
+//! missing blocks, with single flight so concurrent readers of one missing block cause one GET.
+//!
+//! Owns the block size, the in-flight registry, the hand-off of fetched blocks to the disk cache
+//! (in the background, bounded, so a slow disk never slows a reader) and the read counters.
+//! It does not decide what to read ahead: that is `prefetch`'s job.
+
+pub mod disk;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{Semaphore, watch};
+
+use crate::object::{ObjectClient, ObjectError};
+use disk::{BlockName, DiskCache};
+
+/// The cache's unit: 1 MiB, as Mountpoint. Small enough that a random 4 KiB read costs one
+/// 1 MiB GET, large enough that a 1 GiB object is 1,024 files, not a million.
+pub const BLOCK_SIZE: u64 = 1 << 20;
+
+/// Bytes of fetched blocks waiting to be written to disk at most; beyond that new blocks are
+/// not cached (the cache is best-effort, memory is not).
+const PENDING_WRITE_BYTES: usize = 64 << 20;
+
+/// One version of one object: what a cached block belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectVersion {
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
+}
+
+/// Counters for the stats line, benchmarks and tests.
+#[derive(Debug, Default)]
+pub struct ReadCounters {
+    pub get_requests: AtomicU64,
+    pub get_bytes: AtomicU64,
+    pub cache_hit_blocks: AtomicU64,
+    pub cache_miss_blocks: AtomicU64,
+}
+
+impl ReadCounters {
+    /// `name=value` pairs, space separated, for the log line at unmount.
+    pub fn summary(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "get_requests={} get_bytes={} cache_hit_blocks={} cache_miss_blocks={}",
+            get(&self.get_requests),
+            get(&self.get_bytes),
+            get(&self.cache_hit_blocks),
+            get(&self.cache_miss_blocks)
+        )
+    }
+}
+
+type BlockResult = Option<Result<Bytes, ObjectError>>;
+type InFlightKey = (ObjectVersion, u64);
+
+/// Reads blocks of object versions through the disk cache.
+pub struct BlockReader {
+    client: Arc<dyn ObjectClient>,
+    disk: Option<Arc<DiskCache>>,
+    in_flight: Mutex<HashMap<InFlightKey, watch::Receiver<BlockResult>>>,
+    pending_writes: Arc<Semaphore>,
+    pub counters: ReadCounters,
+}
+
+impl BlockReader {
+    pub fn new(client: Arc<dyn ObjectClient>, disk: Option<Arc<DiskCache>>) -> Self {
+        Self {
+            client,
+            disk,
+            in_flight: Mutex::new(HashMap::new()),
+            pending_writes: Arc::new(Semaphore::new(PENDING_WRITE_BYTES)),
+            counters: ReadCounters::default(),
+        }
+    }
+
+    pub fn disk(&self) -> Option<&Arc<DiskCache>> {
+        self.disk.as_ref()
+    }
+
+    /// The bytes of `blocks` (block indices) of `object`, concatenated; the last block of the
+    /// object may be short. Blocks past the end are not returned.
+    pub async fn read_blocks(
+        &self,
+        object: &ObjectVersion,
+        blocks: Range<u64>,
+    ) -> Result<Bytes, ObjectError> {
+        let blocks = blocks.start..blocks.end.min(object.size.div_ceil(BLOCK_SIZE));
+        let mut found: Vec<Option<Bytes>> = self.cached_on_disk(object, blocks.clone()).await;
+        let missing: Vec<u64> = blocks
+            .clone()
+            .filter(|b| found[(b - blocks.start) as usize].is_none())
+            .collect();
+        if !missing.is_empty() {
+            self.counters
+                .cache_miss_blocks
+                .fetch_add(missing.len() as u64, Ordering::Relaxed);
+            for (block, data) in self.fetch_missing(object, &missing).await? {
+                found[(block - blocks.start) as usize] = Some(data);
+            }
+        }
+        Ok(concat(found.into_iter().flatten()))
+    }
+
+    /// What the disk cache holds of `blocks`, in order (`None` where it holds nothing).
+    async fn cached_on_disk(&self, object: &ObjectVersion, blocks: Range<u64>) -> Vec<Option<Bytes>> {
+        let Some(disk) = self.disk.clone() else {
+            return blocks.map(|_| None).collect();
+        };
+        let names: Vec<BlockName> = blocks
+            .map(|index| block_name(&*self.client, object, index))
+            .collect();
+        let found = tokio::task::spawn_blocking(move || names.iter().map(|name| disk.get(name)).collect())
+            .await
+            .unwrap_or_else(|_| Vec::new());
+        let hits = found.iter().flatten().count() as u64;
+        self.counters.cache_hit_blocks.fetch_add(hits, Ordering::Relaxed);
+        found
+    }
+
+    /// Fetches the given blocks (sorted), joining fetches already in flight for some of them.
+    async fn fetch_missing(
+        &self,
+        object: &ObjectVersion,
+        missing: &[u64],
+    ) -> Result<Vec<(u64, Bytes)>, ObjectError> {
+        let (owned, waiting) = self.claim(object, missing);
+        let mut result = Vec::with_capacity(missing.len());
+        for run in contiguous_runs(owned.keys().copied().collect()) {
+            let data = self.get_run(object, run.clone(), &owned).await?;
+            result.extend(data);
+        }
+        for (block, mut receiver) in waiting {
+            let published = match receiver.wait_for(Option::is_some).await {
+                Ok(value) => value.clone(),
+                Err(_) => None,
+            };
+            let data = match published {
+                Some(result) => result?,
+                // The owner gave up (its reader went away): fetch the block ourselves.
+                None => {
+                    let mut own = Box::pin(self.fetch_missing(object, &[block])).await?;
+                    own.pop()
+                        .map(|(_, data)| data)
+                        .ok_or_else(|| ObjectError::Unreachable("block fetch returned nothing".into()))?
+                }
+            };
+            result.push((block, data));
+        }
+        result.sort_by_key(|(block, _)| *block);
+        Ok(result)
+    }
+
+    /// Registers us as the fetcher of every block nobody is fetching; returns ours (with the
+    /// senders to publish them) and the receivers of the others.
+    fn claim(
+        &self,
+        object: &ObjectVersion,
+        blocks: &[u64],
+    ) -> (InFlightGuard<'_>, Vec<(u64, watch::Receiver<BlockResult>)>) {
+        let mut registry = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut owned = InFlightGuard {
+            reader: self,
+            object: object.clone(),
+            senders: HashMap::new(),
+        };
+        let mut waiting = Vec::new();
+        for &block in blocks {
+            let key = (object.clone(), block);
+            match registry.get(&key) {
+                Some(receiver) => waiting.push((block, receiver.clone())),
+                None => {
+                    let (sender, receiver) = watch::channel(None);
+                    registry.insert(key, receiver);
+                    owned.senders.insert(block, sender);
+                }
+            }
+        }
+        (owned, waiting)
+    }
+
+    /// One ranged GET for a run of blocks; publishes each block to waiters and the disk cache.
+    async fn get_run(
+        &self,
+        object: &ObjectVersion,
+        run: Range<u64>,
+        owned: &InFlightGuard<'_>,
+    ) -> Result<Vec<(u64, Bytes)>, ObjectError> {
+        let range = run.start * BLOCK_SIZE..(run.end * BLOCK_SIZE).min(object.size);
+        self.counters.get_requests.fetch_add(1, Ordering::Relaxed);
+        let fetched = self
+            .client
+            .get_range(&object.key, range.clone(), Some(&object.etag))
+            .await;
+        let data = match fetched {
+            Ok(data) if data.len() as u64 == range.end - range.start => data,
+            Ok(data) => {
+                let error = ObjectError::Service {
+                    code: "ShortRead".into(),
+                    message: format!(
+                        "asked {} bytes of {}, got {}",
+                        range.end - range.start,
+                        object.key,
+                        data.len()
+                    ),
+                };
+                owned.publish_error(run, &error);
+                return Err(error);
+            }
+            Err(error) => {
+                owned.publish_error(run, &error);
+                return Err(error);
+            }
+        };
+        self.counters
+            .get_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let mut blocks = Vec::new();
+        for block in run {
+            let start = ((block * BLOCK_SIZE) - range.start) as usize;
+            let end = (start + BLOCK_SIZE as usize).min(data.len());
+            let bytes = data.slice(start..end);
+            owned.publish(block, Ok(bytes.clone()));
+            self.store_in_background(object, block, bytes.clone());
+            blocks.push((block, bytes));
+        }
+        Ok(blocks)
+    }
+
+    /// Hands a block to the disk cache without waiting; drops it when too much is pending.
+    fn store_in_background(&self, object: &ObjectVersion, block: u64, data: Bytes) {
+        let Some(disk) = self.disk.clone() else { return };
+        let Ok(permit) = self
+            .pending_writes
+            .clone()
+            .try_acquire_many_owned(data.len().max(1) as u32)
+        else {
+            return;
+        };
+        let name = block_name(&*self.client, object, block);
+        tokio::task::spawn_blocking(move || {
+            disk.put(&name, &data);
+            drop(permit);
+        });
+    }
+}
+
+/// The blocks this task fetches: their senders, and removal from the registry when done or
+/// abandoned (a dropped sender tells waiters to fetch for themselves).
+struct InFlightGuard<'a> {
+    reader: &'a BlockReader,
+    object: ObjectVersion,
+    senders: HashMap<u64, watch::Sender<BlockResult>>,
+}
+
+impl InFlightGuard<'_> {
+    fn keys(&self) -> impl Iterator<Item = &u64> {
+        self.senders.keys()
+    }
+
+    fn publish(&self, block: u64, result: Result<Bytes, ObjectError>) {
+        if let Some(sender) = self.senders.get(&block) {
+            sender.send_replace(Some(result));
+        }
+    }
+
+    fn publish_error(&self, run: Range<u64>, error: &ObjectError) {
+        for block in run {
+            self.publish(block, Err(error.clone()));
+        }
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut registry = self.reader.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for block in self.senders.keys() {
+            registry.remove(&(self.object.clone(), *block));
+        }
+    }
+}
+
+fn block_name(client: &dyn ObjectClient, object: &ObjectVersion, index: u64) -> BlockName {
+    BlockName {
+        namespace: client.bucket().to_owned(),
+        key: object.key.clone(),
+        etag: object.etag.clone(),
+        index,
+    }
+}
+
+/// Sorted block numbers grouped into runs of consecutive ones.
+fn contiguous_runs(mut blocks: Vec<u64>) -> Vec<Range<u64>> {
+    blocks.sort_unstable();
+    let mut runs: Vec<Range<u64>> = Vec::new();
+    for block in blocks {
+        match runs.last_mut() {
+            Some(run) if run.end == block => run.end += 1,
+            _ => runs.push(block..block + 1),
+        }
+    }
+    runs
+}
+
+/// One buffer from several; zero-copy when there is only one.
+fn concat(parts: impl Iterator<Item = Bytes>) -> Bytes {
+    let parts: Vec<Bytes> = parts.collect();
+    if parts.len() == 1 {
+        return parts.into_iter().next().unwrap_or_default();
+    }
+    let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+    for part in parts {
+        out.extend_from_slice(&part);
+    }
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,289 @@
+//! Read-ahead for one open file: detects sequential reading and keeps a growing window of
+//! ranged GETs in flight ahead of the reader, within one memory budget shared by the mount.
+//!
+//! A read outside what is fetched (a random read, a long seek) restarts cleanly: the parts in
+//! flight are dropped (their GETs cancelled) and exactly the blocks asked for are fetched, so a
+//! random 4 KiB read costs one 1 MiB block. Each further read inside the fetched range counts as
+//! sequential and doubles the window, up to `READ_AHEAD_PARTS` parts. One consumed part is kept
+//! behind the reader so a short backward seek is served from memory. Demand reads never wait
+//! for the budget (they are bounded by the kernel's requests); read-ahead takes what the budget
+//! has and shrinks when it is short, so pressure slows read-ahead, never fails a read.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::cache::{BLOCK_SIZE, BlockReader, ObjectVersion};
+use crate::object::ObjectError;
+
+/// How many parts may be in flight ahead of one reader at full speed: with 8 MiB parts, 64 MiB,
+/// enough to keep a fast link busy while the reader consumes.
+pub const READ_AHEAD_PARTS: u64 = 8;
+
+/// The budget counts in KiB so a `u32` of permits covers budgets up to 4 TiB.
+const BUDGET_UNIT: u64 = 1024;
+
+/// Bytes of read-ahead buffers the whole mount may hold.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    permits: Arc<Semaphore>,
+    total_bytes: u64,
+}
+
+impl MemoryBudget {
+    pub fn new(total_bytes: u64) -> Self {
+        let units = (total_bytes / BUDGET_UNIT).min(Semaphore::MAX_PERMITS as u64) as usize;
+        Self {
+            permits: Arc::new(Semaphore::new(units)),
+            total_bytes,
+        }
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Bytes not reserved by any read-ahead.
+    pub fn available_bytes(&self) -> u64 {
+        self.permits.available_permits() as u64 * BUDGET_UNIT
+    }
+
+    /// Reserves `bytes` if the budget has them now; never waits.
+    fn try_reserve(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT)).ok()?;
+        self.permits.clone().try_acquire_many_owned(units).ok()
+    }
+}
+
+/// Read-ahead tuning.
+#[derive(Clone, Debug)]
+pub struct ReadAheadConfig {
+    /// Size of one ranged GET at full speed (a multiple of the block size).
+    pub part_size: u64,
+}
+
+type PartResult = Option<Result<Bytes, ObjectError>>;
+
+/// A range of the object being fetched (or fetched) in the background.
+struct Part {
+    range: Range<u64>,
+    result: watch::Receiver<PartResult>,
+    task: tokio::task::JoinHandle<()>,
+    /// The budget this part holds while it lives; `None` for demand reads.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        // A part nobody will read must not keep its GET running.
+        self.task.abort();
+    }
+}
+
+/// The read-ahead state of one open file.
+pub struct Prefetcher {
+    reader: Arc<BlockReader>,
+    budget: Arc<MemoryBudget>,
+    config: ReadAheadConfig,
+    object: ObjectVersion,
+    /// Contiguous parts in offset order; the first may lie wholly behind the reader (kept for
+    /// backward seeks).
+    parts: VecDeque<Part>,
+    /// Where the next part starts (block aligned): the end of the last part.
+    fetched_to: u64,
+    /// Bytes to keep in flight ahead of the reader; 0 until reading looks sequential.
+    window: u64,
+}
+
+impl Prefetcher {
+    pub fn new(
+        reader: Arc<BlockReader>,
+        budget: Arc<MemoryBudget>,
+        config: ReadAheadConfig,
+        object: ObjectVersion,
+    ) -> Self {
+        Self {
+            reader,
+            budget,
+            config,
+            object,
+            parts: VecDeque::new(),
+            fetched_to: 0,
+            window: 0,
+        }
+    }
+
+    pub fn object(&self) -> &ObjectVersion {
+        &self.object
+    }
+
+    /// Up to `len` bytes at `offset`. Takes the prefetcher's lock only to plan; the waiting for
+    /// data happens outside it, so reads of one file that the kernel sends concurrently proceed.
+    pub async fn read(this: &tokio::sync::Mutex<Self>, offset: u64, len: u64) -> Result<Bytes, ObjectError> {
+        let (range, pending) = {
+            let mut prefetcher = this.lock().await;
+            let end = prefetcher.object.size.min(offset.saturating_add(len));
+            if offset >= end {
+                return Ok(Bytes::new());
+            }
+            prefetcher.plan(offset..end);
+            (offset..end, prefetcher.receivers(offset..end))
+        };
+        let (reader, object) = {
+            let prefetcher = this.lock().await;
+            (prefetcher.reader.clone(), prefetcher.object.clone())
+        };
+        match collect(&reader, &object, range, pending).await {
+            Ok(data) => Ok(data),
+            Err(error) => {
+                // Start clean next time: a failed part must be fetched again, not replayed.
+                this.lock().await.restart_at(offset);
+                Err(error)
+            }
+        }
+    }
+
+    /// Makes sure `range` is being fetched, and the window beyond it when reading is sequential.
+    fn plan(&mut self, range: Range<u64>) {
+        let sequential = self.parts.front().is_some_and(|p| p.range.start <= range.start)
+            && range.start <= self.fetched_to;
+        if sequential {
+            let full = self.config.part_size * READ_AHEAD_PARTS;
+            self.window = if self.window == 0 {
+                BLOCK_SIZE
+            } else {
+                (self.window * 2).min(full)
+            };
+        } else {
+            self.restart_at(range.start);
+        }
+        self.drop_parts_behind(range.start);
+        while self.fetched_to < range.end {
+            let len = self.config.part_size.min(block_ceil(range.end) - self.fetched_to);
+            self.push_part(len, None);
+        }
+        self.read_ahead(range.end);
+    }
+
+    /// Issues read-ahead parts up to `window` bytes past `from`, as far as the budget allows.
+    fn read_ahead(&mut self, from: u64) {
+        let target = self.object.size.min(from.saturating_add(self.window));
+        while self.fetched_to < target {
+            let wanted = self.config.part_size.min(block_ceil(target) - self.fetched_to);
+            match self.reserve_up_to(wanted) {
+                Some((len, permit)) => self.push_part(len, Some(permit)),
+                None => {
+                    // Budget exhausted: shrink the window to what is in flight.
+                    self.window = self.fetched_to.saturating_sub(from);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The largest block multiple up to `wanted` bytes the budget grants now.
+    fn reserve_up_to(&self, wanted: u64) -> Option<(u64, OwnedSemaphorePermit)> {
+        let mut len = wanted;
+        loop {
+            if let Some(permit) = self.budget.try_reserve(len) {
+                return Some((len, permit));
+            }
+            if len <= BLOCK_SIZE {
+                return None;
+            }
+            len = block_ceil(len / 2);
+        }
+    }
+
+    fn push_part(&mut self, len: u64, permit: Option<OwnedSemaphorePermit>) {
+        let start = self.fetched_to;
+        let end = (start + len).min(self.object.size);
+        let (sender, receiver) = watch::channel(None);
+        let reader = self.reader.clone();
+        let object = self.object.clone();
+        let blocks = start / BLOCK_SIZE..end.div_ceil(BLOCK_SIZE);
+        let task = tokio::spawn(async move {
+            let result = reader.read_blocks(&object, blocks).await;
+            sender.send_replace(Some(result));
+        });
+        self.parts.push_back(Part {
+            range: start..end,
+            result: receiver,
+            task,
+            _permit: permit,
+        });
+        self.fetched_to = block_ceil(end);
+    }
+
+    /// Keeps at most one part wholly behind `offset`, for a short backward seek.
+    fn drop_parts_behind(&mut self, offset: u64) {
+        while self.parts.len() >= 2 && self.parts[1].range.start <= offset {
+            self.parts.pop_front();
+        }
+    }
+
+    fn restart_at(&mut self, offset: u64) {
+        self.parts.clear();
+        self.fetched_to = offset - offset % BLOCK_SIZE;
+        self.window = 0;
+    }
+
+    fn receivers(&self, range: Range<u64>) -> Vec<(Range<u64>, watch::Receiver<PartResult>)> {
+        self.parts
+            .iter()
+            .filter(|p| p.range.start < range.end && range.start < p.range.end)
+            .map(|p| (p.range.clone(), p.result.clone()))
+            .collect()
+    }
+}
+
+/// Waits for the parts and cuts `range` out of them. A part dropped meanwhile (a concurrent
+/// read of the same file seeked elsewhere) is read directly instead.
+async fn collect(
+    reader: &BlockReader,
+    object: &ObjectVersion,
+    range: Range<u64>,
+    pending: Vec<(Range<u64>, watch::Receiver<PartResult>)>,
+) -> Result<Bytes, ObjectError> {
+    let mut pieces = Vec::with_capacity(pending.len());
+    for (part_range, mut receiver) in pending {
+        let published = match receiver.wait_for(Option::is_some).await {
+            Ok(value) => value.clone(),
+            Err(_) => None,
+        };
+        let data = match published {
+            Some(result) => result?,
+            None => {
+                let blocks = part_range.start / BLOCK_SIZE..part_range.end.div_ceil(BLOCK_SIZE);
+                reader.read_blocks(object, blocks).await?
+            }
+        };
+        let from = range.start.max(part_range.start) - part_range.start;
+        let to = range.end.min(part_range.end) - part_range.start;
+        if to as usize > data.len() {
+            return Err(ObjectError::Service {
+                code: "ShortRead".into(),
+                message: "part shorter than asked".into(),
+            });
+        }
+        pieces.push(data.slice(from as usize..to as usize));
+    }
+    if pieces.len() == 1 {
+        return Ok(pieces.pop().unwrap_or_default());
+    }
+    let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+    for piece in pieces {
+        out.extend_from_slice(&piece);
+    }
+    Ok(out.freeze())
+}
+
+fn block_ceil(offset: u64) -> u64 {
+    offset.div_ceil(BLOCK_SIZE) * BLOCK_SIZE
+}
+
+#[cfg(test)]
+mod tests;
