@@ -168,12 +168,17 @@ impl Prefetcher {
         self.read_ahead(range.end);
     }
 
-    /// Issues read-ahead parts up to `window` bytes past `from`, as far as the budget allows.
+    /// Keeps `window` bytes in flight past `from`, as far as the budget allows. Tops up only when
+    /// less than half the window is left, and then in whole parts, so a reader moving 128 KiB at
+    /// a time still causes part-sized GETs, not block-sized ones.
     fn read_ahead(&mut self, from: u64) {
+        if self.fetched_to.saturating_sub(from) >= self.window / 2 {
+            return;
+        }
         let target = self.object.size.min(from.saturating_add(self.window));
+        let part = block_ceil(self.config.part_size.min(self.window));
         while self.fetched_to < target {
-            let wanted = self.config.part_size.min(block_ceil(target) - self.fetched_to);
-            match self.reserve_up_to(wanted) {
+            match self.reserve_up_to(part) {
                 Some((len, permit)) => self.push_part(len, Some(permit)),
                 None => {
                     // Budget exhausted: shrink the window to what is in flight.
