@@ -23,6 +23,12 @@ use crate::object::ObjectError;
 /// enough to keep a fast link busy while the reader consumes.
 pub const READ_AHEAD_PARTS: u64 = 8;
 
+/// How far past the fetched range a read may land and still count as sequential, and how far
+/// behind the reader data is kept: two blocks, room for the kernel's concurrent read-ahead
+/// requests (1 MiB each) to overtake each other, small enough that a seek costs at most that
+/// much extra.
+const OUT_OF_ORDER_SLACK: u64 = 2 * BLOCK_SIZE;
+
 /// The budget counts in KiB so a `u32` of permits covers budgets up to 4 TiB.
 const BUDGET_UNIT: u64 = 1024;
 
@@ -148,8 +154,11 @@ impl Prefetcher {
 
     /// Makes sure `range` is being fetched, and the window beyond it when reading is sequential.
     fn plan(&mut self, range: Range<u64>) {
+        self.backfill_before(range.start);
+        // Reads slightly past what is fetched still count: the kernel sends its read-ahead
+        // requests concurrently, so they can arrive out of order.
         let sequential = self.parts.front().is_some_and(|p| p.range.start <= range.start)
-            && range.start <= self.fetched_to;
+            && range.start <= self.fetched_to + OUT_OF_ORDER_SLACK;
         if sequential {
             let full = self.config.part_size * READ_AHEAD_PARTS;
             self.window = if self.window == 0 {
@@ -158,6 +167,10 @@ impl Prefetcher {
                 (self.window * 2).min(full)
             };
         } else {
+            if let Some(first) = self.parts.front() {
+                tracing::debug!(key = %self.object.key, offset = range.start, fetched_to = self.fetched_to,
+                    first = first.range.start, "read-ahead restarts");
+            }
             self.restart_at(range.start);
         }
         self.drop_parts_behind(range.start);
@@ -166,6 +179,20 @@ impl Prefetcher {
             self.push_part(len, None);
         }
         self.read_ahead(range.end);
+    }
+
+    /// A read landing a little before the first part (a kernel request overtaken by the next
+    /// one) gets the blocks in between fetched in front, instead of a restart that would drop
+    /// the parts already in flight.
+    fn backfill_before(&mut self, offset: u64) {
+        let Some(first) = self.parts.front().map(|p| p.range.start) else {
+            return;
+        };
+        if offset < first && first - offset <= OUT_OF_ORDER_SLACK {
+            let start = offset - offset % BLOCK_SIZE;
+            let part = self.spawn_part(start, first - start, None);
+            self.parts.push_front(part);
+        }
     }
 
     /// Keeps `window` bytes in flight past `from`, as far as the budget allows. Tops up only when
@@ -203,8 +230,15 @@ impl Prefetcher {
         }
     }
 
+    /// Appends a part of `len` bytes at the end of what is fetched.
     fn push_part(&mut self, len: u64, permit: Option<OwnedSemaphorePermit>) {
-        let start = self.fetched_to;
+        let part = self.spawn_part(self.fetched_to, len, permit);
+        self.fetched_to = block_ceil(part.range.end);
+        self.parts.push_back(part);
+    }
+
+    /// Starts fetching `len` bytes at `start` (block aligned) in the background.
+    fn spawn_part(&self, start: u64, len: u64, permit: Option<OwnedSemaphorePermit>) -> Part {
         let end = (start + len).min(self.object.size);
         let (sender, receiver) = watch::channel(None);
         let reader = self.reader.clone();
@@ -214,18 +248,20 @@ impl Prefetcher {
             let result = reader.read_blocks(&object, blocks).await;
             sender.send_replace(Some(result));
         });
-        self.parts.push_back(Part {
+        Part {
             range: start..end,
             result: receiver,
             task,
             _permit: permit,
-        });
-        self.fetched_to = block_ceil(end);
+        }
     }
 
-    /// Keeps at most one part wholly behind `offset`, for a short backward seek.
+    /// Drops the parts the reader has left behind, keeping the one that holds the bytes
+    /// `OUT_OF_ORDER_SLACK` before `offset` and everything after it: a short backward seek, or
+    /// a late kernel request, is served from memory.
     fn drop_parts_behind(&mut self, offset: u64) {
-        while self.parts.len() >= 2 && self.parts[1].range.start <= offset {
+        let keep_from = offset.saturating_sub(OUT_OF_ORDER_SLACK);
+        while self.parts.len() >= 2 && self.parts[1].range.start <= keep_from {
             self.parts.pop_front();
         }
     }

@@ -242,6 +242,22 @@ async fn out_of_order_reads_like_the_kernels_async_read_ahead_do_not_thrash() {
 }
 
 #[tokio::test]
+async fn a_first_request_overtaken_by_the_next_block_costs_nothing_extra() {
+    let bed = bed(16 * MIB, 256 * MIB);
+    let prefetcher = bed.prefetcher();
+    // The kernel's second read-ahead request (block 1) arrives before its first (block 0).
+    bed.check(&prefetcher, MIB, MIB).await;
+    bed.check(&prefetcher, 0, MIB).await;
+    let mut offset = 2 * MIB;
+    while offset < 16 * MIB {
+        bed.check(&prefetcher, offset, MIB).await;
+        offset += MIB;
+    }
+    bed.settled(&prefetcher).await;
+    assert_eq!(bed.client.counters().get_bytes, 16 * MIB);
+}
+
+#[tokio::test]
 async fn a_failed_part_is_fetched_again_on_the_next_read() {
     let bed = bed(4 * MIB, 64 * MIB);
     let prefetcher = bed.prefetcher();
