@@ -40,7 +40,10 @@ pub struct ReadCounters {
     pub get_requests: AtomicU64,
     pub get_bytes: AtomicU64,
     pub cache_hit_blocks: AtomicU64,
+    /// Blocks neither on disk nor in flight: fetched from S3 by this reader.
     pub cache_miss_blocks: AtomicU64,
+    /// Blocks another reader was already fetching: waited for, not fetched again.
+    pub shared_blocks: AtomicU64,
 }
 
 impl ReadCounters {
@@ -48,23 +51,27 @@ impl ReadCounters {
     pub fn summary(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "get_requests={} get_bytes={} cache_hit_blocks={} cache_miss_blocks={}",
+            "get_requests={} get_bytes={} cache_hit_blocks={} cache_miss_blocks={} shared_blocks={}",
             get(&self.get_requests),
             get(&self.get_bytes),
             get(&self.cache_hit_blocks),
-            get(&self.cache_miss_blocks)
+            get(&self.cache_miss_blocks),
+            get(&self.shared_blocks)
         )
     }
 }
 
 type BlockResult = Option<Result<Bytes, ObjectError>>;
 type InFlightKey = (ObjectVersion, u64);
+/// Blocks being fetched, and fetched blocks on their way to disk: a reader that finds its block
+/// here waits for (or takes) that block instead of fetching it again.
+type InFlight = Arc<Mutex<HashMap<InFlightKey, watch::Receiver<BlockResult>>>>;
 
 /// Reads blocks of object versions through the disk cache.
 pub struct BlockReader {
     client: Arc<dyn ObjectClient>,
     disk: Option<Arc<DiskCache>>,
-    in_flight: Mutex<HashMap<InFlightKey, watch::Receiver<BlockResult>>>,
+    in_flight: InFlight,
     pending_writes: Arc<Semaphore>,
     pub counters: ReadCounters,
 }
@@ -74,7 +81,7 @@ impl BlockReader {
         Self {
             client,
             disk,
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
             pending_writes: Arc::new(Semaphore::new(PENDING_WRITE_BYTES)),
             counters: ReadCounters::default(),
         }
@@ -98,9 +105,6 @@ impl BlockReader {
             .filter(|b| found[(b - blocks.start) as usize].is_none())
             .collect();
         if !missing.is_empty() {
-            self.counters
-                .cache_miss_blocks
-                .fetch_add(missing.len() as u64, Ordering::Relaxed);
             for (block, data) in self.fetch_missing(object, &missing).await? {
                 found[(block - blocks.start) as usize] = Some(data);
             }
@@ -130,10 +134,16 @@ impl BlockReader {
         object: &ObjectVersion,
         missing: &[u64],
     ) -> Result<Vec<(u64, Bytes)>, ObjectError> {
-        let (owned, waiting) = self.claim(object, missing);
+        let (mut owned, waiting) = self.claim(object, missing);
+        self.counters
+            .cache_miss_blocks
+            .fetch_add(owned.senders.len() as u64, Ordering::Relaxed);
+        self.counters
+            .shared_blocks
+            .fetch_add(waiting.len() as u64, Ordering::Relaxed);
         let mut result = Vec::with_capacity(missing.len());
-        for run in contiguous_runs(owned.keys().copied().collect()) {
-            let data = self.get_run(object, run.clone(), &owned).await?;
+        for run in contiguous_runs(owned.senders.keys().copied().collect()) {
+            let data = self.get_run(object, run, &mut owned).await?;
             result.extend(data);
         }
         for (block, mut receiver) in waiting {
@@ -166,7 +176,7 @@ impl BlockReader {
     ) -> (InFlightGuard<'_>, Vec<(u64, watch::Receiver<BlockResult>)>) {
         let mut registry = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         let mut owned = InFlightGuard {
-            reader: self,
+            in_flight: &self.in_flight,
             object: object.clone(),
             senders: HashMap::new(),
         };
@@ -190,7 +200,7 @@ impl BlockReader {
         &self,
         object: &ObjectVersion,
         run: Range<u64>,
-        owned: &InFlightGuard<'_>,
+        owned: &mut InFlightGuard<'_>,
     ) -> Result<Vec<(u64, Bytes)>, ObjectError> {
         let range = run.start * BLOCK_SIZE..(run.end * BLOCK_SIZE).min(object.size);
         self.counters.get_requests.fetch_add(1, Ordering::Relaxed);
@@ -227,14 +237,22 @@ impl BlockReader {
             let end = (start + BLOCK_SIZE as usize).min(data.len());
             let bytes = data.slice(start..end);
             owned.publish(block, Ok(bytes.clone()));
-            self.store_in_background(object, block, bytes.clone());
+            self.store_in_background(object, block, bytes.clone(), owned);
             blocks.push((block, bytes));
         }
         Ok(blocks)
     }
 
-    /// Hands a block to the disk cache without waiting; drops it when too much is pending.
-    fn store_in_background(&self, object: &ObjectVersion, block: u64, data: Bytes) {
+    /// Hands a block to the disk cache without waiting; drops it when too much is pending. Its
+    /// in-flight entry, holding the data, stays until the block is on disk, so a reader arriving
+    /// in between takes it from there rather than fetching it again.
+    fn store_in_background(
+        &self,
+        object: &ObjectVersion,
+        block: u64,
+        data: Bytes,
+        owned: &mut InFlightGuard<'_>,
+    ) {
         let Some(disk) = self.disk.clone() else { return };
         let Ok(permit) = self
             .pending_writes
@@ -243,10 +261,14 @@ impl BlockReader {
         else {
             return;
         };
+        let sender = owned.senders.remove(&block);
         let name = block_name(&*self.client, object, block);
+        let in_flight = self.in_flight.clone();
+        let key = (object.clone(), block);
         tokio::task::spawn_blocking(move || {
             disk.put(&name, &data);
-            drop(permit);
+            in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            drop((sender, permit));
         });
     }
 }
@@ -254,16 +276,12 @@ impl BlockReader {
 /// The blocks this task fetches: their senders, and removal from the registry when done or
 /// abandoned (a dropped sender tells waiters to fetch for themselves).
 struct InFlightGuard<'a> {
-    reader: &'a BlockReader,
+    in_flight: &'a InFlight,
     object: ObjectVersion,
     senders: HashMap<u64, watch::Sender<BlockResult>>,
 }
 
 impl InFlightGuard<'_> {
-    fn keys(&self) -> impl Iterator<Item = &u64> {
-        self.senders.keys()
-    }
-
     fn publish(&self, block: u64, result: Result<Bytes, ObjectError>) {
         if let Some(sender) = self.senders.get(&block) {
             sender.send_replace(Some(result));
@@ -279,7 +297,7 @@ impl InFlightGuard<'_> {
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        let mut registry = self.reader.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut registry = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         for block in self.senders.keys() {
             registry.remove(&(self.object.clone(), *block));
         }

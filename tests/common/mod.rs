@@ -253,6 +253,12 @@ pub fn s3mount_command() -> Command {
     for name in SCRUBBED_VARIABLES {
         command.env_remove(name);
     }
+    // The daemon's default block cache goes under XDG_CACHE_HOME: never the real ~/.cache.
+    // Mounts point it into their own temporary directory; this is the fallback for the rest.
+    command.env(
+        "XDG_CACHE_HOME",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+    );
     command
         .env("AWS_ACCESS_KEY_ID", &s.access_key_id)
         .env("AWS_SECRET_ACCESS_KEY", &s.secret_access_key)
@@ -418,6 +424,13 @@ impl Mount {
     /// Mounts `source` in the default (background) mode. The command must exit 0 only once the
     /// mount is live, so the mount must already be in mountinfo when it returns.
     pub fn start(source: &[&str], extra: &[&str]) -> Mount {
+        Self::start_with(source, extra, |_| {})
+    }
+
+    /// Like [`Mount::start`], with `configure` applied to the command last: to give the daemon
+    /// its own environment (say `HOME`, `XDG_CACHE_HOME`). The default block cache lives in the
+    /// mount's own temporary directory unless `configure` says otherwise.
+    pub fn start_with(source: &[&str], extra: &[&str], configure: impl FnOnce(&mut Command)) -> Mount {
         let (mount_dir, path, log_dir, log) = Self::dirs();
         let mut command = s3mount_command();
         command
@@ -425,7 +438,9 @@ impl Mount {
             .arg(&path)
             .args(endpoint_args())
             .args([OsStr::new("--log-file"), log.as_os_str()])
-            .args(extra);
+            .args(extra)
+            .env("XDG_CACHE_HOME", log_dir.path().join("xdg-cache"));
+        configure(&mut command);
         let output = run_bounded(command);
         let mount = Mount {
             path,
@@ -456,6 +471,17 @@ impl Mount {
         mount
     }
 
+    /// Unmounts as a user would and waits until the daemon has exited, so everything it logs at
+    /// exit (the stats line) is in the log, and whatever it held (the cache lock) is released.
+    pub fn unmount_and_wait_for_exit(&mut self) {
+        let pids = self.daemon_pids();
+        assert_eq!(pids.len(), 1, "one daemon serves the mount: {pids:?}");
+        self.unmount();
+        wait_until("the daemon has exited after the unmount", || {
+            !process_alive(pids[0])
+        });
+    }
+
     /// Mounts `source` with `--foreground` as a child process and waits for the mount to appear.
     pub fn foreground(source: &[&str], extra: &[&str]) -> Mount {
         let (mount_dir, path, log_dir, log) = Self::dirs();
@@ -469,6 +495,7 @@ impl Mount {
                 log.as_os_str(),
             ])
             .args(extra)
+            .env("XDG_CACHE_HOME", log_dir.path().join("xdg-cache"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
