@@ -13,7 +13,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::{ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectSummary};
 
@@ -166,12 +166,15 @@ impl ObjectClient for S3Client {
             .send()
             .await
             .map_err(|e| self.map_error(e, key))?;
-        let body = output
-            .body
-            .collect()
-            .await
-            .map_err(|e| ObjectError::Unreachable(format!("reading body of {key}: {e}")))?;
-        Ok(body.into_bytes())
+        // Streamed into one buffer of the range's size: collecting the chunks and joining them
+        // would hold every part twice at its peak.
+        let mut body = output.body;
+        let mut data = BytesMut::with_capacity((range.end - range.start) as usize);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ObjectError::Unreachable(format!("reading body of {key}: {e}")))?;
+            data.extend_from_slice(&chunk);
+        }
+        Ok(data.freeze())
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<String, ObjectError> {
