@@ -18,6 +18,9 @@ use crate::fuse::{FuseAdapter, KernelNotifier};
 use crate::object::s3::{S3Client, S3Settings};
 use crate::object::{ListRequest, ObjectClient, ObjectError};
 
+/// Threads for blocking work (cache file I/O).
+const BLOCKING_THREADS: usize = 32;
+
 /// Everything needed to mount, already validated.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
@@ -89,6 +92,9 @@ pub fn check_mount_point(path: &Path) -> Result<PathBuf, RunError> {
 pub fn mount(config: MountConfig, ready: impl FnOnce()) -> Result<(), RunError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking threads do the cache's disk I/O. Tokio's default of 512 would let bursts of
+        // block writes each hold a malloc arena; a few dozen keep the disk as busy.
+        .max_blocking_threads(BLOCKING_THREADS)
         .thread_name("s3mount-worker")
         .build()
         .map_err(RunError::Runtime)?;

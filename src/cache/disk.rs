@@ -180,8 +180,8 @@ impl DiskCache {
     /// (disk full, unwritable) are logged once and otherwise ignored: the cache is best-effort.
     pub fn put(&self, name: &BlockName, data: &[u8]) {
         let file_name = name.file_name();
-        let encoded = encode(&name.describe(), data);
-        let size = encoded.len() as u64;
+        let header = header(&name.describe(), data);
+        let size = (header.len() + data.len()) as u64;
         if !self.evict_to_fit(size) {
             self.note_failure(&io::Error::new(
                 io::ErrorKind::StorageFull,
@@ -189,7 +189,7 @@ impl DiskCache {
             ));
             return;
         }
-        match self.write_atomically(&file_name, &encoded) {
+        match self.write_atomically(&file_name, &header, data) {
             Ok(()) => {
                 let mut index = self.lock_index();
                 if let Some(old) = index.lru.put(file_name, size) {
@@ -201,7 +201,7 @@ impl DiskCache {
         }
     }
 
-    fn write_atomically(&self, file_name: &str, encoded: &[u8]) -> io::Result<()> {
+    fn write_atomically(&self, file_name: &str, header: &[u8], data: &[u8]) -> io::Result<()> {
         let tmp_path = self.tmp.join(format!(
             "{}.{}",
             std::process::id(),
@@ -213,7 +213,8 @@ impl DiskCache {
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp_path)?;
-            file.write_all(encoded)?;
+            file.write_all(header)?;
+            file.write_all(data)?;
             let final_path = self.block_path(file_name);
             if let Some(parent) = final_path.parent() {
                 fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
@@ -280,14 +281,15 @@ impl DiskCache {
     }
 }
 
-fn encode(description: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + description.len() + data.len());
+/// The header of a block file; the data follows it. Kept apart from the data so writing a block
+/// never copies it.
+fn header(description: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + description.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
     out.extend_from_slice(&(data.len() as u32).to_le_bytes());
     out.extend_from_slice(&(description.len() as u32).to_le_bytes());
     out.extend_from_slice(description);
-    out.extend_from_slice(data);
     out
 }
 
@@ -463,7 +465,7 @@ mod tests {
     fn the_size_bound_evicts_least_recently_used_first() {
         let dir = tempfile::tempdir().unwrap();
         let block = vec![1u8; 1000];
-        let one = encode(&name("k", 0).describe(), &block).len() as u64;
+        let one = (header(&name("k", 0).describe(), &block).len() + block.len()) as u64;
         let cache = DiskCache::open(dir.path(), limits(3 * one)).unwrap();
         for index in 0..3 {
             cache.put(&name("k", index), &block);
