@@ -1,0 +1,576 @@
+//! The raw-SDK side of `scripts/bench`: puts the benchmark's data set into a bucket, and measures
+//! what aws-sdk-s3 alone pulls from the server, the baseline that s3mount's read path is compared
+//! with.
+//!
+//! It talks to aws-sdk-s3 directly, not through the crate's `S3Client`, so the baseline owes
+//! nothing to s3mount's code; it configures the SDK the way `src/object/s3.rs` does (path-style
+//! addressing, checksums only where the API requires them) so both do the same work per byte.
+//!
+//! ```text
+//! bench_sdk upload      BUCKET KEY SIZE_BYTES
+//! bench_sdk upload-many BUCKET PREFIX COUNT SIZE_BYTES
+//! bench_sdk download    BUCKET KEY [--part-size BYTES] [--concurrency N]
+//! bench_sdk random-read BUCKET KEY [--block-size BYTES] [--seconds S]
+//! bench_sdk download-many BUCKET PREFIX [--concurrency N]
+//! ```
+//!
+//! `download` is the sequential baseline (a sliding window of ranged GETs), `random-read` the
+//! baseline of `fio --rw=randread --ioengine=psync` (one reader, one aligned block at a time),
+//! `download-many` the baseline of reading many small files (list, then GET them all).
+//!
+//! Endpoint, region and credentials come from the usual `AWS_*` variables
+//! (`. target/s3-server/env`). Uploads are idempotent: what is already there with the right size
+//! is kept, so the data set is written once and reused across bench runs.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use aws_config::BehaviorVersion;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use tokio::task::JoinSet;
+
+/// Part size of the big uploads: S3 allows 10,000 parts, so 16 MiB parts cover objects up to
+/// 160 GiB, and a part is small enough to generate and hold four at a time.
+const UPLOAD_PART_BYTES: u64 = 16 * 1024 * 1024;
+/// Parts of one multipart upload in flight at once.
+const UPLOAD_CONCURRENCY: usize = 4;
+/// Small objects PUT at once by `upload-many`.
+const SMALL_PUT_CONCURRENCY: usize = 16;
+/// Defaults of `download`: Mountpoint's part size, and enough parallel GETs to fill a link.
+const DEFAULT_PART_BYTES: u64 = 8 * 1024 * 1024;
+const DEFAULT_CONCURRENCY: usize = 8;
+/// Defaults of `random-read`: fio's usual random-read block, and long enough for a stable rate.
+const DEFAULT_BLOCK_BYTES: u64 = 4096;
+const DEFAULT_SECONDS: f64 = 10.0;
+
+const USAGE: &str = "usage:
+  bench_sdk upload      BUCKET KEY SIZE_BYTES
+  bench_sdk upload-many BUCKET PREFIX COUNT SIZE_BYTES
+  bench_sdk download    BUCKET KEY [--part-size BYTES] [--concurrency N]
+  bench_sdk random-read BUCKET KEY [--block-size BYTES] [--seconds S]
+  bench_sdk download-many BUCKET PREFIX [--concurrency N]
+(endpoint, region and credentials from the AWS_* variables)";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(command) = args.first() else {
+        bail!("{USAGE}");
+    };
+    let rest = &args[1..];
+    match command.as_str() {
+        "upload" => {
+            let [bucket, key, size] = rest else {
+                bail!("{USAGE}")
+            };
+            upload(&client().await, bucket, key, parse_u64("SIZE_BYTES", size)?).await
+        }
+        "upload-many" => {
+            let [bucket, prefix, count, size] = rest else {
+                bail!("{USAGE}")
+            };
+            let count = parse_u64("COUNT", count)? as usize;
+            upload_many(
+                &client().await,
+                bucket,
+                prefix,
+                count,
+                parse_u64("SIZE_BYTES", size)?,
+            )
+            .await
+        }
+        "download" => {
+            let options = Options::parse(rest)?;
+            let [bucket, key] = options.positional.as_slice() else {
+                bail!("{USAGE}")
+            };
+            download(
+                &client().await,
+                bucket,
+                key,
+                options.part_bytes,
+                options.concurrency,
+            )
+            .await
+        }
+        "random-read" => {
+            let options = Options::parse(rest)?;
+            let [bucket, key] = options.positional.as_slice() else {
+                bail!("{USAGE}")
+            };
+            let client = client().await;
+            random_read(&client, bucket, key, options.block_bytes, options.seconds).await
+        }
+        "download-many" => {
+            let options = Options::parse(rest)?;
+            let [bucket, prefix] = options.positional.as_slice() else {
+                bail!("{USAGE}")
+            };
+            download_many(&client().await, bucket, prefix, options.concurrency).await
+        }
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}\n{USAGE}"),
+    }
+}
+
+fn parse_u64(what: &str, text: &str) -> anyhow::Result<u64> {
+    text.parse()
+        .with_context(|| format!("{what} must be a whole number, not {text:?}"))
+}
+
+/// Positional arguments and `--name value` options of the measuring commands.
+struct Options {
+    positional: Vec<String>,
+    part_bytes: u64,
+    concurrency: usize,
+    block_bytes: u64,
+    seconds: f64,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> anyhow::Result<Self> {
+        let mut options = Options {
+            positional: Vec::new(),
+            part_bytes: DEFAULT_PART_BYTES,
+            concurrency: DEFAULT_CONCURRENCY,
+            block_bytes: DEFAULT_BLOCK_BYTES,
+            seconds: DEFAULT_SECONDS,
+        };
+        let mut iter = args.iter();
+        while let Some(arg) = iter.next() {
+            let mut value = |name: &str| iter.next().with_context(|| format!("{name} needs a value"));
+            match arg.as_str() {
+                "--part-size" => options.part_bytes = parse_u64("--part-size", value("--part-size")?)?,
+                "--concurrency" => {
+                    options.concurrency = parse_u64("--concurrency", value("--concurrency")?)? as usize
+                }
+                "--block-size" => options.block_bytes = parse_u64("--block-size", value("--block-size")?)?,
+                "--seconds" => {
+                    let text = value("--seconds")?;
+                    options.seconds = text
+                        .parse()
+                        .with_context(|| format!("--seconds must be a number, not {text:?}"))?;
+                }
+                _ if arg.starts_with("--") => bail!("unknown option {arg}\n{USAGE}"),
+                _ => options.positional.push(arg.clone()),
+            }
+        }
+        ensure!(options.part_bytes > 0, "--part-size must be positive");
+        ensure!(options.concurrency > 0, "--concurrency must be positive");
+        ensure!(options.block_bytes > 0, "--block-size must be positive");
+        ensure!(options.seconds > 0.0, "--seconds must be positive");
+        Ok(options)
+    }
+}
+
+/// An SDK client configured as s3mount's own (`src/object/s3.rs`): path-style addressing for
+/// loopback servers, checksums only where the API requires them.
+async fn client() -> Client {
+    let sdk_config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    let config = aws_sdk_s3::config::Builder::from(&sdk_config)
+        .force_path_style(true)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    Client::from_conf(config)
+}
+
+/// Size of `key`, or None when there is no such object.
+async fn object_size(client: &Client, bucket: &str, key: &str) -> anyhow::Result<Option<u64>> {
+    match client.head_object().bucket(bucket).key(key).send().await {
+        Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+        Err(e) => Err(anyhow::anyhow!(
+            "HEAD s3://{bucket}/{key}: {}",
+            DisplayErrorContext(&e)
+        )),
+    }
+}
+
+/// One big object of `size` pseudo-random bytes, by multipart upload.
+async fn upload(client: &Client, bucket: &str, key: &str, size: u64) -> anyhow::Result<()> {
+    if object_size(client, bucket, key).await? == Some(size) {
+        println!("exists: s3://{bucket}/{key} ({size} bytes)");
+        return Ok(());
+    }
+    let started = Instant::now();
+    if size <= UPLOAD_PART_BYTES {
+        let body = pseudo_random(seed_of(key), 0, size as usize);
+        client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("PUT s3://{bucket}/{key}: {}", DisplayErrorContext(&e)))?;
+    } else {
+        multipart_upload(client, bucket, key, size).await?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "uploaded: s3://{bucket}/{key} ({size} bytes in {seconds:.1}s, {:.0} MiB/s)",
+        size as f64 / MIB / seconds
+    );
+    Ok(())
+}
+
+async fn multipart_upload(client: &Client, bucket: &str, key: &str, size: u64) -> anyhow::Result<()> {
+    let created = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("CreateMultipartUpload {key}: {}", DisplayErrorContext(&e)))?;
+    let upload_id: Arc<str> = created.upload_id().context("no upload id in the answer")?.into();
+    match upload_parts(client, bucket, key, size, &upload_id).await {
+        Ok(parts) => {
+            client
+                .complete_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&*upload_id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("CompleteMultipartUpload {key}: {}", DisplayErrorContext(&e)))?;
+            Ok(())
+        }
+        Err(error) => {
+            // Best effort: leave no half-uploaded parts behind on the server.
+            let _ = client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&*upload_id)
+                .send()
+                .await;
+            Err(error)
+        }
+    }
+}
+
+/// Uploads every part, `UPLOAD_CONCURRENCY` at a time, and returns them in part-number order.
+async fn upload_parts(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    size: u64,
+    upload_id: &Arc<str>,
+) -> anyhow::Result<Vec<CompletedPart>> {
+    let part_count = size.div_ceil(UPLOAD_PART_BYTES);
+    let seed = seed_of(key);
+    let mut in_flight = JoinSet::new();
+    let mut parts = Vec::with_capacity(part_count as usize);
+    let mut next = 0u64;
+    while next < part_count || !in_flight.is_empty() {
+        while next < part_count && in_flight.len() < UPLOAD_CONCURRENCY {
+            let start = next * UPLOAD_PART_BYTES;
+            let len = UPLOAD_PART_BYTES.min(size - start) as usize;
+            let part_number = (next + 1) as i32;
+            let request = client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&**upload_id)
+                .part_number(part_number);
+            in_flight.spawn(async move {
+                let body = tokio::task::spawn_blocking(move || pseudo_random(seed, start, len)).await?;
+                let output =
+                    request.body(ByteStream::from(body)).send().await.map_err(|e| {
+                        anyhow::anyhow!("UploadPart {part_number}: {}", DisplayErrorContext(&e))
+                    })?;
+                let etag = output.e_tag().context("no ETag for an uploaded part")?.to_owned();
+                anyhow::Ok(
+                    CompletedPart::builder()
+                        .part_number(part_number)
+                        .e_tag(etag)
+                        .build(),
+                )
+            });
+            next += 1;
+        }
+        if let Some(done) = in_flight.join_next().await {
+            parts.push(done??);
+        }
+    }
+    parts.sort_by_key(|p| p.part_number());
+    Ok(parts)
+}
+
+/// `count` objects `PREFIX/f00000`, `PREFIX/f00001`, ... of `size` bytes each.
+async fn upload_many(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+    count: usize,
+    size: u64,
+) -> anyhow::Result<()> {
+    let prefix = prefix.trim_end_matches('/');
+    let keys: Vec<String> = (0..count).map(|i| format!("{prefix}/f{i:05}")).collect();
+    let existing = list_sizes(client, bucket, &format!("{prefix}/")).await?;
+    let missing: Vec<String> = keys
+        .into_iter()
+        .filter(|k| existing.get(k) != Some(&size))
+        .collect();
+    if missing.is_empty() {
+        println!("exists: {count} objects of {size} bytes under s3://{bucket}/{prefix}/");
+        return Ok(());
+    }
+    let started = Instant::now();
+    let uploaded = missing.len();
+    let mut in_flight = JoinSet::new();
+    let mut todo = missing.into_iter();
+    loop {
+        while in_flight.len() < SMALL_PUT_CONCURRENCY {
+            let Some(key) = todo.next() else { break };
+            let request = client.put_object().bucket(bucket).key(&key);
+            in_flight.spawn(async move {
+                let body = pseudo_random(seed_of(&key), 0, size as usize);
+                request
+                    .body(ByteStream::from(body))
+                    .send()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("PUT {key}: {}", DisplayErrorContext(&e)))?;
+                anyhow::Ok(())
+            });
+        }
+        match in_flight.join_next().await {
+            Some(done) => done??,
+            None => break,
+        }
+    }
+    println!(
+        "uploaded: {uploaded} objects of {size} bytes under s3://{bucket}/{prefix}/ in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Key -> size of every object under `prefix`.
+async fn list_sizes(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+    let mut sizes = std::collections::HashMap::new();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| anyhow::anyhow!("listing {prefix}: {}", DisplayErrorContext(&e)))?;
+        for object in page.contents() {
+            if let Some(key) = object.key() {
+                sizes.insert(key.to_owned(), object.size().unwrap_or(0).max(0) as u64);
+            }
+        }
+    }
+    Ok(sizes)
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Reads the whole object with ranged GETs of `part_bytes`, always `concurrency` of them in
+/// flight (a sliding window, not waves), counting and discarding the bytes as they stream in.
+async fn download(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    part_bytes: u64,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let size = object_size(client, bucket, key)
+        .await?
+        .with_context(|| format!("no object s3://{bucket}/{key}"))?;
+    let started = Instant::now();
+    let mut in_flight = JoinSet::new();
+    let mut next_start = 0u64;
+    let mut total = 0u64;
+    while next_start < size || !in_flight.is_empty() {
+        while next_start < size && in_flight.len() < concurrency {
+            let end = (next_start + part_bytes).min(size);
+            let request = client.get_object().bucket(bucket).key(key).range(format!(
+                "bytes={}-{}",
+                next_start,
+                end - 1
+            ));
+            in_flight.spawn(async move {
+                let output = request.send().await.map_err(|e| {
+                    anyhow::anyhow!("GET bytes {next_start}..{end}: {}", DisplayErrorContext(&e))
+                })?;
+                let mut body = output.body;
+                let mut received = 0u64;
+                while let Some(chunk) = body.next().await {
+                    received += chunk.context("reading a GET body")?.len() as u64;
+                }
+                ensure!(
+                    received == end - next_start,
+                    "GET bytes {next_start}..{end} returned {received} bytes"
+                );
+                anyhow::Ok(received)
+            });
+            next_start = end;
+        }
+        if let Some(done) = in_flight.join_next().await {
+            total += done??;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    ensure!(total == size, "read {total} bytes of a {size}-byte object");
+    println!(
+        "bytes={total} seconds={seconds:.3} mib_per_s={:.1} cpu_s={:.3}",
+        total as f64 / MIB / seconds,
+        cpu_seconds()
+    );
+    Ok(())
+}
+
+/// One reader doing ranged GETs of `block_bytes` at random block-aligned offsets, one after the
+/// other, for `seconds`: what `fio --rw=randread --ioengine=psync --numjobs=1` asks of a mount.
+async fn random_read(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    block_bytes: u64,
+    seconds: f64,
+) -> anyhow::Result<()> {
+    let size = object_size(client, bucket, key)
+        .await?
+        .with_context(|| format!("no object s3://{bucket}/{key}"))?;
+    let blocks = size / block_bytes;
+    ensure!(blocks > 0, "s3://{bucket}/{key} is smaller than one block");
+    // xorshift64 seeded from the clock: a different sequence each run, as fio's default.
+    let mut state = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    let started = Instant::now();
+    let (mut reads, mut total) = (0u64, 0u64);
+    while started.elapsed().as_secs_f64() < seconds {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let start = (state % blocks) * block_bytes;
+        let output = client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", start, start + block_bytes - 1))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("GET bytes {start}: {}", DisplayErrorContext(&e)))?;
+        let mut body = output.body;
+        while let Some(chunk) = body.next().await {
+            total += chunk.context("reading a GET body")?.len() as u64;
+        }
+        reads += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "reads={reads} bytes={total} seconds={seconds:.3} iops={:.1} mib_per_s={:.2}",
+        reads as f64 / seconds,
+        total as f64 / MIB / seconds
+    );
+    Ok(())
+}
+
+/// Lists `prefix` and GETs every object under it, `concurrency` at a time: the baseline of
+/// `find | xargs -P N cat` on a mount (which lists too). The listing is inside the timing.
+async fn download_many(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let prefix = format!("{}/", prefix.trim_end_matches('/'));
+    let mut keys: Vec<String> = list_sizes(client, bucket, &prefix).await?.into_keys().collect();
+    keys.sort();
+    ensure!(!keys.is_empty(), "no objects under s3://{bucket}/{prefix}");
+    let objects = keys.len();
+    let mut in_flight = JoinSet::new();
+    let mut todo = keys.into_iter();
+    let mut total = 0u64;
+    loop {
+        while in_flight.len() < concurrency {
+            let Some(key) = todo.next() else { break };
+            let request = client.get_object().bucket(bucket).key(&key);
+            in_flight.spawn(async move {
+                let output = request
+                    .send()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("GET {key}: {}", DisplayErrorContext(&e)))?;
+                let mut body = output.body;
+                let mut received = 0u64;
+                while let Some(chunk) = body.next().await {
+                    received += chunk.context("reading a GET body")?.len() as u64;
+                }
+                anyhow::Ok(received)
+            });
+        }
+        match in_flight.join_next().await {
+            Some(done) => total += done??,
+            None => break,
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "objects={objects} bytes={total} seconds={seconds:.3} objects_per_s={:.1} mib_per_s={:.1}",
+        objects as f64 / seconds,
+        total as f64 / MIB / seconds
+    );
+    Ok(())
+}
+
+/// User plus system CPU time of this process so far, to tell a CPU-bound client from a slow server.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// Seed of an object's bytes, from its key (FNV-1a), so each object has its own contents.
+fn seed_of(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Bytes `offset..offset + len` of the deterministic incompressible stream of `seed`: each 8-byte
+/// word is xorshift64* of a state derived from (seed, word index), so any part of an object can be
+/// generated on its own, in parallel, and every run writes the same bytes.
+fn pseudo_random(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+    debug_assert_eq!(offset % 8, 0, "parts start on a word boundary");
+    let first_word = offset / 8;
+    let mut out = Vec::with_capacity(len + 8);
+    let mut word = first_word;
+    while out.len() < len {
+        // The state must be non-zero for xorshift; mixing the index with an odd constant and
+        // or-ing in 1 keeps it so.
+        let mut x = (seed ^ word.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        word += 1;
+    }
+    out.truncate(len);
+    out
+}
