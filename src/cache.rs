@@ -147,11 +147,7 @@ impl BlockReader {
             result.extend(data);
         }
         for (block, mut receiver) in waiting {
-            let published = match receiver.wait_for(Option::is_some).await {
-                Ok(value) => value.clone(),
-                Err(_) => None,
-            };
-            let data = match published {
+            let data = match published(&mut receiver).await {
                 Some(result) => result?,
                 // The owner gave up (its reader went away): fetch the block ourselves.
                 None => {
@@ -326,8 +322,16 @@ fn contiguous_runs(mut blocks: Vec<u64>) -> Vec<Range<u64>> {
     runs
 }
 
+/// The value a watch channel's sender publishes, or `None` if it went away without one.
+pub(crate) async fn published<T: Clone>(receiver: &mut watch::Receiver<Option<T>>) -> Option<T> {
+    match receiver.wait_for(Option::is_some).await {
+        Ok(value) => value.clone(),
+        Err(_) => None,
+    }
+}
+
 /// One buffer from several; zero-copy when there is only one.
-fn concat(parts: impl Iterator<Item = Bytes>) -> Bytes {
+pub(crate) fn concat(parts: impl Iterator<Item = Bytes>) -> Bytes {
     let parts: Vec<Bytes> = parts.collect();
     if parts.len() == 1 {
         return parts.into_iter().next().unwrap_or_default();

@@ -120,7 +120,7 @@ pub struct Args {
     pub cache_size: Option<u64>,
 
     /// Memory for read-ahead buffers of all open files together, e.g. 512MiB (default: 1/16 of
-    /// the machine's memory, between 64 MiB and 256 MiB)
+    /// the machine's memory, between 64 MiB and 192 MiB)
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_memory: Option<u64>,
 

@@ -13,10 +13,10 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::cache::{BLOCK_SIZE, BlockReader, ObjectVersion};
+use crate::cache::{BLOCK_SIZE, BlockReader, ObjectVersion, concat, published};
 use crate::object::ObjectError;
 
 /// How many parts may be in flight ahead of one reader at full speed: with 8 MiB parts, 64 MiB,
@@ -291,11 +291,7 @@ async fn collect(
 ) -> Result<Bytes, ObjectError> {
     let mut pieces = Vec::with_capacity(pending.len());
     for (part_range, mut receiver) in pending {
-        let published = match receiver.wait_for(Option::is_some).await {
-            Ok(value) => value.clone(),
-            Err(_) => None,
-        };
-        let data = match published {
+        let data = match published(&mut receiver).await {
             Some(result) => result?,
             None => {
                 let blocks = part_range.start / BLOCK_SIZE..part_range.end.div_ceil(BLOCK_SIZE);
@@ -312,14 +308,7 @@ async fn collect(
         }
         pieces.push(data.slice(from as usize..to as usize));
     }
-    if pieces.len() == 1 {
-        return Ok(pieces.pop().unwrap_or_default());
-    }
-    let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
-    for piece in pieces {
-        out.extend_from_slice(&piece);
-    }
-    Ok(out.freeze())
+    Ok(concat(pieces.into_iter()))
 }
 
 fn block_ceil(offset: u64) -> u64 {

@@ -22,7 +22,10 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-use common::{Mount, TestPrefix, is_mounted, names, pseudo_random, settings, tree, wait_until};
+use common::{
+    Mount, TestPrefix, assert_fails_before_mount, is_mounted, names, pseudo_random, settings, tree,
+    wait_until,
+};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -386,33 +389,6 @@ fn a_name_that_is_both_file_and_prefix_is_a_directory() {
 
 // ---------------------------------------------------------------------------------------------
 // Errors before anything is mounted
-
-/// Runs the binary (default, background mode) and checks it fails with status 1, one line on
-/// stderr that starts `s3mount: error: ` and contains every one of `needles`, and that nothing
-/// got mounted on `mount_point`.
-fn assert_fails_before_mount(command: Command, mount_point: &Path, needles: &[&str]) {
-    let output = common::run_bounded(command);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "exit status; stderr: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "exactly one line on stderr, got: {stderr}");
-    assert!(lines[0].starts_with("s3mount: error: "), "stderr: {stderr}");
-    for needle in needles {
-        assert!(
-            lines[0].contains(needle),
-            "stderr should contain {needle:?}: {stderr}"
-        );
-    }
-    assert!(
-        output.stdout.is_empty(),
-        "nothing on stdout: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    assert!(!is_mounted(mount_point), "{} got mounted", mount_point.display());
-    wait_until("no s3mount process is left for the mount point", || {
-        common::daemon_pids(mount_point).is_empty()
-    });
-}
 
 /// `s3mount SOURCE MOUNTPOINT` against the test server, plus `extra`.
 fn mount_command(source: &str, mount_point: &Path, extra: &[&str]) -> Command {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Barrier};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-use common::{Mount, TestPrefix, is_mounted, pseudo_random, settings, wait_until};
+use common::{Mount, TestPrefix, assert_fails_before_mount, pseudo_random, settings};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -325,27 +325,6 @@ fn a_replaced_object_is_read_new_from_a_shared_cache() {
 // ---------------------------------------------------------------------------------------------
 // Sharing, failures and bounds of the cache directory
 
-/// Checks that `command` fails with status 1 and one `s3mount: error: ` line containing every
-/// one of `needles`, and that nothing got mounted on `mount_point`.
-fn assert_fails_before_mount(command: Command, mount_point: &Path, needles: &[&str]) {
-    let output = common::run_bounded(command);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "exit status; stderr: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "exactly one line on stderr, got: {stderr}");
-    assert!(lines[0].starts_with("s3mount: error: "), "stderr: {stderr}");
-    for needle in needles {
-        assert!(
-            lines[0].contains(needle),
-            "stderr should contain {needle:?}: {stderr}"
-        );
-    }
-    assert!(!is_mounted(mount_point), "{} got mounted", mount_point.display());
-    wait_until("no s3mount process is left for the mount point", || {
-        common::daemon_pids(mount_point).is_empty()
-    });
-}
-
 #[test]
 fn a_second_mount_on_the_same_cache_directory_is_refused() {
     let prefix = TestPrefix::new("cache-in-use");
@@ -537,51 +516,13 @@ fn a_random_4k_read_costs_one_block() {
     assert_eq!(stats.get_requests, 1, "one GET: {stats:?}");
 }
 
-#[test]
-fn concurrent_readers_of_one_file_share_the_fetches() {
-    let prefix = TestPrefix::new("concurrent-readers");
-    let size = 24 * MIB;
-    let data = pseudo_random(4, size);
-    let expected = sha256(&data);
-    prefix.put("big.bin", data);
-    let (_parent, cache) = cache_dir();
-    let mount = Mount::start(&[&prefix.source()], &["--cache", cache_arg(&cache)]);
-
-    const READERS: usize = 4;
-    let start = Arc::new(Barrier::new(READERS));
-    let readers: Vec<_> = (0..READERS)
-        .map(|_| {
-            let path = mount.join("big.bin");
-            let start = start.clone();
-            std::thread::spawn(move || {
-                start.wait();
-                read_hash(&path)
-            })
-        })
-        .collect();
-    for (i, reader) in readers.into_iter().enumerate() {
-        let (hash, len) = reader.join().expect("reader thread");
-        assert!(
-            len == size as u64 && hash == expected,
-            "reader {i} read big.bin intact"
-        );
-    }
-
-    let stats = unmount_for_stats(mount);
-    eprintln!(
-        "{READERS} concurrent readers of 24 MiB: {stats:?} ({:.2} x the object)",
-        stats.get_bytes as f64 / size as f64
-    );
-    assert!(
-        stats.get_bytes >= size as u64 && stats.get_bytes < 2 * size as u64,
-        "concurrent readers must share fetches (single flight, cache): {stats:?}"
-    );
-}
+/// A file's SHA-256 and length.
+type HashAndLength = ([u8; 32], u64);
 
 /// Reads a whole file with O_DIRECT, so every read reaches the daemon (the kernel's page cache,
 /// shared by all handles of an inode, would otherwise merge the readers' requests before the
 /// daemon sees them).
-fn read_hash_direct(path: &Path) -> io::Result<([u8; 32], u64)> {
+fn read_hash_direct(path: &Path) -> io::Result<HashAndLength> {
     use std::os::unix::fs::OpenOptionsExt;
     const ALIGN: usize = 4096;
     let file = std::fs::OpenOptions::new()
@@ -604,10 +545,26 @@ fn read_hash_direct(path: &Path) -> io::Result<([u8; 32], u64)> {
 }
 
 #[test]
+fn concurrent_readers_of_one_file_share_the_fetches() {
+    concurrent_readers_share_the_fetches("concurrent-readers", 4, "page-cache", |path| Ok(read_hash(path)));
+}
+
+#[test]
 fn concurrent_direct_readers_of_one_file_share_the_fetches() {
-    let prefix = TestPrefix::new("concurrent-direct");
+    concurrent_readers_share_the_fetches("concurrent-direct", 44, "O_DIRECT", read_hash_direct);
+}
+
+/// Four threads read one 24 MiB file at once through `read`: every one gets it intact, and
+/// between them they fetch it about once (single flight and the cache), never twice.
+fn concurrent_readers_share_the_fetches(
+    name: &str,
+    seed: u64,
+    how: &str,
+    read: fn(&Path) -> io::Result<HashAndLength>,
+) {
+    let prefix = TestPrefix::new(name);
     let size = 24 * MIB;
-    let data = pseudo_random(44, size);
+    let data = pseudo_random(seed, size);
     let expected = sha256(&data);
     prefix.put("big.bin", data);
     let (_parent, cache) = cache_dir();
@@ -621,7 +578,7 @@ fn concurrent_direct_readers_of_one_file_share_the_fetches() {
             let start = start.clone();
             std::thread::spawn(move || {
                 start.wait();
-                read_hash_direct(&path)
+                read(&path)
             })
         })
         .collect();
@@ -629,7 +586,7 @@ fn concurrent_direct_readers_of_one_file_share_the_fetches() {
         let (hash, len) = reader
             .join()
             .expect("reader thread")
-            .unwrap_or_else(|e| panic!("reader {i}: O_DIRECT read of big.bin: {e}"));
+            .unwrap_or_else(|e| panic!("reader {i}: {how} read of big.bin: {e}"));
         assert!(
             len == size as u64 && hash == expected,
             "reader {i} read big.bin intact"
@@ -638,7 +595,7 @@ fn concurrent_direct_readers_of_one_file_share_the_fetches() {
 
     let stats = unmount_for_stats(mount);
     eprintln!(
-        "{READERS} concurrent O_DIRECT readers of 24 MiB: {stats:?} ({:.2} x the object)",
+        "{READERS} concurrent {how} readers of 24 MiB: {stats:?} ({:.2} x the object)",
         stats.get_bytes as f64 / size as f64
     );
     assert!(

@@ -711,3 +711,30 @@ pub fn names(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Runs the binary (default, background mode) and checks it fails with status 1, one line on
+/// stderr that starts `s3mount: error: ` and contains every one of `needles`, and that nothing
+/// got mounted on `mount_point`.
+pub fn assert_fails_before_mount(command: Command, mount_point: &Path, needles: &[&str]) {
+    let output = run_bounded(command);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "exit status; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line on stderr, got: {stderr}");
+    assert!(lines[0].starts_with("s3mount: error: "), "stderr: {stderr}");
+    for needle in needles {
+        assert!(
+            lines[0].contains(needle),
+            "stderr should contain {needle:?}: {stderr}"
+        );
+    }
+    assert!(
+        output.stdout.is_empty(),
+        "nothing on stdout: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(!is_mounted(mount_point), "{} got mounted", mount_point.display());
+    wait_until("no s3mount process is left for the mount point", || {
+        daemon_pids(mount_point).is_empty()
+    });
+}
