@@ -6,6 +6,7 @@
 //! This module owns the vocabulary (keys, ETags, listing pages); it must not know about inodes,
 //! paths or errno values (the errno mapping lives in `fs/error.rs`).
 
+pub mod buffers;
 pub mod memory;
 pub mod s3;
 

@@ -13,8 +13,9 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
+use super::buffers::BufferPool;
 use super::{ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectSummary};
 
 /// Region used when neither the command line, the environment nor a profile names one. S3 itself
@@ -43,6 +44,7 @@ pub struct S3Settings {
 pub struct S3Client {
     client: aws_sdk_s3::Client,
     bucket: String,
+    buffers: BufferPool,
 }
 
 impl S3Client {
@@ -76,6 +78,7 @@ impl S3Client {
         Ok(Self {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
             bucket: settings.bucket,
+            buffers: BufferPool::default(),
         })
     }
 }
@@ -166,15 +169,15 @@ impl ObjectClient for S3Client {
             .send()
             .await
             .map_err(|e| self.map_error(e, key))?;
-        // Streamed into one buffer of the range's size: collecting the chunks and joining them
-        // would hold every part twice at its peak.
+        // Streamed into one (pooled) buffer of the range's size: collecting the chunks and
+        // joining them would hold every part twice at its peak.
         let mut body = output.body;
-        let mut data = BytesMut::with_capacity((range.end - range.start) as usize);
+        let mut data = self.buffers.take((range.end - range.start) as usize);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| ObjectError::Unreachable(format!("reading body of {key}: {e}")))?;
             data.extend_from_slice(&chunk);
         }
-        Ok(data.freeze())
+        Ok(self.buffers.freeze(data))
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<String, ObjectError> {
