@@ -93,10 +93,12 @@ impl Entry {
         }
     }
 
-    /// Identifies this version of the path's attributes: equal fingerprints, same size and object.
+    /// Identifies this version of the path: equal fingerprints, same kind, size and object. The
+    /// time is left out on purpose: a listing reports it to the millisecond, HeadObject to the
+    /// second, and the ETag already tells one version of the bytes from another.
     fn fingerprint(&self) -> u64 {
         let mut hasher = std::hash::DefaultHasher::new();
-        (self.kind, self.size, self.mtime, &self.etag).hash(&mut hasher);
+        (self.kind, self.size, &self.etag).hash(&mut hasher);
         hasher.finish()
     }
 }
@@ -210,11 +212,6 @@ impl S3Fs {
     /// What the read path has done so far (GETs, bytes, cache hits).
     pub fn read_counters(&self) -> &ReadCounters {
         &self.reader.counters
-    }
-
-    /// The read-ahead memory budget (for tests and the stats line).
-    pub fn read_ahead_budget(&self) -> &MemoryBudget {
-        &self.budget
     }
 
     /// Connects the kernel's cache, once the session exists. Later calls are ignored.

@@ -332,6 +332,26 @@ async fn open_drops_the_kernels_view_when_the_object_changed_since_it_was_told()
 }
 
 #[tokio::test]
+async fn a_reopened_unchanged_file_keeps_the_page_cache_and_old_handles_go_stale() {
+    let client = Arc::new(MemoryClient::new("b"));
+    client.put_object("d/f", "v1");
+    let fs = mount(&client, "");
+    let d = lookup_path(&fs, "d").await.unwrap();
+    // A listing (millisecond times) then a lookup, as `ls -l` does, before the opens.
+    list_names(&fs, d.ino).await;
+    let f = lookup_path(&fs, "d/f").await.unwrap();
+    let first = fs.open(f.ino, false).await.unwrap();
+    assert!(!first.keep_cache, "nothing of it is cached by the kernel yet");
+    let second = fs.open(f.ino, false).await.unwrap();
+    assert!(second.keep_cache, "same version: the kernel may keep its pages");
+    client.put_object("d/f", "version two");
+    let third = fs.open(f.ino, false).await.unwrap();
+    assert!(!third.keep_cache, "a new version: its pages must be read again");
+    assert_eq!(fs.read(first.handle, 0, 10).await.unwrap_err().errno(), libc::ESTALE);
+    assert_eq!(&fs.read(third.handle, 0, 20).await.unwrap()[..], b"version two");
+}
+
+#[tokio::test]
 async fn writes_are_refused_for_now() {
     let client = Arc::new(MemoryClient::new("b"));
     client.put_object("f", "x");
