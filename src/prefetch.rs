@@ -129,18 +129,20 @@ impl Prefetcher {
     /// Up to `len` bytes at `offset`. Takes the prefetcher's lock only to plan; the waiting for
     /// data happens outside it, so reads of one file that the kernel sends concurrently proceed.
     pub async fn read(this: &tokio::sync::Mutex<Self>, offset: u64, len: u64) -> Result<Bytes, ObjectError> {
-        let (range, pending) = {
+        let (range, pending, reader, object) = {
             let mut prefetcher = this.lock().await;
             let end = prefetcher.object.size.min(offset.saturating_add(len));
             if offset >= end {
                 return Ok(Bytes::new());
             }
             prefetcher.plan(offset..end);
-            (offset..end, prefetcher.receivers(offset..end))
-        };
-        let (reader, object) = {
-            let prefetcher = this.lock().await;
-            (prefetcher.reader.clone(), prefetcher.object.clone())
+            let pending = prefetcher.receivers(offset..end);
+            (
+                offset..end,
+                pending,
+                prefetcher.reader.clone(),
+                prefetcher.object.clone(),
+            )
         };
         match collect(&reader, &object, range, pending).await {
             Ok(data) => Ok(data),

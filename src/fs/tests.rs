@@ -347,7 +347,10 @@ async fn a_reopened_unchanged_file_keeps_the_page_cache_and_old_handles_go_stale
     client.put_object("d/f", "version two");
     let third = fs.open(f.ino, false).await.unwrap();
     assert!(!third.keep_cache, "a new version: its pages must be read again");
-    assert_eq!(fs.read(first.handle, 0, 10).await.unwrap_err().errno(), libc::ESTALE);
+    assert_eq!(
+        fs.read(first.handle, 0, 10).await.unwrap_err().errno(),
+        libc::ESTALE
+    );
     assert_eq!(&fs.read(third.handle, 0, 20).await.unwrap()[..], b"version two");
 }
 
