@@ -106,6 +106,123 @@ pub trait ObjectClient: Send + Sync + 'static {
         if_match: Option<&str>,
     ) -> Result<Bytes, ObjectError>;
 
-    /// PutObject of a whole body. Returns the new ETag.
-    async fn put(&self, key: &str, body: Bytes) -> Result<String, ObjectError>;
+    /// PutObject of a whole body with S3's defaults (no content type, no metadata, no
+    /// condition). Returns the new ETag.
+    async fn put(&self, key: &str, body: Bytes) -> Result<String, ObjectError> {
+        self.put_with(key, body, &PutOptions::default()).await
+    }
+
+    /// PutObject of a whole body with a content type, user metadata and write conditions.
+    /// Returns the new ETag. A failed condition is [`ObjectError::PreconditionFailed`].
+    ///
+    /// Garage (2.5) ignores `If-None-Match` and `If-Match` on PutObject: there the put always
+    /// succeeds. Callers that need the condition on such a server must check it themselves.
+    async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<String, ObjectError>;
+
+    /// DeleteObject. Deleting a key that does not exist succeeds, as on S3.
+    async fn delete(&self, key: &str) -> Result<(), ObjectError>;
+
+    /// Server-side CopyObject within the bucket, metadata and content type copied. With
+    /// `if_match`, the copy happens only if the *source* still has that ETag
+    /// (`x-amz-copy-source-if-match`), else [`ObjectError::PreconditionFailed`]. A missing source
+    /// is [`ObjectError::NoSuchKey`]. Returns the destination's new ETag. Objects over 5 GiB
+    /// cannot be copied in one request (S3's limit): use [`ObjectClient::upload_part_copy`].
+    async fn copy(
+        &self,
+        source_key: &str,
+        dest_key: &str,
+        if_match: Option<&str>,
+    ) -> Result<String, ObjectError>;
+
+    /// CreateMultipartUpload with the content type and user metadata of `options`. Returns the
+    /// upload id. Write conditions belong to [`ObjectClient::complete_multipart`] (S3 checks them
+    /// when the object appears): `options` with `if_match` or `if_none_match` set is refused
+    /// with `Service { code: "InvalidArgument" }`.
+    async fn create_multipart(&self, key: &str, options: &PutOptions) -> Result<String, ObjectError>;
+
+    /// UploadPart: part `part_number` (1..=10,000) of the upload. Returns the part's ETag, to be
+    /// passed back in [`ObjectClient::complete_multipart`]. Re-uploading a part number replaces it.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<String, ObjectError>;
+
+    /// UploadPartCopy: part `part_number` of the upload is `source_range` (end exclusive, not
+    /// empty, inside the source) of `source_key`, copied on the server; with `if_match` only if
+    /// the source still has that ETag. Returns the part's ETag.
+    ///
+    /// Garage refuses to copy from objects it stores inline (a few KiB at most); parts must be
+    /// 5 MiB anyway except the last, so this only matters for tiny sources.
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        source_key: &str,
+        source_range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<String, ObjectError>;
+
+    /// CompleteMultipartUpload of `parts` (ascending part numbers, each with the ETag its upload
+    /// returned). Every part but the last must be at least 5 MiB (`EntityTooSmall`), every listed
+    /// part must exist with that ETag (`InvalidPart`). With `if_match` / `if_none_match` the
+    /// object appears only if the key still has that ETag / does not exist, else
+    /// [`ObjectError::PreconditionFailed`] (the upload stays open, to be aborted). Returns the
+    /// object's ETag (`"<hex>-<number of parts>"` on S3).
+    ///
+    /// Garage (2.5) does not check the minimum part size nor the write conditions.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        if_match: Option<&str>,
+        if_none_match: bool,
+    ) -> Result<String, ObjectError>;
+
+    /// AbortMultipartUpload: drops the upload and its parts. An unknown upload id is
+    /// `Service { code: "NoSuchUpload" }`, as on S3.
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), ObjectError>;
+}
+
+/// What a PutObject (or CreateMultipartUpload) carries besides the body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// `None`: the server's default (`binary/octet-stream` on S3, Garage alike).
+    pub content_type: Option<String>,
+    /// `x-amz-meta-*` entries, keys without the prefix (S3 stores them lower-cased).
+    pub user_metadata: HashMap<String, String>,
+    /// `If-None-Match: *`: fail with [`ObjectError::PreconditionFailed`] when the key exists.
+    pub if_none_match: bool,
+    /// `If-Match: etag`: fail with [`ObjectError::PreconditionFailed`] unless the key exists
+    /// with this ETag.
+    pub if_match: Option<String>,
+}
+
+impl PutOptions {
+    /// Whether a write condition is set.
+    pub fn has_conditions(&self) -> bool {
+        self.if_none_match || self.if_match.is_some()
+    }
+}
+
+/// One part named in a CompleteMultipartUpload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompletedPart {
+    pub part_number: u32,
+    /// The ETag UploadPart / UploadPartCopy returned for it.
+    pub etag: String,
+}
+
+/// The error [`ObjectClient::create_multipart`] gives for options carrying write conditions.
+pub(crate) fn conditions_on_create(key: &str) -> ObjectError {
+    ObjectError::Service {
+        code: "InvalidArgument".to_owned(),
+        message: format!(
+            "create_multipart({key}): write conditions belong to complete_multipart, where S3 checks them"
+        ),
+    }
 }

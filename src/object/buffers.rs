@@ -14,6 +14,9 @@ use bytes::Bytes;
 const IDLE_BYTES: usize = 64 << 20;
 /// Buffers are sized in whole MiB so parts of one size share a class.
 const CLASS: usize = 1 << 20;
+/// The largest buffer made up front: the largest --part-size. A body announced as larger (or of
+/// unknown length) grows past it instead of reserving memory it may never fill.
+const LARGEST_CLASS: usize = 1 << 30;
 
 #[derive(Debug, Default)]
 struct Idle {
@@ -28,9 +31,9 @@ pub struct BufferPool {
 }
 
 impl BufferPool {
-    /// An empty buffer with room for at least `len` bytes.
+    /// An empty buffer with room for `len` bytes (up to `LARGEST_CLASS`; a larger body grows it).
     pub fn take(&self, len: usize) -> Vec<u8> {
-        let class = len.div_ceil(CLASS).max(1) * CLASS;
+        let class = len.min(LARGEST_CLASS).div_ceil(CLASS).max(1) * CLASS;
         let reused = {
             let mut idle = self.lock();
             let buffer = idle.by_class.get_mut(&class).and_then(Vec::pop);
@@ -112,6 +115,13 @@ mod tests {
         assert_eq!(again.as_ptr(), address, "the same memory is reused");
         assert!(again.is_empty());
         assert_eq!(pool.idle_bytes(), 0);
+    }
+
+    #[test]
+    fn absurd_sizes_do_not_overflow_or_reserve_memory() {
+        let pool = BufferPool::default();
+        assert_eq!(pool.take(usize::MAX).capacity(), LARGEST_CLASS);
+        assert_eq!(pool.take(0).capacity(), CLASS);
     }
 
     #[test]

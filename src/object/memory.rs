@@ -17,6 +17,15 @@
 //!   returned); a token this client did not produce fails like S3 does, with `InvalidArgument`.
 //! - Requests are counted when made, whether they then succeed or fail; setup helpers are not
 //!   requests and count nothing.
+//! - Multipart: the object's ETag is `"<32 hex>-<number of parts>"` like S3's (the hex is the
+//!   hash above over the parts' ETags, where S3 takes the MD5 of their binary MD5s). Upload ids
+//!   are `mem-upload-<n>`. Complete checks what S3 checks, in its order: at least one part
+//!   (`MalformedXML`), ascending part numbers (`InvalidPartOrder`), every listed part uploaded
+//!   with that ETag (`InvalidPart`), every part but the last at least 5 MiB (`EntityTooSmall`),
+//!   then the write conditions (412). A failed complete leaves the upload open, as on S3.
+//! - Write conditions (`If-None-Match: *`, `If-Match`) on PutObject and CompleteMultipartUpload
+//!   are honoured as S3 does since 2024: If-Match on a missing key is `NoSuchKey` (404).
+//! - CopyObject of a key onto itself (metadata copied) is refused like S3 (`InvalidRequest`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -29,7 +38,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectSummary};
+use super::{
+    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectSummary, PutOptions,
+    conditions_on_create,
+};
 
 /// S3's page size when MaxKeys is absent, and also the most it returns when asked for more.
 const S3_MAX_KEYS: u32 = 1000;
@@ -43,16 +55,30 @@ const TOKEN_PREFIX: &str = "mem1:";
 /// Salt fed to the second ETag hasher so its digest is independent of the first one.
 const ETAG_SECOND_HALF_SALT: u8 = 0x5a;
 
-/// Number of [`Op`] variants: the size of the per-operation tables.
-const OP_COUNT: usize = 4;
+/// S3's smallest part, for every part of a multipart upload but the last: 5 MiB.
+pub const MIN_PART_SIZE: usize = 5 << 20;
 
-/// A request kind, for fault injection and latency.
+/// S3's part numbers are 1..=10,000.
+const MAX_PART_NUMBER: u32 = 10_000;
+
+/// Number of [`Op`] variants: the size of the per-operation tables.
+const OP_COUNT: usize = 11;
+
+/// A request kind, for counters, fault injection and latency.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     List,
     Head,
     Get,
+    /// `put` and `put_with`.
     Put,
+    Delete,
+    Copy,
+    CreateMultipart,
+    UploadPart,
+    UploadPartCopy,
+    CompleteMultipart,
+    AbortMultipart,
 }
 
 impl Op {
@@ -62,6 +88,13 @@ impl Op {
             Op::Head => 1,
             Op::Get => 2,
             Op::Put => 3,
+            Op::Delete => 4,
+            Op::Copy => 5,
+            Op::CreateMultipart => 6,
+            Op::UploadPart => 7,
+            Op::UploadPartCopy => 8,
+            Op::CompleteMultipart => 9,
+            Op::AbortMultipart => 10,
         }
     }
 }
@@ -73,8 +106,17 @@ pub struct RequestCounts {
     pub head: u64,
     pub get: u64,
     pub put: u64,
+    pub delete: u64,
+    pub copy: u64,
+    pub create_multipart: u64,
+    pub upload_part: u64,
+    pub upload_part_copy: u64,
+    pub complete_multipart: u64,
+    pub abort_multipart: u64,
     /// Total bytes returned by successful `get_range` calls.
     pub get_bytes: u64,
+    /// Total body bytes of successful `put`/`put_with` and `upload_part` calls (not copies).
+    pub put_bytes: u64,
 }
 
 /// One stored object.
@@ -94,19 +136,30 @@ struct Fault {
     error: ObjectError,
 }
 
+/// One open multipart upload.
+#[derive(Debug)]
+struct Upload {
+    key: String,
+    content_type: String,
+    user_metadata: HashMap<String, String>,
+    /// Part number -> (body, ETag).
+    parts: BTreeMap<u32, (Bytes, String)>,
+}
+
 #[derive(Default)]
 struct Counters {
-    list: AtomicU64,
-    head: AtomicU64,
-    get: AtomicU64,
-    put: AtomicU64,
+    requests: [AtomicU64; OP_COUNT],
     get_bytes: AtomicU64,
+    put_bytes: AtomicU64,
 }
 
 /// An in-memory S3 bucket. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct MemoryClient {
     bucket: String,
     objects: Mutex<BTreeMap<String, MemoryObject>>,
+    /// Open multipart uploads by id. Lock order: `uploads` before `objects`.
+    uploads: Mutex<HashMap<String, Upload>>,
+    next_upload_id: AtomicU64,
     counters: Counters,
     faults: Mutex<[VecDeque<Fault>; OP_COUNT]>,
     latency: Mutex<[Duration; OP_COUNT]>,
@@ -139,6 +192,68 @@ fn etag_of(body: &[u8]) -> String {
     second.write(body);
     second.write_u64(body.len() as u64);
     format!("\"{:016x}{:016x}\"", first.finish(), second.finish())
+}
+
+/// A new object as PutObject stores it: the ETag derived from the body, Last-Modified now, S3's
+/// default content type when none is given, metadata keys lower-cased.
+fn new_object(
+    body: Bytes,
+    content_type: Option<&str>,
+    user_metadata: HashMap<String, String>,
+) -> MemoryObject {
+    MemoryObject {
+        etag: etag_of(&body),
+        body,
+        last_modified: now_in_seconds(),
+        content_type: content_type.unwrap_or(DEFAULT_CONTENT_TYPE).to_owned(),
+        user_metadata: user_metadata
+            .into_iter()
+            .map(|(name, value)| (name.to_lowercase(), value))
+            .collect(),
+    }
+}
+
+/// The multipart ETag described in the module documentation: `"<32 hex>-<parts>"`.
+fn multipart_etag(part_etags: &[&str]) -> String {
+    let joined: String = part_etags.iter().map(|etag| etag.trim_matches('"')).collect();
+    format!(
+        "\"{}-{}\"",
+        etag_of(joined.as_bytes()).trim_matches('"'),
+        part_etags.len()
+    )
+}
+
+fn service(code: &str, message: String) -> ObjectError {
+    ObjectError::Service {
+        code: code.to_owned(),
+        message,
+    }
+}
+
+fn no_such_upload(upload_id: &str) -> ObjectError {
+    service(
+        "NoSuchUpload",
+        format!("The specified multipart upload {upload_id:?} does not exist"),
+    )
+}
+
+/// Write conditions as S3 checks them on PutObject and CompleteMultipartUpload.
+fn check_write_conditions(
+    existing: Option<&MemoryObject>,
+    key: &str,
+    if_match: Option<&str>,
+    if_none_match: bool,
+) -> Result<(), ObjectError> {
+    if if_none_match && existing.is_some() {
+        return Err(ObjectError::PreconditionFailed(key.to_owned()));
+    }
+    if let Some(if_match) = if_match {
+        let existing = existing.ok_or_else(|| ObjectError::NoSuchKey(key.to_owned()))?;
+        if !etag_matches(if_match, &existing.etag) {
+            return Err(ObjectError::PreconditionFailed(key.to_owned()));
+        }
+    }
+    Ok(())
 }
 
 /// Now, truncated to whole seconds as S3 reports Last-Modified.
@@ -202,6 +317,8 @@ impl MemoryClient {
         MemoryClient {
             bucket: bucket.to_owned(),
             objects: Mutex::new(BTreeMap::new()),
+            uploads: Mutex::new(HashMap::new()),
+            next_upload_id: AtomicU64::new(1),
             counters: Counters::default(),
             faults: Mutex::new(Default::default()),
             latency: Mutex::new([Duration::ZERO; OP_COUNT]),
@@ -225,20 +342,15 @@ impl MemoryClient {
         content_type: Option<&str>,
         user_metadata: HashMap<String, String>,
     ) -> String {
-        let body = body.into();
-        let etag = etag_of(&body);
-        let object = MemoryObject {
-            body,
-            etag: etag.clone(),
-            last_modified: now_in_seconds(),
-            content_type: content_type.unwrap_or(DEFAULT_CONTENT_TYPE).to_owned(),
-            user_metadata: user_metadata
-                .into_iter()
-                .map(|(name, value)| (name.to_lowercase(), value))
-                .collect(),
-        };
+        let object = new_object(body.into(), content_type, user_metadata);
+        let etag = object.etag.clone();
         lock(&self.objects).insert(key.to_owned(), object);
         etag
+    }
+
+    /// Inspection: how many multipart uploads are open (created, neither completed nor aborted).
+    pub fn open_multipart_uploads(&self) -> usize {
+        lock(&self.uploads).len()
     }
 
     /// Setup: removes `key`, as another writer would. Returns whether it existed.
@@ -283,25 +395,32 @@ impl MemoryClient {
     /// A snapshot of the request counters.
     pub fn counters(&self) -> RequestCounts {
         let counters = &self.counters;
+        let requests = |op: Op| counters.requests[op.index()].load(Ordering::Relaxed);
         RequestCounts {
-            list: counters.list.load(Ordering::Relaxed),
-            head: counters.head.load(Ordering::Relaxed),
-            get: counters.get.load(Ordering::Relaxed),
-            put: counters.put.load(Ordering::Relaxed),
+            list: requests(Op::List),
+            head: requests(Op::Head),
+            get: requests(Op::Get),
+            put: requests(Op::Put),
+            delete: requests(Op::Delete),
+            copy: requests(Op::Copy),
+            create_multipart: requests(Op::CreateMultipart),
+            upload_part: requests(Op::UploadPart),
+            upload_part_copy: requests(Op::UploadPartCopy),
+            complete_multipart: requests(Op::CompleteMultipart),
+            abort_multipart: requests(Op::AbortMultipart),
             get_bytes: counters.get_bytes.load(Ordering::Relaxed),
+            put_bytes: counters.put_bytes.load(Ordering::Relaxed),
         }
     }
 
     /// Sets every request counter back to zero.
     pub fn reset_counters(&self) {
         let counters = &self.counters;
-        for counter in [
-            &counters.list,
-            &counters.head,
-            &counters.get,
-            &counters.put,
-            &counters.get_bytes,
-        ] {
+        for counter in counters
+            .requests
+            .iter()
+            .chain([&counters.get_bytes, &counters.put_bytes])
+        {
             counter.store(0, Ordering::Relaxed);
         }
     }
@@ -330,13 +449,7 @@ impl MemoryClient {
     /// The common start of every request: count it, pick its injected failure if any, wait the
     /// configured latency, then fail or let the operation run.
     async fn begin(&self, op: Op) -> Result<(), ObjectError> {
-        let counter = match op {
-            Op::List => &self.counters.list,
-            Op::Head => &self.counters.head,
-            Op::Get => &self.counters.get,
-            Op::Put => &self.counters.put,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.counters.requests[op.index()].fetch_add(1, Ordering::Relaxed);
         let failure = if self.unreachable.load(Ordering::Relaxed) {
             Some(ObjectError::Unreachable(format!(
                 "memory bucket {:?} is set unreachable",
@@ -444,6 +557,30 @@ impl MemoryClient {
         })
     }
 
+    /// Stores one part of an open upload (replacing a part of the same number); returns its ETag.
+    fn store_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<String, ObjectError> {
+        if !(1..=MAX_PART_NUMBER).contains(&part_number) {
+            return Err(service(
+                "InvalidArgument",
+                format!("Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive"),
+            ));
+        }
+        let mut uploads = lock(&self.uploads);
+        let upload = uploads
+            .get_mut(upload_id)
+            .filter(|upload| upload.key == key)
+            .ok_or_else(|| no_such_upload(upload_id))?;
+        let etag = etag_of(&body);
+        upload.parts.insert(part_number, (body, etag.clone()));
+        Ok(etag)
+    }
+
     /// S3's order of checks: existence (404), then If-Match (412), then the range (416).
     fn read_range(&self, key: &str, range: Range<u64>, if_match: Option<&str>) -> Result<Bytes, ObjectError> {
         let objects = lock(&self.objects);
@@ -496,9 +633,226 @@ impl ObjectClient for MemoryClient {
         Ok(bytes)
     }
 
-    async fn put(&self, key: &str, body: Bytes) -> Result<String, ObjectError> {
+    async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<String, ObjectError> {
         self.begin(Op::Put).await?;
-        Ok(self.put_object(key, body))
+        let size = body.len() as u64;
+        let mut objects = lock(&self.objects);
+        check_write_conditions(
+            objects.get(key),
+            key,
+            options.if_match.as_deref(),
+            options.if_none_match,
+        )?;
+        let object = new_object(
+            body,
+            options.content_type.as_deref(),
+            options.user_metadata.clone(),
+        );
+        let etag = object.etag.clone();
+        objects.insert(key.to_owned(), object);
+        self.counters.put_bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(etag)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        self.begin(Op::Delete).await?;
+        lock(&self.objects).remove(key);
+        Ok(())
+    }
+
+    async fn copy(
+        &self,
+        source_key: &str,
+        dest_key: &str,
+        if_match: Option<&str>,
+    ) -> Result<String, ObjectError> {
+        self.begin(Op::Copy).await?;
+        let mut objects = lock(&self.objects);
+        let source = objects
+            .get(source_key)
+            .ok_or_else(|| ObjectError::NoSuchKey(source_key.to_owned()))?;
+        if if_match.is_some_and(|if_match| !etag_matches(if_match, &source.etag)) {
+            return Err(ObjectError::PreconditionFailed(source_key.to_owned()));
+        }
+        if source_key == dest_key {
+            return Err(service(
+                "InvalidRequest",
+                format!(
+                    "This copy request is illegal because it is trying to copy {source_key:?} to \
+                     itself without changing the object's metadata"
+                ),
+            ));
+        }
+        // A copy is one new object: its ETag is that of its body, even from a multipart source.
+        let copied = MemoryObject {
+            etag: etag_of(&source.body),
+            body: source.body.clone(),
+            last_modified: now_in_seconds(),
+            content_type: source.content_type.clone(),
+            user_metadata: source.user_metadata.clone(),
+        };
+        let etag = copied.etag.clone();
+        objects.insert(dest_key.to_owned(), copied);
+        Ok(etag)
+    }
+
+    async fn create_multipart(&self, key: &str, options: &PutOptions) -> Result<String, ObjectError> {
+        self.begin(Op::CreateMultipart).await?;
+        if options.has_conditions() {
+            return Err(conditions_on_create(key));
+        }
+        let upload_id = format!(
+            "mem-upload-{}",
+            self.next_upload_id.fetch_add(1, Ordering::Relaxed)
+        );
+        let template = new_object(
+            Bytes::new(),
+            options.content_type.as_deref(),
+            options.user_metadata.clone(),
+        );
+        let upload = Upload {
+            key: key.to_owned(),
+            content_type: template.content_type,
+            user_metadata: template.user_metadata,
+            parts: BTreeMap::new(),
+        };
+        lock(&self.uploads).insert(upload_id.clone(), upload);
+        Ok(upload_id)
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<String, ObjectError> {
+        self.begin(Op::UploadPart).await?;
+        let size = body.len() as u64;
+        let etag = self.store_part(key, upload_id, part_number, body)?;
+        self.counters.put_bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(etag)
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        source_key: &str,
+        source_range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<String, ObjectError> {
+        self.begin(Op::UploadPartCopy).await?;
+        let body = {
+            let objects = lock(&self.objects);
+            let source = objects
+                .get(source_key)
+                .ok_or_else(|| ObjectError::NoSuchKey(source_key.to_owned()))?;
+            if if_match.is_some_and(|if_match| !etag_matches(if_match, &source.etag)) {
+                return Err(ObjectError::PreconditionFailed(source_key.to_owned()));
+            }
+            // Unlike GET, S3 does not clamp a copy range: it must lie inside the source.
+            let size = source.body.len() as u64;
+            if source_range.is_empty() || source_range.end > size {
+                return Err(ObjectError::InvalidRange(source_key.to_owned()));
+            }
+            source
+                .body
+                .slice(source_range.start as usize..source_range.end as usize)
+        };
+        self.store_part(key, upload_id, part_number, body)
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        if_match: Option<&str>,
+        if_none_match: bool,
+    ) -> Result<String, ObjectError> {
+        self.begin(Op::CompleteMultipart).await?;
+        let mut uploads = lock(&self.uploads);
+        let upload = uploads
+            .get(upload_id)
+            .filter(|upload| upload.key == key)
+            .ok_or_else(|| no_such_upload(upload_id))?;
+        if parts.is_empty() {
+            return Err(service(
+                "MalformedXML",
+                "CompleteMultipartUpload names no part".to_owned(),
+            ));
+        }
+        if parts
+            .windows(2)
+            .any(|pair| pair[0].part_number >= pair[1].part_number)
+        {
+            return Err(service(
+                "InvalidPartOrder",
+                "The list of parts was not in ascending order".to_owned(),
+            ));
+        }
+        let mut bodies = Vec::with_capacity(parts.len());
+        for part in parts {
+            match upload.parts.get(&part.part_number) {
+                Some((body, etag)) if etag_matches(&part.etag, etag) && part.etag != "*" => {
+                    bodies.push((body, etag.as_str()))
+                }
+                _ => {
+                    return Err(service(
+                        "InvalidPart",
+                        format!(
+                            "Part {} was not uploaded or its ETag is not {}",
+                            part.part_number, part.etag
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(index) = bodies[..bodies.len() - 1]
+            .iter()
+            .position(|(body, _)| body.len() < MIN_PART_SIZE)
+        {
+            return Err(service(
+                "EntityTooSmall",
+                format!(
+                    "Part {} is smaller than the minimum allowed size of {MIN_PART_SIZE} bytes",
+                    parts[index].part_number
+                ),
+            ));
+        }
+        let mut objects = lock(&self.objects);
+        check_write_conditions(objects.get(key), key, if_match, if_none_match)?;
+        let mut body = Vec::with_capacity(bodies.iter().map(|(body, _)| body.len()).sum());
+        for (part, _) in &bodies {
+            body.extend_from_slice(part);
+        }
+        let etags: Vec<&str> = bodies.iter().map(|(_, etag)| *etag).collect();
+        let etag = multipart_etag(&etags);
+        let object = MemoryObject {
+            body: Bytes::from(body),
+            etag: etag.clone(),
+            last_modified: now_in_seconds(),
+            content_type: upload.content_type.clone(),
+            user_metadata: upload.user_metadata.clone(),
+        };
+        objects.insert(key.to_owned(), object);
+        drop(objects);
+        uploads.remove(upload_id);
+        Ok(etag)
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), ObjectError> {
+        self.begin(Op::AbortMultipart).await?;
+        let mut uploads = lock(&self.uploads);
+        match uploads.get(upload_id) {
+            Some(upload) if upload.key == key => {
+                uploads.remove(upload_id);
+                Ok(())
+            }
+            _ => Err(no_such_upload(upload_id)),
+        }
     }
 }
 
@@ -854,7 +1208,9 @@ mod tests {
                 head: 2,
                 get: 3,
                 put: 1,
-                get_bytes: 7 + 2
+                get_bytes: 7 + 2,
+                put_bytes: 3,
+                ..RequestCounts::default()
             }
         );
         assert!(client.contains("new"));
@@ -967,5 +1323,525 @@ mod tests {
         client.head("top").await.unwrap();
         assert!(started.elapsed() >= latency);
         assert_eq!(client.counters().head, 1);
+    }
+
+    fn options(content_type: Option<&str>, metadata: &[(&str, &str)]) -> PutOptions {
+        PutOptions {
+            content_type: content_type.map(str::to_owned),
+            user_metadata: metadata
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+            ..PutOptions::default()
+        }
+    }
+
+    fn part(part_number: u32, etag: &str) -> CompletedPart {
+        CompletedPart {
+            part_number,
+            etag: etag.to_owned(),
+        }
+    }
+
+    fn code(result: Result<impl fmt::Debug, ObjectError>) -> String {
+        match result {
+            Err(ObjectError::Service { code, .. }) => code,
+            other => panic!("expected a service error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn put_with_stores_content_type_metadata_and_honours_conditions() {
+        let client = MemoryClient::new("b");
+        let etag = client
+            .put_with(
+                "f",
+                Bytes::from_static(b"abc"),
+                &options(Some("text/css"), &[("Mode", "0644")]),
+            )
+            .await
+            .unwrap();
+        let head = client.head("f").await.unwrap();
+        assert_eq!(head.etag, etag);
+        assert_eq!(head.content_type.as_deref(), Some("text/css"));
+        assert_eq!(
+            head.user_metadata,
+            HashMap::from([("mode".into(), "0644".into())])
+        );
+
+        let create_only = PutOptions {
+            if_none_match: true,
+            ..PutOptions::default()
+        };
+        assert_eq!(
+            client
+                .put_with("f", Bytes::from_static(b"new"), &create_only)
+                .await,
+            Err(ObjectError::PreconditionFailed("f".into()))
+        );
+        assert_eq!(
+            client.body("f").unwrap(),
+            "abc",
+            "a failed condition stores nothing"
+        );
+        client
+            .put_with("g", Bytes::from_static(b"g"), &create_only)
+            .await
+            .unwrap();
+
+        let replace = |etag: &str| PutOptions {
+            if_match: Some(etag.to_owned()),
+            ..PutOptions::default()
+        };
+        let other = etag_of(b"other");
+        assert_eq!(
+            client
+                .put_with("f", Bytes::from_static(b"x"), &replace(&other))
+                .await,
+            Err(ObjectError::PreconditionFailed("f".into()))
+        );
+        assert_eq!(
+            client
+                .put_with("nope", Bytes::from_static(b"x"), &replace(&etag))
+                .await,
+            Err(ObjectError::NoSuchKey("nope".into())),
+            "If-Match on a missing key is 404 on S3"
+        );
+        assert!(!client.contains("nope"));
+        let second = client
+            .put_with("f", Bytes::from_static(b"xyz"), &replace(&etag))
+            .await
+            .unwrap();
+        assert_eq!(client.body("f").unwrap(), "xyz");
+        assert_eq!(client.head("f").await.unwrap().etag, second);
+        assert_eq!(client.counters().put, 6);
+        assert_eq!(client.counters().put_bytes, 3 + 1 + 3);
+    }
+
+    #[tokio::test]
+    async fn delete_removes_and_tolerates_missing_keys() {
+        let client = tree();
+        client.delete("top").await.unwrap();
+        assert!(!client.contains("top"));
+        client.delete("top").await.unwrap();
+        client.delete("never-was").await.unwrap();
+        assert_eq!(client.counters().delete, 3);
+        client.fail_next(Op::Delete, 1, ObjectError::AccessDenied("a0".into()));
+        assert_eq!(
+            client.delete("a0").await,
+            Err(ObjectError::AccessDenied("a0".into()))
+        );
+        assert!(client.contains("a0"), "a failed delete removes nothing");
+        assert_eq!(client.object_count(), TREE.len() - 1);
+    }
+
+    #[tokio::test]
+    async fn copy_copies_body_and_metadata_with_a_source_condition() {
+        let client = MemoryClient::new("b");
+        let metadata = HashMap::from([("mtime".to_owned(), "1".to_owned())]);
+        let source_etag = client.put_object_with("a b+c%d", "body", Some("text/plain"), metadata.clone());
+        let etag = client.copy("a b+c%d", "dst/é", Some(&source_etag)).await.unwrap();
+        assert_eq!(etag, source_etag, "a single-part copy has the ETag of its body");
+        let head = client.head("dst/é").await.unwrap();
+        assert_eq!(head.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(head.user_metadata, metadata);
+        assert_eq!(client.body("dst/é").unwrap(), "body");
+        assert!(client.contains("a b+c%d"), "the source stays");
+
+        assert_eq!(
+            client.copy("a b+c%d", "x", Some(&etag_of(b"stale"))).await,
+            Err(ObjectError::PreconditionFailed("a b+c%d".into()))
+        );
+        assert!(!client.contains("x"));
+        assert_eq!(
+            client.copy("missing", "x", None).await,
+            Err(ObjectError::NoSuchKey("missing".into()))
+        );
+        assert_eq!(code(client.copy("dst/é", "dst/é", None).await), "InvalidRequest");
+        // Overwrites the destination entirely.
+        client.put_object_with("y", "old", Some("text/html"), HashMap::new());
+        client.copy("a b+c%d", "y", None).await.unwrap();
+        assert_eq!(client.body("y").unwrap(), "body");
+        assert_eq!(
+            client.head("y").await.unwrap().content_type.as_deref(),
+            Some("text/plain")
+        );
+        assert_eq!(client.counters().copy, 5);
+    }
+
+    /// `n` bytes, all `fill`.
+    fn filled(n: usize, fill: u8) -> Bytes {
+        Bytes::from(vec![fill; n])
+    }
+
+    #[tokio::test]
+    async fn multipart_concatenates_parts_in_order_with_an_s3_shaped_etag() {
+        let client = MemoryClient::new("b");
+        let id = client
+            .create_multipart("big", &options(Some("application/x-tar"), &[("Owner", "me")]))
+            .await
+            .unwrap();
+        assert_eq!(client.open_multipart_uploads(), 1);
+        // Uploaded out of order, and part 1 uploaded twice: the last upload of a number wins.
+        let e2 = client
+            .upload_part("big", &id, 2, Bytes::from_static(b"tail"))
+            .await
+            .unwrap();
+        client
+            .upload_part("big", &id, 1, filled(MIN_PART_SIZE, b'x'))
+            .await
+            .unwrap();
+        let e1 = client
+            .upload_part("big", &id, 1, filled(MIN_PART_SIZE, b'a'))
+            .await
+            .unwrap();
+        assert!(!client.contains("big"), "nothing visible before complete");
+
+        let etag = client
+            .complete_multipart("big", &id, &[part(1, &e1), part(2, &e2)], None, false)
+            .await
+            .unwrap();
+        assert!(etag.starts_with('"') && etag.ends_with("-2\""), "{etag}");
+        assert_eq!(etag.len(), 1 + 32 + 2 + 1);
+        assert_eq!(client.open_multipart_uploads(), 0);
+        let body = client.body("big").unwrap();
+        assert_eq!(body.len(), MIN_PART_SIZE + 4);
+        assert!(body[..MIN_PART_SIZE].iter().all(|&b| b == b'a'));
+        assert_eq!(&body[MIN_PART_SIZE..], b"tail");
+        let head = client.head("big").await.unwrap();
+        assert_eq!(head.etag, etag);
+        assert_eq!(head.content_type.as_deref(), Some("application/x-tar"));
+        assert_eq!(head.user_metadata, HashMap::from([("owner".into(), "me".into())]));
+        // Readable with If-Match on the multipart ETag.
+        assert_eq!(
+            client
+                .get_range("big", MIN_PART_SIZE as u64..u64::MAX, Some(&etag))
+                .await
+                .unwrap(),
+            "tail"
+        );
+        // The upload is gone: completing or aborting it again fails like S3.
+        assert_eq!(
+            code(
+                client
+                    .complete_multipart("big", &id, &[part(1, &e1)], None, false)
+                    .await
+            ),
+            "NoSuchUpload"
+        );
+        assert_eq!(code(client.abort_multipart("big", &id).await), "NoSuchUpload");
+        let counts = client.counters();
+        assert_eq!(
+            (
+                counts.create_multipart,
+                counts.upload_part,
+                counts.complete_multipart
+            ),
+            (1, 3, 2)
+        );
+        assert_eq!(counts.put_bytes, 2 * MIN_PART_SIZE as u64 + 4);
+    }
+
+    #[tokio::test]
+    async fn complete_checks_parts_like_s3_and_keeps_the_upload_on_failure() {
+        let client = MemoryClient::new("b");
+        let id = client
+            .create_multipart("k", &PutOptions::default())
+            .await
+            .unwrap();
+        let small = client
+            .upload_part("k", &id, 1, filled(MIN_PART_SIZE - 1, 1))
+            .await
+            .unwrap();
+        let e2 = client
+            .upload_part("k", &id, 2, filled(MIN_PART_SIZE, 2))
+            .await
+            .unwrap();
+        let e3 = client.upload_part("k", &id, 3, filled(10, 3)).await.unwrap();
+
+        assert_eq!(
+            code(client.complete_multipart("k", &id, &[], None, false).await),
+            "MalformedXML"
+        );
+        assert_eq!(
+            code(
+                client
+                    .complete_multipart("k", &id, &[part(2, &e2), part(1, &small)], None, false)
+                    .await
+            ),
+            "InvalidPartOrder"
+        );
+        assert_eq!(
+            code(
+                client
+                    .complete_multipart("k", &id, &[part(2, &e2), part(2, &e2)], None, false)
+                    .await
+            ),
+            "InvalidPartOrder"
+        );
+        assert_eq!(
+            code(
+                client
+                    .complete_multipart("k", &id, &[part(1, &e2)], None, false)
+                    .await
+            ),
+            "InvalidPart",
+            "an ETag of another part"
+        );
+        assert_eq!(
+            code(
+                client
+                    .complete_multipart("k", &id, &[part(4, &e3)], None, false)
+                    .await
+            ),
+            "InvalidPart",
+            "a part never uploaded"
+        );
+        assert_eq!(
+            code(
+                client
+                    .complete_multipart("k", &id, &[part(1, &small), part(2, &e2)], None, false)
+                    .await
+            ),
+            "EntityTooSmall"
+        );
+        assert_eq!(
+            code(
+                client
+                    .complete_multipart("other", &id, &[part(2, &e2)], None, false)
+                    .await
+            ),
+            "NoSuchUpload",
+            "an upload id belongs to its key"
+        );
+        assert!(!client.contains("k"));
+        assert_eq!(
+            client.open_multipart_uploads(),
+            1,
+            "failed completes leave the upload open"
+        );
+
+        // A small last part is fine, and parts may skip numbers; unquoted ETags are accepted.
+        let etag = client
+            .complete_multipart(
+                "k",
+                &id,
+                &[part(2, &e2), part(3, e3.trim_matches('"'))],
+                None,
+                false,
+            )
+            .await
+            .unwrap();
+        assert!(etag.ends_with("-2\""));
+        assert_eq!(
+            client.body("k").unwrap(),
+            [filled(MIN_PART_SIZE, 2), filled(10, 3)].concat()
+        );
+        assert_eq!(client.open_multipart_uploads(), 0);
+    }
+
+    #[tokio::test]
+    async fn complete_honours_write_conditions() {
+        let client = MemoryClient::new("b");
+        let old = client.put_object("k", "old");
+        let id = client
+            .create_multipart("k", &PutOptions::default())
+            .await
+            .unwrap();
+        let e1 = client
+            .upload_part("k", &id, 1, Bytes::from_static(b"new"))
+            .await
+            .unwrap();
+        let parts = [part(1, &e1)];
+        assert_eq!(
+            client.complete_multipart("k", &id, &parts, None, true).await,
+            Err(ObjectError::PreconditionFailed("k".into()))
+        );
+        assert_eq!(
+            client
+                .complete_multipart("k", &id, &parts, Some(&etag_of(b"x")), false)
+                .await,
+            Err(ObjectError::PreconditionFailed("k".into()))
+        );
+        assert_eq!(client.body("k").unwrap(), "old");
+        assert_eq!(client.open_multipart_uploads(), 1);
+        client
+            .complete_multipart("k", &id, &parts, Some(&old), false)
+            .await
+            .unwrap();
+        assert_eq!(client.body("k").unwrap(), "new");
+
+        // Conditions belong to complete, not create.
+        let conditional = PutOptions {
+            if_none_match: true,
+            ..PutOptions::default()
+        };
+        assert_eq!(
+            code(client.create_multipart("k", &conditional).await),
+            "InvalidArgument"
+        );
+        assert_eq!(client.open_multipart_uploads(), 0);
+    }
+
+    #[tokio::test]
+    async fn upload_part_copy_takes_a_range_of_the_source() {
+        let client = MemoryClient::new("b");
+        let source: Vec<u8> = (0..=255u8).cycle().take(MIN_PART_SIZE + 100).collect();
+        let source_etag = client.put_object("src", source.clone());
+        let id = client
+            .create_multipart("dst", &PutOptions::default())
+            .await
+            .unwrap();
+        let e1 = client
+            .upload_part_copy("dst", &id, 1, "src", 0..MIN_PART_SIZE as u64, Some(&source_etag))
+            .await
+            .unwrap();
+        let e2 = client
+            .upload_part("dst", &id, 2, Bytes::from_static(b"appended"))
+            .await
+            .unwrap();
+
+        assert_eq!(
+            client
+                .upload_part_copy("dst", &id, 3, "src", 0..10, Some(&etag_of(b"stale")))
+                .await,
+            Err(ObjectError::PreconditionFailed("src".into()))
+        );
+        let size = source.len() as u64;
+        assert_eq!(
+            client
+                .upload_part_copy("dst", &id, 3, "src", size - 1..size + 1, None)
+                .await,
+            Err(ObjectError::InvalidRange("src".into())),
+            "a copy range is not clamped"
+        );
+        assert_eq!(
+            client.upload_part_copy("dst", &id, 3, "src", 5..5, None).await,
+            Err(ObjectError::InvalidRange("src".into()))
+        );
+        assert_eq!(
+            client.upload_part_copy("dst", &id, 3, "gone", 0..1, None).await,
+            Err(ObjectError::NoSuchKey("gone".into()))
+        );
+        assert_eq!(
+            code(
+                client
+                    .upload_part_copy("dst", "no-such-id", 3, "src", 0..1, None)
+                    .await
+            ),
+            "NoSuchUpload"
+        );
+        assert_eq!(
+            code(client.upload_part("dst", &id, 0, Bytes::new()).await),
+            "InvalidArgument"
+        );
+        assert_eq!(
+            code(
+                client
+                    .upload_part("dst", &id, MAX_PART_NUMBER + 1, Bytes::new())
+                    .await
+            ),
+            "InvalidArgument"
+        );
+
+        client
+            .complete_multipart("dst", &id, &[part(1, &e1), part(2, &e2)], None, false)
+            .await
+            .unwrap();
+        let body = client.body("dst").unwrap();
+        assert_eq!(&body[..MIN_PART_SIZE], &source[..MIN_PART_SIZE]);
+        assert_eq!(&body[MIN_PART_SIZE..], b"appended");
+        let counts = client.counters();
+        assert_eq!((counts.upload_part_copy, counts.upload_part), (6, 3));
+        assert_eq!(counts.put_bytes, 8, "copied parts are not uploaded bytes");
+    }
+
+    #[tokio::test]
+    async fn abort_drops_the_upload_and_faults_hit_the_new_ops() {
+        let client = MemoryClient::new("b");
+        let id = client
+            .create_multipart("k", &PutOptions::default())
+            .await
+            .unwrap();
+        client
+            .upload_part("k", &id, 1, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        client.fail_next(Op::UploadPart, 1, ObjectError::Unreachable("reset".into()));
+        assert_eq!(
+            client.upload_part("k", &id, 2, Bytes::from_static(b"y")).await,
+            Err(ObjectError::Unreachable("reset".into()))
+        );
+        client.fail_next(Op::AbortMultipart, 1, ObjectError::Unreachable("reset".into()));
+        assert!(client.abort_multipart("k", &id).await.is_err());
+        assert_eq!(
+            client.open_multipart_uploads(),
+            1,
+            "a failed abort leaves the upload"
+        );
+        assert_eq!(code(client.abort_multipart("other", &id).await), "NoSuchUpload");
+        client.abort_multipart("k", &id).await.unwrap();
+        assert_eq!(client.open_multipart_uploads(), 0);
+        assert_eq!(
+            code(client.upload_part("k", &id, 2, Bytes::from_static(b"y")).await),
+            "NoSuchUpload"
+        );
+        assert!(!client.contains("k"));
+
+        for (op, error) in [
+            (Op::CreateMultipart, ObjectError::AccessDenied("k".into())),
+            (Op::CompleteMultipart, ObjectError::Unreachable("reset".into())),
+            (Op::Copy, ObjectError::Unreachable("reset".into())),
+            (Op::UploadPartCopy, ObjectError::Unreachable("reset".into())),
+        ] {
+            client.fail_next(op, 1, error);
+        }
+        assert!(
+            client
+                .create_multipart("k", &PutOptions::default())
+                .await
+                .is_err()
+        );
+        assert_eq!(client.open_multipart_uploads(), 0);
+        let id = client
+            .create_multipart("k", &PutOptions::default())
+            .await
+            .unwrap();
+        let e1 = client
+            .upload_part("k", &id, 1, Bytes::from_static(b"z"))
+            .await
+            .unwrap();
+        assert!(
+            client
+                .complete_multipart("k", &id, &[part(1, &e1)], None, false)
+                .await
+                .is_err()
+        );
+        assert!(!client.contains("k"));
+        client
+            .complete_multipart("k", &id, &[part(1, &e1)], None, false)
+            .await
+            .unwrap();
+        assert!(client.copy("k", "k2", None).await.is_err());
+        assert!(!client.contains("k2"));
+        assert!(
+            client
+                .upload_part_copy("k", "any", 1, "k", 0..1, None)
+                .await
+                .is_err()
+        );
+        client.set_unreachable(true);
+        assert!(matches!(
+            client.delete("k").await,
+            Err(ObjectError::Unreachable(_))
+        ));
+        assert!(client.contains("k"));
+        client.set_unreachable(false);
+        let counts = client.counters();
+        assert_eq!(counts.abort_multipart, 3);
+        assert_eq!(counts.create_multipart, 3);
+        assert_eq!(counts.complete_multipart, 2);
+        client.reset_counters();
+        assert_eq!(client.counters(), RequestCounts::default());
     }
 }

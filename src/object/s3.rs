@@ -13,10 +13,15 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::types::{CompletedMultipartUpload, MetadataDirective};
 use bytes::Bytes;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::buffers::BufferPool;
-use super::{ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectSummary};
+use super::{
+    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectSummary, PutOptions,
+    conditions_on_create,
+};
 
 /// Region used when neither the command line, the environment nor a profile names one. S3 itself
 /// answers a wrong-region request with a redirect error that names the right one.
@@ -169,10 +174,15 @@ impl ObjectClient for S3Client {
             .send()
             .await
             .map_err(|e| self.map_error(e, key))?;
-        // Streamed into one (pooled) buffer of the range's size: collecting the chunks and
-        // joining them would hold every part twice at its peak.
+        // Streamed into one (pooled) buffer of the answer's size: collecting the chunks and
+        // joining them would hold every part twice at its peak. The answer, not the request,
+        // sizes it: the server clamps the range (`0..u64::MAX` reads a whole object).
+        let expected = output
+            .content_length()
+            .map_or(range.end - range.start, |length| length.max(0) as u64)
+            .min(range.end - range.start);
         let mut body = output.body;
-        let mut data = self.buffers.take((range.end - range.start) as usize);
+        let mut data = self.buffers.take(usize::try_from(expected).unwrap_or(usize::MAX));
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| ObjectError::Unreachable(format!("reading body of {key}: {e}")))?;
             data.extend_from_slice(&chunk);
@@ -180,18 +190,202 @@ impl ObjectClient for S3Client {
         Ok(self.buffers.freeze(data))
     }
 
-    async fn put(&self, key: &str, body: Bytes) -> Result<String, ObjectError> {
+    async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<String, ObjectError> {
         let output = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .body(ByteStream::from(body))
+            .set_content_type(options.content_type.clone())
+            .set_metadata(metadata(options))
+            .set_if_none_match(options.if_none_match.then(|| "*".to_owned()))
+            .set_if_match(options.if_match.clone())
             .send()
             .await
             .map_err(|e| self.map_error(e, key))?;
         Ok(output.e_tag().unwrap_or_default().to_owned())
     }
+
+    async fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.map_error(e, key))?;
+        Ok(())
+    }
+
+    async fn copy(
+        &self,
+        source_key: &str,
+        dest_key: &str,
+        if_match: Option<&str>,
+    ) -> Result<String, ObjectError> {
+        let output = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(dest_key)
+            .copy_source(copy_source(&self.bucket, source_key))
+            .set_copy_source_if_match(if_match.map(str::to_owned))
+            .metadata_directive(MetadataDirective::Copy)
+            .send()
+            .await
+            // The source is what can be missing or changed; name it.
+            .map_err(|e| self.map_error(e, source_key))?;
+        Ok(output
+            .copy_object_result()
+            .and_then(|result| result.e_tag())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    async fn create_multipart(&self, key: &str, options: &PutOptions) -> Result<String, ObjectError> {
+        if options.has_conditions() {
+            return Err(conditions_on_create(key));
+        }
+        let output = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_content_type(options.content_type.clone())
+            .set_metadata(metadata(options))
+            .send()
+            .await
+            .map_err(|e| self.map_error(e, key))?;
+        output
+            .upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| ObjectError::Service {
+                code: "MissingUploadId".to_owned(),
+                message: format!("CreateMultipartUpload of {key} answered without an upload id"),
+            })
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<String, ObjectError> {
+        let output = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number_i32(part_number))
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.map_error(e, key))?;
+        Ok(output.e_tag().unwrap_or_default().to_owned())
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        source_key: &str,
+        source_range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<String, ObjectError> {
+        if source_range.is_empty() {
+            return Err(ObjectError::InvalidRange(source_key.to_owned()));
+        }
+        let output = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number_i32(part_number))
+            .copy_source(copy_source(&self.bucket, source_key))
+            // HTTP ranges are inclusive at both ends.
+            .copy_source_range(format!("bytes={}-{}", source_range.start, source_range.end - 1))
+            .set_copy_source_if_match(if_match.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| self.map_error(e, source_key))?;
+        Ok(output
+            .copy_part_result()
+            .and_then(|result| result.e_tag())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        if_match: Option<&str>,
+        if_none_match: bool,
+    ) -> Result<String, ObjectError> {
+        let parts = parts
+            .iter()
+            .map(|part| {
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(part_number_i32(part.part_number))
+                    .e_tag(&part.etag)
+                    .build()
+            })
+            .collect();
+        let output = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .set_if_match(if_match.map(str::to_owned))
+            .set_if_none_match(if_none_match.then(|| "*".to_owned()))
+            .send()
+            .await
+            .map_err(|e| self.map_error(e, key))?;
+        Ok(output.e_tag().unwrap_or_default().to_owned())
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), ObjectError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| self.map_error(e, key))?;
+        Ok(())
+    }
+}
+
+/// The user metadata to send, `None` when there is none (no empty header set).
+fn metadata(options: &PutOptions) -> Option<std::collections::HashMap<String, String>> {
+    (!options.user_metadata.is_empty()).then(|| options.user_metadata.clone())
+}
+
+/// S3 part numbers are 1..=10,000; a larger value is sent saturated and refused by the server.
+fn part_number_i32(part_number: u32) -> i32 {
+    i32::try_from(part_number).unwrap_or(i32::MAX)
+}
+
+/// The `x-amz-copy-source` value: `bucket/key`, URL-encoded as S3 requires (the SDK sends it
+/// verbatim). Every byte but the unreserved ones (RFC 3986) and `/` is percent-encoded, so
+/// spaces, `+`, `?`, `#`, `%` and non-ASCII keys survive the trip.
+fn copy_source(bucket: &str, key: &str) -> String {
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b'/');
+    utf8_percent_encode(&format!("{bucket}/{key}"), KEEP).to_string()
 }
 
 impl S3Client {
@@ -269,6 +463,19 @@ fn to_system_time(time: Option<&DateTime>) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_source_is_url_encoded() {
+        assert_eq!(
+            copy_source("b", "dir/plain-file_1.txt~"),
+            "b/dir/plain-file_1.txt~"
+        );
+        assert_eq!(
+            copy_source("b", "a b+c?d#e%f&g=h"),
+            "b/a%20b%2Bc%3Fd%23e%25f%26g%3Dh"
+        );
+        assert_eq!(copy_source("b", "é/ü"), "b/%C3%A9/%C3%BC");
+    }
 
     #[test]
     fn codes_win_over_statuses() {
