@@ -14,3 +14,4 @@ pub mod logging;
 pub mod object;
 pub mod prefetch;
 pub mod run;
+pub mod upload;

@@ -37,6 +37,14 @@ impl Backend {
         }
     }
 
+    /// The client as an owned handle, for code that spawns tasks with it.
+    fn shared(&self) -> Arc<dyn ObjectClient> {
+        match self {
+            Backend::Memory(client) => client.clone(),
+            Backend::Garage(client, _) => Arc::new(client.clone()),
+        }
+    }
+
     /// Whether the backend checks write conditions on PutObject and CompleteMultipartUpload.
     fn honours_write_conditions(&self) -> bool {
         matches!(self, Backend::Memory(_))
@@ -147,6 +155,7 @@ both_backends!(
     multipart_rejects_bad_parts,
     upload_part_copy_takes_a_range,
     abort_leaves_no_upload,
+    a_staged_file_uploads_in_parts_and_reads_back,
 );
 
 /// Deterministic, non-repeating-per-MiB content.
@@ -570,4 +579,33 @@ async fn abort_leaves_no_upload(backend: Backend, prefix: String) {
         ),
         "NoSuchUpload"
     );
+}
+
+/// The write-back uploader (`s3mount::upload`): a staged file larger than a part goes up as a
+/// multipart upload of concurrent parts and reads back byte for byte, with no upload left open.
+async fn a_staged_file_uploads_in_parts_and_reads_back(backend: Backend, prefix: String) {
+    use std::io::Write;
+    let client = backend.shared();
+    let key = format!("{prefix}staged checkpoint.pt");
+    let body = pattern(13 * (1 << 20) + 77, 9);
+    let mut staged = tempfile::NamedTempFile::new().unwrap();
+    staged.write_all(&body).unwrap();
+    let config = s3mount::upload::UploadConfig {
+        part_size: 5 << 20,
+        concurrency: 2,
+    };
+    let size = body.len() as u64;
+    s3mount::upload::upload_file(
+        client.clone(),
+        &key,
+        staged.path(),
+        size,
+        &PutOptions::default(),
+        &config,
+    )
+    .await
+    .unwrap();
+    let read = client.get_range(&key, 0..size, None).await.unwrap();
+    assert!(read == body, "the object reads back as staged");
+    assert_eq!(backend.open_uploads(&key).await, 0);
 }
