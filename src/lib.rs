@@ -15,3 +15,14 @@ pub mod object;
 pub mod prefetch;
 pub mod run;
 pub mod upload;
+
+/// Helpers shared by the unit tests of several modules.
+#[cfg(test)]
+mod test_support {
+    /// Deterministic, position-dependent bytes: a misplaced or repeated block shows.
+    pub fn pattern(len: u64) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    }
+}

@@ -193,6 +193,23 @@ mod tests {
         (file, body)
     }
 
+    /// Uploads the whole staged file as "k" with default options.
+    async fn upload(
+        client: &Arc<MemoryClient>,
+        file: &tempfile::NamedTempFile,
+        size: u64,
+    ) -> Result<String, UploadError> {
+        upload_file(
+            client.clone(),
+            "k",
+            file.path(),
+            size,
+            &PutOptions::default(),
+            &CONFIG,
+        )
+        .await
+    }
+
     #[test]
     fn parts_grow_so_any_object_fits_in_ten_thousand() {
         assert_eq!(plan_parts(0, 8 * MIB).unwrap(), vec![0..0]);
@@ -236,16 +253,7 @@ mod tests {
         let client = Arc::new(MemoryClient::new("b"));
         let size = 21 * MIB + 3;
         let (file, body) = staged(size);
-        upload_file(
-            client.clone(),
-            "k",
-            file.path(),
-            size,
-            &PutOptions::default(),
-            &CONFIG,
-        )
-        .await
-        .unwrap();
+        upload(&client, &file, size).await.unwrap();
         assert_eq!(client.body("k").as_deref(), Some(&body[..]));
         assert_eq!(client.counters().put, 0);
         assert_eq!(client.open_multipart_uploads(), 0);
@@ -258,15 +266,7 @@ mod tests {
         let size = 30 * MIB;
         let (file, _) = staged(size);
         client.fail_next(Op::UploadPart, 1, ObjectError::Unreachable("reset".into()));
-        let error = upload_file(
-            client.clone(),
-            "k",
-            file.path(),
-            size,
-            &PutOptions::default(),
-            &CONFIG,
-        )
-        .await;
+        let error = upload(&client, &file, size).await;
         assert!(matches!(
             error,
             Err(UploadError::Object(ObjectError::Unreachable(_)))
@@ -278,16 +278,7 @@ mod tests {
             "never a half object"
         );
         // The staged file is untouched: a retry succeeds.
-        upload_file(
-            client.clone(),
-            "k",
-            file.path(),
-            size,
-            &PutOptions::default(),
-            &CONFIG,
-        )
-        .await
-        .unwrap();
+        upload(&client, &file, size).await.unwrap();
         assert_eq!(client.body("k").map(|b| b.len() as u64), Some(size));
     }
 
@@ -297,18 +288,7 @@ mod tests {
         let size = 12 * MIB;
         let (file, _) = staged(size);
         client.fail_next(Op::CompleteMultipart, 1, ObjectError::Unreachable("reset".into()));
-        assert!(
-            upload_file(
-                client.clone(),
-                "k",
-                file.path(),
-                size,
-                &PutOptions::default(),
-                &CONFIG
-            )
-            .await
-            .is_err()
-        );
+        assert!(upload(&client, &file, size).await.is_err());
         assert_eq!(client.open_multipart_uploads(), 0);
         assert!(!client.contains("k"));
     }

@@ -7,15 +7,9 @@ use std::time::Duration;
 use super::disk::{DiskCache, DiskCacheLimits};
 use super::*;
 use crate::object::memory::{MemoryClient, Op};
+use crate::test_support::pattern;
 
 const MIB: u64 = 1 << 20;
-
-/// Deterministic, position-dependent bytes: a misplaced block shows.
-fn pattern(len: u64) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect()
-}
 
 struct Bed {
     client: Arc<MemoryClient>,

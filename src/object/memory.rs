@@ -1559,61 +1559,39 @@ mod tests {
             .unwrap();
         let e3 = client.upload_part("k", &id, 3, filled(10, 3)).await.unwrap();
 
-        assert_eq!(
-            code(client.complete_multipart("k", &id, &[], None, false).await),
-            "MalformedXML"
-        );
-        assert_eq!(
-            code(
-                client
-                    .complete_multipart("k", &id, &[part(2, &e2), part(1, &small)], None, false)
-                    .await
+        let refused: [(&str, Vec<CompletedPart>, &str, &str); 7] = [
+            ("k", vec![], "MalformedXML", "no parts"),
+            (
+                "k",
+                vec![part(2, &e2), part(1, &small)],
+                "InvalidPartOrder",
+                "descending",
             ),
-            "InvalidPartOrder"
-        );
-        assert_eq!(
-            code(
-                client
-                    .complete_multipart("k", &id, &[part(2, &e2), part(2, &e2)], None, false)
-                    .await
+            (
+                "k",
+                vec![part(2, &e2), part(2, &e2)],
+                "InvalidPartOrder",
+                "a part twice",
             ),
-            "InvalidPartOrder"
-        );
-        assert_eq!(
-            code(
-                client
-                    .complete_multipart("k", &id, &[part(1, &e2)], None, false)
-                    .await
+            ("k", vec![part(1, &e2)], "InvalidPart", "an ETag of another part"),
+            ("k", vec![part(4, &e3)], "InvalidPart", "a part never uploaded"),
+            (
+                "k",
+                vec![part(1, &small), part(2, &e2)],
+                "EntityTooSmall",
+                "a small non-last part",
             ),
-            "InvalidPart",
-            "an ETag of another part"
-        );
-        assert_eq!(
-            code(
-                client
-                    .complete_multipart("k", &id, &[part(4, &e3)], None, false)
-                    .await
+            (
+                "other",
+                vec![part(2, &e2)],
+                "NoSuchUpload",
+                "an upload id belongs to its key",
             ),
-            "InvalidPart",
-            "a part never uploaded"
-        );
-        assert_eq!(
-            code(
-                client
-                    .complete_multipart("k", &id, &[part(1, &small), part(2, &e2)], None, false)
-                    .await
-            ),
-            "EntityTooSmall"
-        );
-        assert_eq!(
-            code(
-                client
-                    .complete_multipart("other", &id, &[part(2, &e2)], None, false)
-                    .await
-            ),
-            "NoSuchUpload",
-            "an upload id belongs to its key"
-        );
+        ];
+        for (key, parts, expected, why) in refused {
+            let result = client.complete_multipart(key, &id, &parts, None, false).await;
+            assert_eq!(code(result), expected, "{why}");
+        }
         assert!(!client.contains("k"));
         assert_eq!(
             client.open_multipart_uploads(),

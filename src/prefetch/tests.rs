@@ -7,15 +7,10 @@ use tokio::sync::Mutex;
 
 use super::*;
 use crate::object::memory::MemoryClient;
+use crate::test_support::pattern;
 
 const MIB: u64 = 1 << 20;
 const KIB: u64 = 1 << 10;
-
-fn pattern(len: u64) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
-        .collect()
-}
 
 struct Bed {
     client: Arc<MemoryClient>,
