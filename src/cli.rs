@@ -119,14 +119,25 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub cache_size: Option<u64>,
 
-    /// Memory for read-ahead buffers of all open files together, e.g. 512MiB (default: 1/16 of
-    /// the machine's memory, between 64 MiB and 192 MiB)
+    /// Memory for read-ahead buffers of all open files together, e.g. 512MiB, and as much again
+    /// for upload part buffers (default: 1/16 of the machine's memory, between 64 MiB and 192 MiB)
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_memory: Option<u64>,
 
-    /// Size of one ranged GET when reading ahead: a multiple of 1MiB, at most 1GiB
+    /// Size of one ranged GET when reading ahead, and of one part of a multipart upload (at
+    /// least 5MiB there; larger files get larger parts to fit S3's 10,000): a multiple of 1MiB,
+    /// at most 1GiB. Files up to this size are uploaded in one PutObject
     #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = parse_part_size)]
     pub part_size: u64,
+
+    /// Parts of one file uploaded at once
+    #[arg(long, value_name = "N", default_value = "8", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub upload_concurrency: u16,
+
+    /// Most keys a directory rename moves (one copy and one delete each, not atomic); a larger
+    /// directory's rename fails with EXDEV, and `mv` then copies it file by file
+    #[arg(long, value_name = "N", default_value = "10000")]
+    pub max_rename_keys: usize,
 }
 
 /// Where the bucket is and how to reach it.

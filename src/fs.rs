@@ -6,13 +6,16 @@
 //! consistency rule: close-to-open (every open asks S3 for the object's current ETag and size,
 //! and every read of that handle is pinned to that version: cached blocks are keyed by its ETag,
 //! GETs carry If-Match). Reads go through the handle's `Prefetcher` and the mount's
-//! `BlockReader` (disk cache). Must not touch the kernel protocol (`fuse.rs`) or the process
-//! (`run.rs`).
+//! `BlockReader` (disk cache). Writes are staged (`write`, over `writeback::StagedFile`) and
+//! uploaded on close; namespace changes go to S3 at once (`namespace`). Must not touch the
+//! kernel protocol (`fuse.rs`) or the process (`run.rs`).
 
 pub mod dir;
 pub mod error;
 pub mod inode;
 pub mod names;
+mod namespace;
+mod write;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -28,6 +31,9 @@ use crate::cache::disk::DiskCache;
 use crate::cache::{BlockReader, ObjectVersion, ReadCounters};
 use crate::object::{ListRequest, ObjectClient, ObjectError, ObjectHead};
 use crate::prefetch::{MemoryBudget, Prefetcher, ReadAheadConfig};
+use crate::staging::Staging;
+use crate::upload::{UploadBudget, UploadConfig};
+use crate::writeback::WriteContext;
 use dir::{DirStream, Hidden, Listed, ListedKind};
 pub use error::FsError;
 use inode::{InodeTable, ROOT_INO};
@@ -66,6 +72,13 @@ pub struct FsConfig {
     pub read_ahead: ReadAheadConfig,
     /// Bytes all read-ahead buffers of the mount may hold together.
     pub read_ahead_memory: u64,
+    /// Part size and parts in flight of each upload.
+    pub upload: UploadConfig,
+    /// Bytes all upload part buffers of the mount may hold together.
+    pub upload_memory: u64,
+    /// A directory rename moves at most this many keys; beyond, it fails with EXDEV (and `mv`
+    /// falls back to copying file by file).
+    pub max_rename_keys: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -139,6 +152,13 @@ pub struct StatFs {
     pub frsize: u32,
 }
 
+/// An open file handle: a read of one object version, or a handle on a staged file.
+#[derive(Clone)]
+enum Handle {
+    Read(Arc<OpenFile>),
+    Staged(Arc<write::StagedHandle>),
+}
+
 /// An open file: the object as it was at open time.
 struct OpenFile {
     ino: u64,
@@ -169,7 +189,11 @@ pub struct S3Fs {
     inodes: Mutex<InodeTable>,
     /// path -> what S3 said about it (`None`: it does not exist), for `metadata_ttl`.
     metadata: Cache<String, Option<Entry>>,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    files: Mutex<HashMap<u64, Handle>>,
+    /// Files being written on this mount, by path: every handle on a path shares one.
+    staged: write::StagedTable,
+    /// `None` on a read-only mount.
+    writes: Option<Arc<WriteContext>>,
     dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
     next_handle: AtomicU64,
     warned_keys: Cache<String, ()>,
@@ -184,8 +208,14 @@ pub struct S3Fs {
 const DOT_ENTRIES: u64 = 2;
 
 impl S3Fs {
-    /// A file system over `client`; blocks are cached in `disk` when given.
-    pub fn new(client: Arc<dyn ObjectClient>, config: FsConfig, disk: Option<Arc<DiskCache>>) -> Self {
+    /// A file system over `client`; blocks are cached in `disk` when given, writes staged in
+    /// `staging` (without it, or with `read_only`, every change is refused with EROFS).
+    pub fn new(
+        client: Arc<dyn ObjectClient>,
+        config: FsConfig,
+        disk: Option<Arc<DiskCache>>,
+        staging: Option<Staging>,
+    ) -> Self {
         let expiry = MetadataExpiry {
             positive: config.metadata_ttl,
         };
@@ -193,16 +223,28 @@ impl S3Fs {
             .max_capacity(METADATA_CACHE_ENTRIES)
             .expire_after(expiry)
             .build();
+        let reader = Arc::new(BlockReader::new(client.clone(), disk));
+        let writes = staging.filter(|_| !config.read_only).map(|staging| {
+            Arc::new(WriteContext {
+                client: client.clone(),
+                reader: reader.clone(),
+                staging,
+                upload: config.upload.clone(),
+                budget: Arc::new(UploadBudget::new(config.upload_memory)),
+            })
+        });
         Self {
             inodes: Mutex::new(InodeTable::new()),
             metadata,
             files: Mutex::new(HashMap::new()),
+            staged: write::StagedTable::default(),
+            writes,
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             warned_keys: Cache::new(WARNED_KEYS),
             mount_time: SystemTime::now(),
             kernel_cache: std::sync::OnceLock::new(),
-            reader: Arc::new(BlockReader::new(client.clone(), disk)),
+            reader,
             budget: Arc::new(MemoryBudget::new(config.read_ahead_memory)),
             client,
             config,
@@ -250,21 +292,34 @@ impl S3Fs {
         Ok(self.attr(ino, &entry))
     }
 
-    /// Opens a file for reading. Close-to-open: asks S3 for the current object, whatever the
-    /// cache says, and pins the handle to that ETag.
-    pub async fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
-        if write {
-            return Err(FsError::ReadOnly);
-        }
+    /// Opens a file with open(2) `flags`. A path being written on this mount opens its staged
+    /// file; opening for writing stages the object; otherwise the handle reads the object.
+    pub async fn open(&self, ino: u64, flags: i32) -> Result<Opened, FsError> {
+        let mode = write::OpenMode::from_flags(flags);
         let path = self.path_of(ino)?;
         if path.is_empty() {
             return Err(FsError::IsADirectory);
         }
-        let key = self.config.root.file_key(&path);
+        if mode.write {
+            self.writes()?;
+        }
+        if let Some(entry) = self.staged.get(&path) {
+            return self.open_staged(ino, entry, mode).await;
+        }
+        if mode.write {
+            return self.open_for_write(ino, &path, mode).await;
+        }
+        self.open_for_read(ino, &path).await
+    }
+
+    /// Opens a file for reading. Close-to-open: asks S3 for the current object, whatever the
+    /// cache says, and pins the handle to that ETag.
+    async fn open_for_read(&self, ino: u64, path: &Arc<str>) -> Result<Opened, FsError> {
+        let key = self.config.root.file_key(path);
         let head = match self.client.head(&key).await {
             Ok(head) => head,
             Err(ObjectError::NoSuchKey(_)) => {
-                self.metadata.invalidate(&*path);
+                self.metadata.invalidate(&**path);
                 return Err(FsError::NotFound);
             }
             Err(error) => return Err(error.into()),
@@ -291,7 +346,7 @@ impl S3Fs {
             version,
             prefetcher: tokio::sync::Mutex::new(prefetcher),
         };
-        lock(&self.files).insert(handle, Arc::new(file));
+        lock(&self.files).insert(handle, Handle::Read(Arc::new(file)));
         Ok(Opened { handle, keep_cache })
     }
 
@@ -299,10 +354,10 @@ impl S3Fs {
     /// has been opened on this inode, the kernel's pages are that version's: an older handle gets
     /// ESTALE rather than mixing its bytes into them.
     pub async fn read(&self, handle: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
-        let file = lock(&self.files)
-            .get(&handle)
-            .cloned()
-            .ok_or(FsError::BadHandle)?;
+        let file = match self.handle(handle)? {
+            Handle::Read(file) => file,
+            Handle::Staged(staged) => return self.read_staged(&staged, offset, size).await,
+        };
         let pages = lock(&self.inodes)
             .kernel_view(file.ino)
             .and_then(|view| view.pages);
@@ -313,8 +368,21 @@ impl S3Fs {
         Ok(Prefetcher::read(&file.prefetcher, offset, u64::from(size)).await?)
     }
 
-    pub fn release(&self, handle: u64) {
-        lock(&self.files).remove(&handle);
+    /// Closes a handle. The last handle of a staged file uploads what a failed close left.
+    pub async fn release(&self, handle: u64) {
+        let removed = lock(&self.files).remove(&handle);
+        if let Some(Handle::Staged(staged)) = removed {
+            self.release_staged(staged).await;
+        }
+    }
+
+    fn handle(&self, handle: u64) -> Result<Handle, FsError> {
+        lock(&self.files).get(&handle).cloned().ok_or(FsError::BadHandle)
+    }
+
+    /// The write-back context, or EROFS on a read-only mount.
+    fn writes(&self) -> Result<&Arc<WriteContext>, FsError> {
+        self.writes.as_ref().ok_or(FsError::ReadOnly)
     }
 
     pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
@@ -324,7 +392,8 @@ impl S3Fs {
             return Err(FsError::NotADirectory);
         }
         let prefix = self.config.root.dir_prefix(&path);
-        let stream = DirStream::new(prefix, DOT_ENTRIES, self.config.list_page_size);
+        let stream = DirStream::new(prefix, DOT_ENTRIES, self.config.list_page_size)
+            .with_local_files(self.staged.children(&path));
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let dir = OpenDir {
             path,
@@ -440,7 +509,7 @@ impl S3Fs {
     fn dir_entry(&self, dir_path: &str, listed: &Listed) -> DirEntry {
         let ino = lock(&self.inodes).peek(&dir::listed_path(dir_path, listed));
         let kind = match listed.kind {
-            ListedKind::File(_) => Kind::File,
+            ListedKind::File(_) | ListedKind::Local => Kind::File,
             ListedKind::Dir => Kind::Dir,
         };
         DirEntry {
@@ -456,6 +525,9 @@ impl S3Fs {
     async fn resolve(&self, path: &str) -> Result<Option<Entry>, FsError> {
         if path.is_empty() {
             return Ok(Some(Entry::dir(self.mount_time)));
+        }
+        if let Some(entry) = self.staged.get(path) {
+            return Ok(Some(entry.seen()));
         }
         if let Some(entry) = self.metadata.get(path) {
             return Ok(entry);
@@ -493,6 +565,8 @@ impl S3Fs {
                     etag: Some(object.etag.clone()),
                 },
                 ListedKind::Dir => Entry::dir(self.mount_time),
+                // Staged here, not in S3: `resolve` asks the staged file.
+                ListedKind::Local => continue,
             };
             self.metadata
                 .insert(dir::listed_path(dir_path, listed), Some(entry));

@@ -3,7 +3,7 @@
 //! Every request that may touch the network is handed to the tokio runtime and answered from
 //! its task, so a slow GET never blocks a `stat` or another read. This module only converts
 //! between fuser types and the file system's; it holds no state and makes no decision of its own
-//! beyond which operations this version refuses (every change: the mount is read-only for now).
+//! beyond which operations S3 cannot do at all (links, device nodes).
 
 use std::ffi::OsStr;
 use std::future::Future;
@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, Notifier,
-    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -90,12 +90,31 @@ impl Respond<u64> for ReplyOpen {
 
 impl Respond<Opened> for ReplyOpen {
     fn respond(self, opened: Opened, _: Duration) {
-        let flags = if opened.keep_cache {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        };
-        self.opened(FileHandle(opened.handle), flags);
+        self.opened(FileHandle(opened.handle), open_flags(&opened));
+    }
+    fn fail(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+impl Respond<(Attr, Opened)> for ReplyCreate {
+    fn respond(self, (attr, opened): (Attr, Opened), ttl: Duration) {
+        self.created(
+            &ttl,
+            &file_attr(&attr),
+            Generation(0),
+            FileHandle(opened.handle),
+            open_flags(&opened),
+        );
+    }
+    fn fail(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+impl Respond<u32> for ReplyWrite {
+    fn respond(self, written: u32, _: Duration) {
+        self.written(written);
     }
     fn fail(self, errno: Errno) {
         self.error(errno);
@@ -129,6 +148,14 @@ impl Respond<()> for ReplyDirectory {
     }
 }
 
+fn open_flags(opened: &Opened) -> FopenFlags {
+    if opened.keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 fn file_attr(attr: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(attr.ino),
@@ -155,8 +182,6 @@ fn file_type(kind: Kind) -> FileType {
         Kind::Dir => FileType::Directory,
     }
 }
-
-const READ_ONLY: Errno = Errno::EROFS;
 
 /// The largest read and write the kernel sends in one request, and its read-ahead: 1 MiB, one
 /// cache block, so a sequential reader costs a request per block rather than per 128 KiB.
@@ -188,8 +213,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        self.serve(reply, |fs| async move { fs.open(ino.0, write).await });
+        self.serve(reply, |fs| async move { fs.open(ino.0, flags.0).await });
     }
 
     fn read(
@@ -206,8 +230,8 @@ impl Filesystem for FuseAdapter {
         self.serve(reply, |fs| async move { fs.read(fh.0, offset, size).await });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _owner: LockOwner, reply: ReplyEmpty) {
+        self.serve(reply, |fs| async move { fs.flush(fh.0).await });
     }
 
     fn release(
@@ -220,13 +244,14 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
-        reply.ok();
+        self.serve(reply, |fs| async move {
+            fs.release(fh.0).await;
+            Ok(())
+        });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        // Nothing is ever written, so there is nothing to make durable.
-        reply.ok();
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.serve(reply, |fs| async move { fs.fsync(fh.0).await });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -275,83 +300,122 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::ENOTSUP);
     }
 
-    // Every change is refused until write-back lands; EROFS tells tools the truth.
+    // Changes. Mode, owner and times are accepted but not kept (S3 has nowhere to put them yet).
 
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _mode: Option<u32>,
         _uid: Option<u32>,
         _gid: Option<u32>,
-        _size: Option<u64>,
+        size: Option<u64>,
         _atime: Option<TimeOrNow>,
         _mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(READ_ONLY);
+        let fh = fh.map(|fh| fh.0);
+        self.serve(reply, |fs| async move { fs.setattr(ino.0, size, fh).await });
     }
 
-    fn mknod(&self, _: &Request, _: INodeNo, _: &OsStr, _: u32, _: u32, _: u32, reply: ReplyEntry) {
-        reply.error(READ_ONLY);
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = name.to_owned();
+        self.serve(reply, |fs| async move { fs.create(parent.0, &name, flags).await });
     }
 
-    fn mkdir(&self, _: &Request, _: INodeNo, _: &OsStr, _: u32, _: u32, reply: ReplyEntry) {
-        reply.error(READ_ONLY);
-    }
-
-    fn unlink(&self, _: &Request, _: INodeNo, _: &OsStr, reply: ReplyEmpty) {
-        reply.error(READ_ONLY);
-    }
-
-    fn rmdir(&self, _: &Request, _: INodeNo, _: &OsStr, reply: ReplyEmpty) {
-        reply.error(READ_ONLY);
-    }
-
-    fn symlink(&self, _: &Request, _: INodeNo, _: &OsStr, _: &Path, reply: ReplyEntry) {
-        reply.error(READ_ONLY);
-    }
-
-    fn rename(
+    fn mknod(
         &self,
         _: &Request,
-        _: INodeNo,
-        _: &OsStr,
-        _: INodeNo,
-        _: &OsStr,
-        _: RenameFlags,
-        reply: ReplyEmpty,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _: u32,
+        _: u32,
+        reply: ReplyEntry,
     ) {
-        reply.error(READ_ONLY);
-    }
-
-    fn link(&self, _: &Request, _: INodeNo, _: INodeNo, _: &OsStr, reply: ReplyEntry) {
-        reply.error(READ_ONLY);
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            // Devices, FIFOs and sockets have no S3 form.
+            reply.error(Errno::EPERM);
+            return;
+        }
+        let name = name.to_owned();
+        self.serve(reply, |fs| async move { fs.mknod_file(parent.0, &name).await });
     }
 
     fn write(
         &self,
         _: &Request,
         _: INodeNo,
-        _: FileHandle,
-        _: u64,
-        _: &[u8],
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _: WriteFlags,
         _: OpenFlags,
         _: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(READ_ONLY);
+        let data = data.to_vec();
+        self.serve(
+            reply,
+            |fs| async move { fs.write_owned(fh.0, offset, data).await },
+        );
     }
 
-    fn create(&self, _: &Request, _: INodeNo, _: &OsStr, _: u32, _: u32, _: i32, reply: ReplyCreate) {
-        reply.error(READ_ONLY);
+    fn mkdir(&self, _: &Request, parent: INodeNo, name: &OsStr, _: u32, _: u32, reply: ReplyEntry) {
+        let name = name.to_owned();
+        self.serve(reply, |fs| async move { fs.mkdir(parent.0, &name).await });
+    }
+
+    fn unlink(&self, _: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        self.serve(reply, |fs| async move { fs.unlink(parent.0, &name).await });
+    }
+
+    fn rmdir(&self, _: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        self.serve(reply, |fs| async move { fs.rmdir(parent.0, &name).await });
+    }
+
+    fn rename(
+        &self,
+        _: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (name, new_name) = (name.to_owned(), new_name.to_owned());
+        self.serve(reply, |fs| async move {
+            fs.rename(parent.0, &name, new_parent.0, &new_name, flags.bits())
+                .await
+        });
+    }
+
+    // S3 has no links: EPERM is what Linux answers for a file system without them.
+
+    fn symlink(&self, _: &Request, _: INodeNo, _: &OsStr, _: &Path, reply: ReplyEntry) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn link(&self, _: &Request, _: INodeNo, _: INodeNo, _: &OsStr, reply: ReplyEntry) {
+        reply.error(Errno::EPERM);
     }
 }
 

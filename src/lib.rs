@@ -3,8 +3,9 @@
 //! Data flows one way: `fuse` (thin adapter over fuser) -> `fs` (namespace, inodes, handles,
 //! attributes; free of fuser types) -> `object` (the `ObjectClient` trait: the AWS SDK client in
 //! production, the in-memory client in tests). Reads go `fs` -> `prefetch` (read-ahead per open
-//! file) -> `cache` (disk blocks, single flight) -> `object`. `cli` and `run` turn arguments into a live mount;
-//! `logging` says where the daemon's logs go.
+//! file) -> `cache` (disk blocks, single flight) -> `object`. Writes go `fs` -> `writeback` (a
+//! staged file per file written, in `staging` on local disk) -> `upload` -> `object`. `cli` and
+//! `run` turn arguments into a live mount; `logging` says where the daemon's logs go.
 
 pub mod cache;
 pub mod cli;
@@ -14,7 +15,9 @@ pub mod logging;
 pub mod object;
 pub mod prefetch;
 pub mod run;
+pub mod staging;
 pub mod upload;
+pub mod writeback;
 
 /// Helpers shared by the unit tests of several modules.
 #[cfg(test)]

@@ -11,6 +11,11 @@ use s3mount::logging::{self, LogTarget};
 use s3mount::object::s3::S3Settings;
 use s3mount::prefetch::ReadAheadConfig;
 use s3mount::run::{self, CacheSettings, MountConfig};
+use s3mount::upload::UploadConfig;
+
+/// S3's smallest multipart part: a smaller --part-size still reads in that size, but uploads
+/// in parts of at least this.
+const MIN_UPLOAD_PART: u64 = 5 << 20;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -31,11 +36,12 @@ fn start(args: Args) -> anyhow::Result<()> {
         Some(path) => Some(std::path::absolute(path).context("--log-file")?),
         None => None,
     };
-    let cache = match (args.no_cache, &args.cache) {
-        (true, _) => None,
-        (false, Some(dir)) => Some(std::path::absolute(dir).context("--cache")?),
-        (false, None) => Some(run::default_cache_dir(&source, args.endpoint_url.as_deref())),
+    let cache_dir = match &args.cache {
+        Some(dir) => std::path::absolute(dir).context("--cache")?,
+        None => run::default_cache_dir(&source, args.endpoint_url.as_deref()),
     };
+    let cache = (!args.no_cache).then(|| cache_dir.clone());
+    let memory = args.max_memory.unwrap_or_else(run::default_read_ahead_memory);
     // SAFETY: geteuid/getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let config = MountConfig {
@@ -59,8 +65,15 @@ fn start(args: Args) -> anyhow::Result<()> {
             read_ahead: ReadAheadConfig {
                 part_size: args.part_size,
             },
-            read_ahead_memory: args.max_memory.unwrap_or_else(run::default_read_ahead_memory),
+            read_ahead_memory: memory,
+            upload: UploadConfig {
+                part_size: args.part_size.max(MIN_UPLOAD_PART),
+                concurrency: usize::from(args.upload_concurrency),
+            },
+            upload_memory: memory,
+            max_rename_keys: args.max_rename_keys,
         },
+        staging_dir: cache_dir,
         cache: cache.map(|dir| CacheSettings {
             dir,
             max_bytes: args.cache_size,

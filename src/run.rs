@@ -1,6 +1,7 @@
 //! From a validated configuration to a live mount: mount-point checks, the S3 client and a
-//! probe of the bucket (so bad input fails before anything is mounted), the FUSE session,
-//! daemonizing, and a clean unmount on SIGTERM/SIGINT.
+//! probe of the bucket (so bad input fails before anything is mounted), the recovery of what an
+//! earlier run left staged, the FUSE session, daemonizing, and a clean unmount on SIGTERM/SIGINT
+//! that uploads every pending write before the process exits.
 //!
 //! Owns the process; knows nothing of file-system semantics.
 
@@ -17,6 +18,7 @@ use crate::fs::{FsConfig, S3Fs};
 use crate::fuse::{FuseAdapter, KernelNotifier};
 use crate::object::s3::{S3Client, S3Settings};
 use crate::object::{ListRequest, ObjectClient, ObjectError};
+use crate::staging::{Staging, StagingError};
 
 /// Threads for blocking work (cache file I/O).
 const BLOCKING_THREADS: usize = 32;
@@ -31,6 +33,9 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// Where blocks are cached (`None`: not at all), and at most how much (`None`: the default).
     pub cache: Option<CacheSettings>,
+    /// The cache directory, where writes are staged (`staging/`, `recovery/`) even without a
+    /// block cache.
+    pub staging_dir: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +70,8 @@ pub enum RunError {
     Daemon(String),
     #[error("{0}")]
     CacheInUse(DiskCacheError),
+    #[error("{0}")]
+    Staging(#[from] StagingError),
 }
 
 /// Checks the mount point before anything else happens, and returns it absolute (the daemon
@@ -106,7 +113,12 @@ pub fn mount(config: MountConfig, ready: impl FnOnce()) -> Result<(), RunError> 
         Ok::<_, RunError>(client)
     })?;
     let disk = open_disk_cache(config.cache.as_ref())?;
-    let fs = Arc::new(S3Fs::new(Arc::new(client), config.fs.clone(), disk));
+    let staging = match config.fs.read_only {
+        true => None,
+        false => Some(Staging::open(&config.staging_dir)?),
+    };
+    let fs = Arc::new(S3Fs::new(Arc::new(client), config.fs.clone(), disk, staging));
+    runtime.block_on(recover(&fs, &config.staging_dir));
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     let mut session = Session::new(adapter, &config.mount_point, &session_config(&config))
         .map_err(|e| RunError::Mount(config.mount_point.clone(), e))?;
@@ -125,8 +137,24 @@ pub fn mount(config: MountConfig, ready: impl FnOnce()) -> Result<(), RunError> 
     ready();
     let served = session.run();
     tracing::info!("unmounted");
+    let failed = runtime.block_on(fs.drain_uploads());
+    if failed > 0 {
+        tracing::error!(failed, staging = %config.staging_dir.display(),
+            "some files could not be uploaded; they stay staged and the next mount with this cache directory uploads them");
+    }
     tracing::info!("stats: {}", fs.read_counters().summary());
     served.map_err(|e| RunError::Mount(config.mount_point.clone(), e))
+}
+
+/// Uploads or sets aside what an earlier run left staged (it died before uploading).
+async fn recover(fs: &S3Fs, staging_dir: &Path) {
+    match fs.recover().await {
+        Ok(report) if report.is_empty() => {}
+        Ok(report) => tracing::warn!(uploaded = report.uploaded.len(), moved = report.moved.len(),
+            kept = report.kept.len(), staging = %staging_dir.display(), "recovered files staged by an earlier run"),
+        Err(error) => tracing::error!(%error, staging = %staging_dir.display(),
+            "cannot recover files staged by an earlier run; they stay where they are"),
+    }
 }
 
 /// Opens the block cache. A cache another mount holds refuses the mount; any other problem

@@ -19,6 +19,7 @@ use s3mount::fs::names::{RootPrefix, check_component};
 use s3mount::fs::{DirEntry, FsConfig, Kind, S3Fs};
 use s3mount::object::memory::MemoryClient;
 use s3mount::prefetch::ReadAheadConfig;
+use s3mount::upload::UploadConfig;
 
 /// Components chosen to collide: `a` vs `a-b` vs `a.c` sort around `a/`; `.`, `..` and `` are
 /// invalid; the long one is over NAME_MAX.
@@ -147,8 +148,15 @@ impl Harness {
             list_page_size: Some(2),
             read_ahead: ReadAheadConfig { part_size: 1 << 20 },
             read_ahead_memory: 16 << 20,
+            upload: UploadConfig {
+                part_size: 5 << 20,
+                concurrency: 2,
+            },
+            upload_memory: 16 << 20,
+            max_rename_keys: 100,
         };
-        let fs = S3Fs::new(client.clone(), config, None);
+        // Read-only here: the bucket changes only underneath (other writers).
+        let fs = S3Fs::new(client.clone(), config, None, None);
         Self {
             client,
             fs,
@@ -233,9 +241,9 @@ impl Harness {
                 if let Some((ino, Kind::File, size)) = self.walk(path).await {
                     let body = &self.objects[path];
                     assert_eq!(size, body.len() as u64, "size of {path:?}");
-                    let handle = self.fs.open(ino, false).await.expect("open").handle;
+                    let handle = self.fs.open(ino, libc::O_RDONLY).await.expect("open").handle;
                     let data = self.fs.read(handle, 0, 1 << 20).await.expect("read");
-                    self.fs.release(handle);
+                    self.fs.release(handle).await;
                     assert_eq!(&data[..], &body[..], "contents of {path:?}");
                 } else {
                     assert_ne!(model.kind(path), Some(Kind::File), "{path:?} should be a file");

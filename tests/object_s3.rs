@@ -598,10 +598,11 @@ async fn a_staged_file_uploads_in_parts_and_reads_back(backend: Backend, prefix:
     s3mount::upload::upload_file(
         client.clone(),
         &key,
-        staged.path(),
+        Arc::new(staged.reopen().unwrap()),
         size,
         &PutOptions::default(),
         &config,
+        &s3mount::upload::UploadBudget::new(16 << 20),
     )
     .await
     .unwrap();

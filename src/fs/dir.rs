@@ -7,7 +7,7 @@
 //! module does not cache anything itself; it reports what it saw through [`Listed`] so the
 //! caller can fill its metadata cache.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use crate::object::{ListRequest, ObjectClient, ObjectError, ObjectSummary};
 
@@ -18,6 +18,8 @@ use super::names::{NameError, check_component, join};
 pub enum ListedKind {
     File(ObjectSummary),
     Dir,
+    /// A file being written on this mount that S3 does not have yet.
+    Local,
 }
 
 /// One name the listing produced, with its readdir offset (the offset of the *next* entry, as
@@ -63,6 +65,11 @@ pub struct DirStream {
     held: Vec<ObjectSummary>,
     /// How many entries each ListObjectsV2 page may hold (`None`: the server's default, 1000).
     page_size: Option<u32>,
+    /// Names of files staged in this directory on this mount; those the listing does not show
+    /// (not uploaded yet) come after it, so a new file is listed before its first upload.
+    local_files: BTreeSet<String>,
+    /// Those not listed yet in this pass.
+    local_pending: BTreeSet<String>,
 }
 
 impl DirStream {
@@ -76,16 +83,27 @@ impl DirStream {
             ready: VecDeque::new(),
             held: Vec::new(),
             page_size,
+            local_files: BTreeSet::new(),
+            local_pending: BTreeSet::new(),
         }
+    }
+
+    /// Adds the names of files staged in this directory (see `local_files`).
+    pub fn with_local_files(mut self, names: BTreeSet<String>) -> Self {
+        self.local_pending = names.clone();
+        self.local_files = names;
+        self
     }
 
     /// Starts again from the first entry (rewinddir, or a seek before what is kept).
     pub fn restart(&mut self) {
+        let local_files = std::mem::take(&mut self.local_files);
         *self = Self::new(
             std::mem::take(&mut self.prefix),
             self.first_offset,
             self.page_size,
-        );
+        )
+        .with_local_files(local_files);
     }
 
     /// The smallest offset this stream can still serve without restarting.
@@ -140,6 +158,9 @@ impl DirStream {
             self.exhausted = true;
             for file in std::mem::take(&mut self.held) {
                 self.emit_file(file, &mut outcome.hidden);
+            }
+            for name in std::mem::take(&mut self.local_pending) {
+                self.push(name, ListedKind::Local);
             }
         }
         outcome.added = self.ready.iter().skip(before).cloned().collect();
@@ -200,6 +221,7 @@ impl DirStream {
     }
 
     fn push(&mut self, name: String, kind: ListedKind) {
+        self.local_pending.remove(&name);
         self.next_offset += 1;
         self.ready.push_back(Listed {
             offset: self.next_offset,

@@ -4,6 +4,8 @@
 //! variant (here or in `ObjectError`) does not compile until someone decides its errno.
 
 use crate::object::ObjectError;
+use crate::upload::UploadError;
+use crate::writeback::WriteError;
 
 use super::names::NameError;
 
@@ -25,8 +27,19 @@ pub enum FsError {
     InvalidName(#[from] NameError),
     #[error("operation not supported")]
     NotSupported,
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    /// A directory rename too large to do key by key: `mv` falls back to copying.
+    #[error("too many keys to rename")]
+    CrossDevice,
+    #[error("invalid argument")]
+    InvalidArgument,
     #[error(transparent)]
     Object(#[from] ObjectError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
 }
 
 impl FsError {
@@ -44,8 +57,24 @@ impl FsError {
                 NameError::Empty | NameError::Dot | NameError::ForbiddenByte | NameError::NotUtf8,
             ) => libc::ENOENT,
             FsError::NotSupported => libc::ENOTSUP,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::CrossDevice => libc::EXDEV,
+            FsError::InvalidArgument => libc::EINVAL,
             FsError::Object(error) => object_errno(error),
+            FsError::Write(error) => write_errno(error),
         }
+    }
+}
+
+fn write_errno(error: &WriteError) -> i32 {
+    match error {
+        // The disk's own errno: ENOSPC above all, which tells the writer the truth.
+        WriteError::Staging(io) | WriteError::Upload(UploadError::Staging(io)) => {
+            io.raw_os_error().unwrap_or(libc::EIO)
+        }
+        WriteError::Object(error) | WriteError::Upload(UploadError::Object(error)) => object_errno(error),
+        WriteError::TooLarge(_) | WriteError::Upload(UploadError::TooLarge { .. }) => libc::EFBIG,
     }
 }
 
@@ -83,5 +112,8 @@ mod tests {
             FsError::from(ObjectError::Unreachable("x".into())).errno(),
             libc::EIO
         );
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(FsError::from(WriteError::Staging(full)).errno(), libc::ENOSPC);
+        assert_eq!(FsError::from(WriteError::TooLarge(1)).errno(), libc::EFBIG);
     }
 }

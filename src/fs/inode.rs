@@ -121,6 +121,38 @@ impl InodeTable {
         }
     }
 
+    /// `from` (and everything under it) is now at `to`: the inodes keep their numbers, as a
+    /// renamed file keeps its inode. Whatever lived at `to` is detached (the kernel forgets it).
+    pub fn rename(&mut self, from: &str, to: &str) {
+        let under =
+            |path: &str, dir: &str| path == dir || path.strip_prefix(dir).is_some_and(|r| r.starts_with('/'));
+        let replaced: Vec<u64> = self
+            .by_ino
+            .iter()
+            .filter(|(_, record)| under(&record.path, to))
+            .map(|(&ino, _)| ino)
+            .collect();
+        for ino in replaced {
+            if let Some(record) = self.by_ino.remove(&ino) {
+                self.by_path.remove(&record.path);
+            }
+        }
+        let moved: Vec<u64> = self
+            .by_ino
+            .iter()
+            .filter(|(_, record)| under(&record.path, from))
+            .map(|(&ino, _)| ino)
+            .collect();
+        for ino in moved {
+            if let Some(record) = self.by_ino.get_mut(&ino) {
+                self.by_path.remove(&record.path);
+                let new_path: Arc<str> = Arc::from(format!("{to}{}", &record.path[from.len()..]));
+                record.path = new_path.clone();
+                self.by_path.insert(new_path, ino);
+            }
+        }
+    }
+
     /// How many inodes are live (the root included).
     pub fn len(&self) -> usize {
         self.by_ino.len()
@@ -187,6 +219,25 @@ mod tests {
             table.forget(ino, 1);
         }
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_rename_keeps_numbers_and_moves_descendants() {
+        let mut table = InodeTable::new();
+        let dir = table.remember("a");
+        let child = table.remember("a/b/c");
+        let other = table.remember("ab");
+        let target = table.remember("z");
+        table.rename("a", "z");
+        assert_eq!(table.path(dir).as_deref(), Some("z"));
+        assert_eq!(table.path(child).as_deref(), Some("z/b/c"));
+        assert_eq!(
+            table.path(other).as_deref(),
+            Some("ab"),
+            "a sibling sharing the prefix stays"
+        );
+        assert_eq!(table.path(target), None, "the replaced target is detached");
+        assert_eq!(table.peek("z/b/c"), child);
     }
 
     #[test]

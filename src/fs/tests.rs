@@ -21,11 +21,17 @@ fn config(prefix: &str) -> FsConfig {
         list_page_size: None,
         read_ahead: ReadAheadConfig { part_size: 8 << 20 },
         read_ahead_memory: 64 << 20,
+        upload: crate::upload::UploadConfig {
+            part_size: 8 << 20,
+            concurrency: 4,
+        },
+        upload_memory: 64 << 20,
+        max_rename_keys: 1000,
     }
 }
 
 fn mount(client: &Arc<MemoryClient>, prefix: &str) -> S3Fs {
-    S3Fs::new(client.clone(), config(prefix), None)
+    S3Fs::new(client.clone(), config(prefix), None, None)
 }
 
 async fn list_names(fs: &S3Fs, ino: u64) -> Vec<(String, Kind)> {
@@ -62,7 +68,7 @@ async fn lookup_path(fs: &S3Fs, path: &str) -> Result<Attr, FsError> {
 }
 
 async fn read_all(fs: &S3Fs, ino: u64) -> Result<Vec<u8>, FsError> {
-    let handle = fs.open(ino, false).await?.handle;
+    let handle = fs.open(ino, libc::O_RDONLY).await?.handle;
     let mut data = Vec::new();
     loop {
         let chunk = fs.read(handle, data.len() as u64, 4096).await?;
@@ -71,7 +77,7 @@ async fn read_all(fs: &S3Fs, ino: u64) -> Result<Vec<u8>, FsError> {
         }
         data.extend_from_slice(&chunk);
     }
-    fs.release(handle);
+    fs.release(handle).await;
     Ok(data)
 }
 
@@ -194,7 +200,7 @@ async fn a_huge_directory_streams_one_page_at_a_time() {
     }
     let mut cfg = config("");
     cfg.list_page_size = Some(1000);
-    let fs = S3Fs::new(client.clone(), cfg, None);
+    let fs = S3Fs::new(client.clone(), cfg, None, None);
     let dir = lookup_path(&fs, "huge").await.unwrap();
     let handle = fs.opendir(dir.ino).await.unwrap();
     let (mut count, mut offset, mut most_buffered) = (0u64, 0u64, 0usize);
@@ -261,7 +267,7 @@ async fn a_replaced_object_fails_the_read_instead_of_mixing_versions() {
     client.put_object("f", vec![1u8; SIZE]);
     let fs = mount(&client, "");
     let ino = lookup_path(&fs, "f").await.unwrap().ino;
-    let handle = fs.open(ino, false).await.unwrap().handle;
+    let handle = fs.open(ino, libc::O_RDONLY).await.unwrap().handle;
     assert_eq!(&fs.read(handle, 0, 4096).await.unwrap()[..], &[1u8; 4096][..]);
     client.put_object("f", vec![2u8; SIZE]);
     // What this handle already fetched is of its own version: consistent, not mixed.
@@ -269,7 +275,7 @@ async fn a_replaced_object_fails_the_read_instead_of_mixing_versions() {
     // What it has not must come from that version too, and S3 no longer has it.
     let error = fs.read(handle, 2 << 20, 4096).await.unwrap_err();
     assert_eq!(error.errno(), libc::ESTALE);
-    fs.release(handle);
+    fs.release(handle).await;
     // Close-to-open: the next open sees the new object.
     assert_eq!(read_all(&fs, ino).await.unwrap(), vec![2u8; SIZE]);
 }
@@ -314,20 +320,20 @@ async fn open_drops_the_kernels_view_when_the_object_changed_since_it_was_told()
     let f = lookup_path(&fs, "d/f").await.unwrap();
     let d = lookup_path(&fs, "d").await.unwrap();
     // Unchanged: no invalidation.
-    let handle = fs.open(f.ino, false).await.unwrap().handle;
-    fs.release(handle);
+    let handle = fs.open(f.ino, libc::O_RDONLY).await.unwrap().handle;
+    fs.release(handle).await;
     assert!(kernel.0.lock().unwrap().is_empty());
     // Replaced, and a listing refreshes the metadata cache before the open: the kernel still
     // holds the old size, so the open must still invalidate it.
     client.put_object("d/f", "version two");
     assert_eq!(list_names(&fs, d.ino).await.len(), 3);
-    let handle = fs.open(f.ino, false).await.unwrap().handle;
-    fs.release(handle);
+    let handle = fs.open(f.ino, libc::O_RDONLY).await.unwrap().handle;
+    fs.release(handle).await;
     assert_eq!(*kernel.0.lock().unwrap(), vec![f.ino]);
     // Once the kernel asks again it is up to date, and the next open leaves it alone.
     assert_eq!(fs.getattr(f.ino).await.unwrap().size, 11);
-    let handle = fs.open(f.ino, false).await.unwrap().handle;
-    fs.release(handle);
+    let handle = fs.open(f.ino, libc::O_RDONLY).await.unwrap().handle;
+    fs.release(handle).await;
     assert_eq!(kernel.0.lock().unwrap().len(), 1);
 }
 
@@ -340,12 +346,12 @@ async fn a_reopened_unchanged_file_keeps_the_page_cache_and_old_handles_go_stale
     // A listing (millisecond times) then a lookup, as `ls -l` does, before the opens.
     list_names(&fs, d.ino).await;
     let f = lookup_path(&fs, "d/f").await.unwrap();
-    let first = fs.open(f.ino, false).await.unwrap();
+    let first = fs.open(f.ino, libc::O_RDONLY).await.unwrap();
     assert!(!first.keep_cache, "nothing of it is cached by the kernel yet");
-    let second = fs.open(f.ino, false).await.unwrap();
+    let second = fs.open(f.ino, libc::O_RDONLY).await.unwrap();
     assert!(second.keep_cache, "same version: the kernel may keep its pages");
     client.put_object("d/f", "version two");
-    let third = fs.open(f.ino, false).await.unwrap();
+    let third = fs.open(f.ino, libc::O_RDONLY).await.unwrap();
     assert!(!third.keep_cache, "a new version: its pages must be read again");
     assert_eq!(
         fs.read(first.handle, 0, 10).await.unwrap_err().errno(),
@@ -360,7 +366,10 @@ async fn writes_are_refused_for_now() {
     client.put_object("f", "x");
     let fs = mount(&client, "");
     let ino = lookup_path(&fs, "f").await.unwrap().ino;
-    assert_eq!(fs.open(ino, true).await.unwrap_err().errno(), libc::EROFS);
+    assert_eq!(
+        fs.open(ino, libc::O_WRONLY).await.unwrap_err().errno(),
+        libc::EROFS
+    );
 }
 
 #[tokio::test]
@@ -393,7 +402,7 @@ async fn server_errors_become_errors_not_panics() {
     assert_eq!(names, vec!["f"]);
     client.fail_next(Op::Get, 1, ObjectError::Unreachable("reset".into()));
     let f = lookup_path(&fs, "d/f").await.unwrap();
-    let handle = fs.open(f.ino, false).await.unwrap().handle;
+    let handle = fs.open(f.ino, libc::O_RDONLY).await.unwrap().handle;
     assert_eq!(fs.read(handle, 0, 10).await.unwrap_err().errno(), libc::EIO);
     assert_eq!(&fs.read(handle, 0, 10).await.unwrap()[..], b"x");
 }
@@ -405,7 +414,7 @@ async fn a_slow_read_does_not_block_a_lookup() {
     client.put_object("other", "x");
     let fs = Arc::new(mount(&client, ""));
     let ino = lookup_path(&fs, "slow").await.unwrap().ino;
-    let handle = fs.open(ino, false).await.unwrap().handle;
+    let handle = fs.open(ino, libc::O_RDONLY).await.unwrap().handle;
     client.set_latency(Op::Get, Duration::from_secs(30));
     let reader = {
         let fs = fs.clone();
@@ -424,4 +433,166 @@ fn statfs_reports_space() {
     let s = fs.statfs();
     assert!(s.bavail > 0 && s.ffree > 0);
     assert_eq!(s.namelen, 255);
+}
+
+/// A writable file system over `client`, staging in `dir`.
+fn writable(client: &Arc<MemoryClient>, dir: &tempfile::TempDir) -> S3Fs {
+    let staging = crate::staging::Staging::open(dir.path()).unwrap();
+    S3Fs::new(client.clone(), config(""), None, Some(staging))
+}
+
+async fn create_file(fs: &S3Fs, parent: u64, name: &str, body: &[u8]) -> (u64, u64) {
+    let (attr, opened) = fs
+        .create(parent, OsStr::new(name), libc::O_WRONLY | libc::O_CREAT)
+        .await
+        .unwrap();
+    fs.write(opened.handle, 0, body).await.unwrap();
+    (attr.ino, opened.handle)
+}
+
+#[tokio::test]
+async fn a_new_file_is_listed_and_sized_before_its_upload() {
+    let client = Arc::new(MemoryClient::new("b"));
+    client.put_object("z-existing", "x");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = writable(&client, &dir);
+    let (ino, handle) = create_file(&fs, ROOT_INO, "new.txt", b"hello").await;
+    assert!(!client.contains("new.txt"), "not uploaded before close");
+    let names = list_names(&fs, ROOT_INO).await;
+    assert!(names.contains(&("new.txt".to_owned(), Kind::File)), "{names:?}");
+    assert!(names.contains(&("z-existing".to_owned(), Kind::File)));
+    assert_eq!(fs.getattr(ino).await.unwrap().size, 5);
+    fs.flush(handle).await.unwrap();
+    fs.release(handle).await;
+    assert_eq!(client.body("new.txt").as_deref(), Some(&b"hello"[..]));
+    assert_eq!(
+        client.head("new.txt").await.unwrap().content_type.as_deref(),
+        Some("text/plain")
+    );
+    let names = list_names(&fs, ROOT_INO).await;
+    assert_eq!(
+        names.iter().filter(|(n, _)| n == "new.txt").count(),
+        1,
+        "listed once"
+    );
+}
+
+#[tokio::test]
+async fn o_excl_o_append_and_o_trunc_behave_as_posix_says() {
+    let client = Arc::new(MemoryClient::new("b"));
+    client.put_object("log", "one\n");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = writable(&client, &dir);
+    let excl = fs
+        .create(
+            ROOT_INO,
+            OsStr::new("log"),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+        )
+        .await;
+    assert_eq!(excl.unwrap_err().errno(), libc::EEXIST);
+    let ino = lookup_path(&fs, "log").await.unwrap().ino;
+    let append = fs
+        .open(ino, libc::O_WRONLY | libc::O_APPEND)
+        .await
+        .unwrap()
+        .handle;
+    fs.write(append, 0, b"two\n").await.unwrap();
+    fs.flush(append).await.unwrap();
+    fs.release(append).await;
+    assert_eq!(client.body("log").as_deref(), Some(&b"one\ntwo\n"[..]));
+    let trunc = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).await.unwrap().handle;
+    fs.flush(trunc).await.unwrap();
+    fs.release(trunc).await;
+    assert_eq!(client.body("log").as_deref(), Some(&b""[..]));
+}
+
+#[tokio::test]
+async fn an_unlinked_open_file_is_never_uploaded() {
+    let client = Arc::new(MemoryClient::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = writable(&client, &dir);
+    let (_, handle) = create_file(&fs, ROOT_INO, "tmp", b"scratch").await;
+    fs.unlink(ROOT_INO, OsStr::new("tmp")).await.unwrap();
+    assert_eq!(
+        &fs.read(handle, 0, 100).await.unwrap()[..],
+        b"scratch",
+        "still readable"
+    );
+    fs.flush(handle).await.unwrap();
+    fs.release(handle).await;
+    assert!(!client.contains("tmp"));
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("staging")).unwrap().count(),
+        1,
+        "only the lock is left"
+    );
+}
+
+#[tokio::test]
+async fn mkdir_rmdir_and_rename_follow_posix() {
+    let client = Arc::new(MemoryClient::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = writable(&client, &dir);
+    let d = fs.mkdir(ROOT_INO, OsStr::new("d")).await.unwrap();
+    assert!(client.contains("d/"), "an empty directory is a marker");
+    assert_eq!(
+        fs.mkdir(ROOT_INO, OsStr::new("d")).await.unwrap_err().errno(),
+        libc::EEXIST
+    );
+    let (_, handle) = create_file(&fs, d.ino, "f.json", b"{}").await;
+    assert_eq!(
+        fs.rmdir(ROOT_INO, OsStr::new("d")).await.unwrap_err().errno(),
+        libc::ENOTEMPTY
+    );
+    // Renamed before its first upload: it goes up once, under the new name.
+    fs.rename(d.ino, OsStr::new("f.json"), ROOT_INO, OsStr::new("g.json"), 0)
+        .await
+        .unwrap();
+    fs.flush(handle).await.unwrap();
+    fs.release(handle).await;
+    assert_eq!(client.body("g.json").as_deref(), Some(&b"{}"[..]));
+    assert!(!client.contains("d/f.json"));
+    assert_eq!(client.counters().copy, 0);
+    // An uploaded file: copied, then deleted; NOREPLACE refuses an existing target.
+    client.put_object("h", "other");
+    let noreplace = fs.rename(ROOT_INO, OsStr::new("g.json"), ROOT_INO, OsStr::new("h"), 1);
+    assert_eq!(noreplace.await.unwrap_err().errno(), libc::EEXIST);
+    fs.rename(ROOT_INO, OsStr::new("g.json"), d.ino, OsStr::new("moved"), 0)
+        .await
+        .unwrap();
+    assert_eq!(client.body("d/moved").as_deref(), Some(&b"{}"[..]));
+    assert!(!client.contains("g.json"));
+    // A directory: every key under it moves.
+    fs.rename(ROOT_INO, OsStr::new("d"), ROOT_INO, OsStr::new("e"), 0)
+        .await
+        .unwrap();
+    assert_eq!(client.keys(), vec!["e/".to_owned(), "e/moved".into(), "h".into()]);
+    assert_eq!(lookup_path(&fs, "e/moved").await.unwrap().size, 2);
+    fs.unlink(d.ino, OsStr::new("moved")).await.unwrap();
+    fs.rmdir(ROOT_INO, OsStr::new("e")).await.unwrap();
+    assert_eq!(client.keys(), vec!["h".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_read_only_mount_refuses_every_change() {
+    let client = Arc::new(MemoryClient::new("b"));
+    client.put_object("f", "x");
+    let fs = mount(&client, "");
+    let ino = lookup_path(&fs, "f").await.unwrap().ino;
+    let refused = [
+        fs.create(ROOT_INO, OsStr::new("n"), libc::O_WRONLY | libc::O_CREAT)
+            .await
+            .map(drop),
+        fs.open(ino, libc::O_RDWR).await.map(drop),
+        fs.mkdir(ROOT_INO, OsStr::new("d")).await.map(drop),
+        fs.unlink(ROOT_INO, OsStr::new("f")).await,
+        fs.rename(ROOT_INO, OsStr::new("f"), ROOT_INO, OsStr::new("g"), 0)
+            .await,
+        fs.setattr(ino, Some(0), None).await.map(drop),
+    ];
+    for result in refused {
+        assert_eq!(result.unwrap_err().errno(), libc::EROFS);
+    }
+    assert_eq!(client.keys(), vec!["f".to_owned()]);
 }

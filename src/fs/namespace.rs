@@ -1,0 +1,301 @@
+//! Changes to the namespace, sent to S3 at once: unlink (DeleteObject), mkdir (a `dir/` marker
+//! object, so an empty directory persists), rmdir (only when empty), and rename.
+//!
+//! S3 has no rename: a file is copied on the server (in parts above 5 GiB) and the source
+//! deleted; a directory is every key under it, moved one by one, which is not atomic and is
+//! refused with EXDEV past `max_rename_keys` (so `mv` copies file by file instead). Owns these
+//! rules and keeps the staged files, the inode table and the metadata cache in step with them.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+use futures_util::stream::{self, StreamExt};
+
+use super::names::{check_os_name, join};
+use super::write::content_type_of;
+use super::{Attr, Entry, FsError, Kind, S3Fs, lock};
+use crate::object::{ListRequest, ObjectSummary, PutOptions};
+use crate::upload::copy_object;
+
+/// Copies and deletes of a directory rename in flight at once.
+const RENAME_CONCURRENCY: usize = 16;
+
+/// `renameat2` flags.
+pub const RENAME_NOREPLACE: u32 = 1;
+
+impl S3Fs {
+    /// Deletes a file: the object, and the staged copy if it is being written (open handles
+    /// keep reading and writing it, but it is never uploaded again).
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        self.writes()?;
+        let path = self.child_path(parent, name)?;
+        let entry = self.resolve(&path).await?.ok_or(FsError::NotFound)?;
+        if entry.kind == Kind::Dir {
+            return Err(FsError::IsADirectory);
+        }
+        self.client.delete(&self.config.root.file_key(&path)).await?;
+        if let Some(staged) = self.staged.remove(&path) {
+            self.drop_staged(&staged).await;
+        }
+        self.metadata.insert(path, None);
+        Ok(())
+    }
+
+    /// Creates a directory: an empty `name/` marker object.
+    pub async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        self.writes()?;
+        let path = self.child_path(parent, name)?;
+        if self.resolve(&path).await?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let marker = self.config.root.dir_prefix(&path);
+        self.client
+            .put_with(&marker, bytes::Bytes::new(), &PutOptions::default())
+            .await?;
+        let entry = Entry::dir(std::time::SystemTime::now());
+        self.metadata.insert(path.clone(), Some(entry.clone()));
+        let mut inodes = lock(&self.inodes);
+        let ino = inodes.remember(&path);
+        super::set_attrs_view(&mut inodes, ino, &entry);
+        Ok(self.attr(ino, &entry))
+    }
+
+    /// Removes an empty directory (its marker, if it has one).
+    pub async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        self.writes()?;
+        let path = self.child_path(parent, name)?;
+        let entry = self.resolve(&path).await?.ok_or(FsError::NotFound)?;
+        if entry.kind != Kind::Dir {
+            return Err(FsError::NotADirectory);
+        }
+        if !self.dir_is_empty(&path).await? {
+            return Err(FsError::NotEmpty);
+        }
+        self.client.delete(&self.config.root.dir_prefix(&path)).await?;
+        self.metadata.insert(path, None);
+        Ok(())
+    }
+
+    /// rename(2) and renameat2 with RENAME_NOREPLACE. A file replaces a file, a directory an
+    /// empty directory, as POSIX says.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<(), FsError> {
+        self.writes()?;
+        if flags & !RENAME_NOREPLACE != 0 {
+            // RENAME_EXCHANGE cannot be done on S3 without a window where one name is missing.
+            return Err(FsError::InvalidArgument);
+        }
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(new_parent, new_name)?;
+        if from == to {
+            return Ok(());
+        }
+        if to.starts_with(&format!("{from}/")) {
+            return Err(FsError::InvalidArgument);
+        }
+        let source = self.resolve(&from).await?.ok_or(FsError::NotFound)?;
+        let target = self.resolve(&to).await?;
+        if flags & RENAME_NOREPLACE != 0 && target.is_some() {
+            return Err(FsError::Exists);
+        }
+        match (source.kind, target.map(|t| t.kind)) {
+            (Kind::File, Some(Kind::Dir)) => return Err(FsError::IsADirectory),
+            (Kind::Dir, Some(Kind::File)) => return Err(FsError::NotADirectory),
+            (Kind::Dir, Some(Kind::Dir)) if !self.dir_is_empty(&to).await? => return Err(FsError::NotEmpty),
+            _ => {}
+        }
+        match source.kind {
+            Kind::File => self.rename_file(&from, &to).await?,
+            Kind::Dir => self.rename_dir(&from, &to).await?,
+        }
+        lock(&self.inodes).rename(&from, &to);
+        Ok(())
+    }
+
+    /// Moves one file. A file never uploaded just changes the key it will be uploaded to;
+    /// otherwise its content is put in S3 (if changed), copied, and the source deleted.
+    async fn rename_file(&self, from: &str, to: &str) -> Result<(), FsError> {
+        let (from_key, to_key) = (self.config.root.file_key(from), self.config.root.file_key(to));
+        let to_path: Arc<str> = Arc::from(to);
+        if let Some(staged) = self.staged.get(from) {
+            let ctx = self.writes()?;
+            let mut file = staged.file.lock().await;
+            if file.exists_remotely() {
+                if file.is_dirty() {
+                    file.upload(ctx).await?;
+                }
+                let etag = file.etag().unwrap_or_default().to_owned();
+                let copied = self.copy_key(&from_key, &to_key, file.size(), &etag).await?;
+                self.client.delete(&from_key).await?;
+                file.moved_to(to_key, copied)?;
+            } else {
+                file.rekey(to_key, content_type_of(to))?;
+            }
+            staged.update_seen(&file);
+            drop(file);
+            self.staged.remove(from);
+            if let Some(replaced) = self.staged.put(to_path.clone(), staged) {
+                self.drop_staged(&replaced).await;
+            }
+        } else {
+            let head = self.client.head(&from_key).await?;
+            self.copy_key(&from_key, &to_key, head.size, &head.etag).await?;
+            self.client.delete(&from_key).await?;
+            if let Some(replaced) = self.staged.remove(to) {
+                self.drop_staged(&replaced).await;
+            }
+        }
+        self.metadata.insert(from.to_owned(), None);
+        self.metadata.invalidate(to);
+        Ok(())
+    }
+
+    /// Moves every key under a directory: files being written are uploaded first, then each key
+    /// is copied, then the sources deleted (so a failure midway leaves both, never neither).
+    async fn rename_dir(&self, from: &str, to: &str) -> Result<(), FsError> {
+        for (path, staged) in self.staged.under(from) {
+            let ino = lock(&self.inodes).peek(&path);
+            self.upload_staged(&staged, ino).await?;
+        }
+        let from_prefix = self.config.root.dir_prefix(from);
+        let to_prefix = self.config.root.dir_prefix(to);
+        let objects = self.list_all_under(&from_prefix).await?;
+        let moves: Vec<(ObjectSummary, String)> = objects
+            .into_iter()
+            .map(|object| {
+                let dest = format!("{to_prefix}{}", &object.key[from_prefix.len()..]);
+                (object, dest)
+            })
+            .collect();
+        let copies: Vec<_> = moves
+            .iter()
+            .map(|(object, dest)| {
+                let (source, dest, size, etag) =
+                    (object.key.clone(), dest.clone(), object.size, object.etag.clone());
+                Box::pin(async move {
+                    let etag = self.copy_key(&source, &dest, size, &etag).await?;
+                    Ok::<_, FsError>((dest, etag))
+                }) as BoxedFuture<'_, Result<(String, String), FsError>>
+            })
+            .collect();
+        let copied = join_bounded(copies, RENAME_CONCURRENCY).await;
+        let copied: Vec<(String, String)> = copied.into_iter().collect::<Result<_, _>>()?;
+        let deletes: Vec<_> = moves
+            .iter()
+            .map(|(object, _)| {
+                let key = object.key.clone();
+                Box::pin(async move { self.client.delete(&key).await }) as BoxedFuture<'_, Result<(), _>>
+            })
+            .collect();
+        for deleted in join_bounded(deletes, RENAME_CONCURRENCY).await {
+            deleted?;
+        }
+        self.move_staged_under(from, to, &copied).await?;
+        self.metadata.invalidate_all();
+        Ok(())
+    }
+
+    /// Staged files under a renamed directory follow it, as the copies of their objects.
+    async fn move_staged_under(
+        &self,
+        from: &str,
+        to: &str,
+        copied: &[(String, String)],
+    ) -> Result<(), FsError> {
+        for (path, staged) in self.staged.under(from) {
+            let new_path: Arc<str> = Arc::from(format!("{to}{}", &path[from.len()..]));
+            let new_key = self.config.root.file_key(&new_path);
+            let mut file = staged.file.lock().await;
+            if let Some((_, etag)) = copied.iter().find(|(key, _)| *key == new_key) {
+                file.moved_to(new_key, etag.clone())?;
+            } else {
+                file.rekey(new_key, content_type_of(&new_path))?;
+            }
+            drop(file);
+            self.staged.remove(&path);
+            self.staged.put(new_path, staged);
+        }
+        Ok(())
+    }
+
+    /// Every object under `prefix` (no delimiter), refusing past `max_rename_keys`.
+    async fn list_all_under(&self, prefix: &str) -> Result<Vec<ObjectSummary>, FsError> {
+        let mut objects = Vec::new();
+        let mut continuation_token = None;
+        loop {
+            let request = ListRequest {
+                prefix: prefix.to_owned(),
+                delimiter: None,
+                continuation_token,
+                max_keys: None,
+            };
+            let page = self.client.list(&request).await?;
+            objects.extend(page.objects);
+            if objects.len() > self.config.max_rename_keys {
+                tracing::warn!(%prefix, limit = self.config.max_rename_keys,
+                    "directory rename refused (EXDEV): more keys than --max-rename-keys allows; mv copies file by file instead");
+                return Err(FsError::CrossDevice);
+            }
+            continuation_token = page.next_continuation_token;
+            if continuation_token.is_none() {
+                return Ok(objects);
+            }
+        }
+    }
+
+    /// Server-side copy of any size.
+    async fn copy_key(&self, from: &str, to: &str, size: u64, etag: &str) -> Result<String, FsError> {
+        let ctx = self.writes()?;
+        let options = PutOptions {
+            content_type: content_type_of(to),
+            ..PutOptions::default()
+        };
+        let copied = copy_object(self.client.clone(), from, to, size, etag, &options, &ctx.upload).await;
+        copied.map_err(|error| FsError::from(crate::writeback::WriteError::from(error)))
+    }
+
+    /// Whether a directory holds nothing but its own marker (on this mount or in S3).
+    async fn dir_is_empty(&self, path: &str) -> Result<bool, FsError> {
+        if !self.staged.under(path).is_empty() {
+            return Ok(false);
+        }
+        let prefix = self.config.root.dir_prefix(path);
+        let request = ListRequest {
+            prefix: prefix.clone(),
+            delimiter: Some("/".to_owned()),
+            continuation_token: None,
+            max_keys: Some(2),
+        };
+        let page = self.client.list(&request).await?;
+        Ok(page.common_prefixes.is_empty() && page.objects.iter().all(|o| o.key == prefix))
+    }
+
+    /// A staged file that lost its name: never uploaded again; dropped now if nothing has it open.
+    async fn drop_staged(&self, staged: &Arc<super::write::StagedEntry>) {
+        staged.mark_unlinked();
+        let mut file = staged.file.lock().await;
+        if !staged.has_handles()
+            && let Some(ctx) = &self.writes
+        {
+            file.discard(ctx);
+        }
+    }
+
+    fn child_path(&self, parent: u64, name: &OsStr) -> Result<String, FsError> {
+        let parent_path = self.path_of(parent)?;
+        Ok(join(&parent_path, check_os_name(name)?))
+    }
+}
+
+/// Runs `futures` at most `limit` at once; the results come in completion order.
+async fn join_bounded<T>(futures: Vec<BoxedFuture<'_, T>>, limit: usize) -> Vec<T> {
+    stream::iter(futures).buffer_unordered(limit).collect().await
+}
+
+type BoxedFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

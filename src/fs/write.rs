@@ -1,0 +1,517 @@
+//! Writing files: open for writing, create, write, truncate, and the upload on close and fsync.
+//!
+//! Owns the table of staged files by path (every handle on a path shares one staged file, so
+//! writers and readers on this mount see one file), the open(2) flag rules (O_TRUNC, O_APPEND,
+//! O_EXCL), what `stat` shows of a file being written, and what happens when its last handle
+//! closes: once its content is in S3 the staged copy is dropped; if the upload failed, it is
+//! retried in the background and, failing that, left staged for the next mount. The staged file
+//! itself (blocks, journal, upload) is `writeback`'s.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use moka::sync::Cache;
+
+use super::names::{check_os_name, join};
+use super::{Attr, Entry, FsError, Handle, Kind, Opened, S3Fs, lock, set_attrs_view};
+use crate::cache::ObjectVersion;
+use crate::object::ObjectError;
+use crate::writeback::{self, RecoveryReport, StagedFile, WriteContext};
+
+/// First wait before retrying an upload that failed after the last handle closed; doubled up to
+/// [`RETRY_MAX`] while it keeps failing (the server may be down for a while).
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// What open(2) flags ask for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenMode {
+    pub write: bool,
+    pub truncate: bool,
+    pub append: bool,
+    pub exclusive: bool,
+}
+
+impl OpenMode {
+    pub fn from_flags(flags: i32) -> Self {
+        let access = flags & libc::O_ACCMODE;
+        let write = access == libc::O_WRONLY || access == libc::O_RDWR;
+        Self {
+            write,
+            // O_TRUNC with O_RDONLY is undefined in POSIX: it truncates nothing here.
+            truncate: write && flags & libc::O_TRUNC != 0,
+            append: flags & libc::O_APPEND != 0,
+            exclusive: flags & libc::O_EXCL != 0,
+        }
+    }
+}
+
+/// A staged file with what the table needs to know without waiting for its lock (an upload
+/// holds it for as long as it takes).
+pub(super) struct StagedEntry {
+    pub(super) file: tokio::sync::Mutex<StagedFile>,
+    path: Mutex<Arc<str>>,
+    /// What `stat` shows, updated after every change.
+    seen: Mutex<Entry>,
+    handles: AtomicUsize,
+    /// Unlinked or replaced by a rename: never uploaded again, dropped at the last close.
+    unlinked: AtomicBool,
+}
+
+impl StagedEntry {
+    fn new(file: StagedFile, path: Arc<str>) -> Arc<Self> {
+        let seen = entry_of(&file);
+        Arc::new(Self {
+            file: tokio::sync::Mutex::new(file),
+            path: Mutex::new(path),
+            seen: Mutex::new(seen),
+            handles: AtomicUsize::new(0),
+            unlinked: AtomicBool::new(false),
+        })
+    }
+
+    pub(super) fn seen(&self) -> Entry {
+        lock(&self.seen).clone()
+    }
+
+    pub(super) fn path(&self) -> Arc<str> {
+        lock(&self.path).clone()
+    }
+
+    pub(super) fn set_path(&self, path: Arc<str>) {
+        *lock(&self.path) = path;
+    }
+
+    pub(super) fn update_seen(&self, file: &StagedFile) {
+        *lock(&self.seen) = entry_of(file);
+    }
+
+    pub(super) fn mark_unlinked(&self) {
+        self.unlinked.store(true, Ordering::SeqCst);
+    }
+
+    fn is_unlinked(&self) -> bool {
+        self.unlinked.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn has_handles(&self) -> bool {
+        self.handles.load(Ordering::SeqCst) > 0
+    }
+}
+
+fn entry_of(file: &StagedFile) -> Entry {
+    Entry {
+        kind: Kind::File,
+        size: file.size(),
+        mtime: file.mtime(),
+        etag: file.etag().map(str::to_owned),
+    }
+}
+
+/// A handle on a staged file.
+pub(super) struct StagedHandle {
+    ino: u64,
+    entry: Arc<StagedEntry>,
+    append: bool,
+    writable: bool,
+}
+
+/// Staged files by path. A std mutex, never held across an await.
+#[derive(Clone, Default)]
+pub(super) struct StagedTable {
+    by_path: Arc<Mutex<HashMap<Arc<str>, Arc<StagedEntry>>>>,
+}
+
+impl StagedTable {
+    pub(super) fn get(&self, path: &str) -> Option<Arc<StagedEntry>> {
+        lock(&self.by_path).get(path).cloned()
+    }
+
+    /// Inserts `entry` at `path` unless one is there already; returns the one that is.
+    fn insert_or_get(&self, path: Arc<str>, entry: Arc<StagedEntry>) -> Arc<StagedEntry> {
+        lock(&self.by_path).entry(path).or_insert(entry).clone()
+    }
+
+    /// Removes the entry at `path` if it is `entry`.
+    fn remove_if(&self, path: &str, entry: &Arc<StagedEntry>) {
+        let mut table = lock(&self.by_path);
+        if table.get(path).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            table.remove(path);
+        }
+    }
+
+    pub(super) fn remove(&self, path: &str) -> Option<Arc<StagedEntry>> {
+        lock(&self.by_path).remove(path)
+    }
+
+    /// Puts `entry` at `path`, returning what was there.
+    pub(super) fn put(&self, path: Arc<str>, entry: Arc<StagedEntry>) -> Option<Arc<StagedEntry>> {
+        entry.set_path(path.clone());
+        lock(&self.by_path).insert(path, entry)
+    }
+
+    /// Names of the staged files directly in directory `dir`.
+    pub(super) fn children(&self, dir: &str) -> BTreeSet<String> {
+        lock(&self.by_path)
+            .keys()
+            .filter_map(|path| match path.rsplit_once('/') {
+                Some((parent, name)) if parent == dir => Some(name.to_owned()),
+                None if dir.is_empty() => Some(path.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Entries at `dir`'s descendants, with their paths.
+    pub(super) fn under(&self, dir: &str) -> Vec<(Arc<str>, Arc<StagedEntry>)> {
+        let prefix = format!("{dir}/");
+        lock(&self.by_path)
+            .iter()
+            .filter(|(path, _)| path.starts_with(&prefix))
+            .map(|(path, entry)| (path.clone(), entry.clone()))
+            .collect()
+    }
+
+    pub(super) fn all(&self) -> Vec<Arc<StagedEntry>> {
+        lock(&self.by_path).values().cloned().collect()
+    }
+}
+
+impl S3Fs {
+    /// Creates and opens a file (open with O_CREAT). An existing file is opened instead, unless
+    /// O_EXCL. The new file exists on this mount at once, in S3 from its first close.
+    pub async fn create(&self, parent: u64, name: &OsStr, flags: i32) -> Result<(Attr, Opened), FsError> {
+        let ctx = self.writes()?.clone();
+        let parent_path = self.path_of(parent)?;
+        let path: Arc<str> = Arc::from(join(&parent_path, check_os_name(name)?));
+        let mode = OpenMode::from_flags(flags);
+        if let Some(existing) = self.resolve(&path).await? {
+            if mode.exclusive {
+                return Err(FsError::Exists);
+            }
+            if existing.kind == Kind::Dir {
+                return Err(FsError::IsADirectory);
+            }
+            let ino = lock(&self.inodes).remember(&path);
+            let opened = self.open(ino, flags).await?;
+            return Ok((self.getattr(ino).await?, opened));
+        }
+        let key = self.config.root.file_key(&path);
+        let file = StagedFile::new_empty(&ctx, key, content_type_of(&path))?;
+        let entry = StagedEntry::new(file, path.clone());
+        let stored = self.staged.insert_or_get(path.clone(), entry.clone());
+        if !Arc::ptr_eq(&stored, &entry) {
+            // Another create of the same name won the race.
+            entry.file.lock().await.discard(&ctx);
+            if mode.exclusive {
+                return Err(FsError::Exists);
+            }
+        }
+        self.metadata.invalidate(&*path);
+        let ino = lock(&self.inodes).remember(&path);
+        let opened = self.open_staged(ino, stored.clone(), mode).await?;
+        let seen = stored.seen();
+        set_attrs_view(&mut lock(&self.inodes), ino, &seen);
+        Ok((self.attr(ino, &seen), opened))
+    }
+
+    /// mknod(2) of a regular file: an empty file, created in S3 at once.
+    pub async fn mknod_file(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        let (attr, opened) = self.create(parent, name, libc::O_WRONLY | libc::O_EXCL).await?;
+        let flushed = self.flush(opened.handle).await;
+        self.release(opened.handle).await;
+        flushed.map(|()| attr)
+    }
+
+    /// Stages the object at `path` (not downloaded: blocks come when needed) and opens it.
+    pub(super) async fn open_for_write(
+        &self,
+        ino: u64,
+        path: &Arc<str>,
+        mode: OpenMode,
+    ) -> Result<Opened, FsError> {
+        let ctx = self.writes()?.clone();
+        let key = self.config.root.file_key(path);
+        let head = match self.client.head(&key).await {
+            Ok(head) => head,
+            Err(ObjectError::NoSuchKey(_)) => {
+                self.metadata.invalidate(&**path);
+                return Err(FsError::NotFound);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let object = ObjectVersion {
+            key,
+            etag: head.etag,
+            size: head.size,
+        };
+        let file = StagedFile::from_object(
+            &ctx,
+            object,
+            head.last_modified,
+            mode.truncate,
+            content_type_of(path),
+        )?;
+        let entry = StagedEntry::new(file, path.clone());
+        let stored = self.staged.insert_or_get(path.clone(), entry.clone());
+        if !Arc::ptr_eq(&stored, &entry) {
+            entry.file.lock().await.discard(&ctx);
+        }
+        self.open_staged(ino, stored, mode).await
+    }
+
+    /// A new handle on a staged file.
+    pub(super) async fn open_staged(
+        &self,
+        ino: u64,
+        entry: Arc<StagedEntry>,
+        mode: OpenMode,
+    ) -> Result<Opened, FsError> {
+        entry.handles.fetch_add(1, Ordering::SeqCst);
+        if mode.truncate {
+            let ctx = self.writes()?;
+            let mut file = entry.file.lock().await;
+            let truncated = file.truncate(0);
+            entry.update_seen(&file);
+            if let Err(error) = truncated {
+                drop(file);
+                self.release_staged_entry(ctx.clone(), entry).await;
+                return Err(error.into());
+            }
+        }
+        // The kernel's pages now follow the staged file: old read handles must not mix theirs in.
+        if let Some(view) = lock(&self.inodes).kernel_view(ino) {
+            view.pages = None;
+        }
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let staged = StagedHandle {
+            ino,
+            entry,
+            append: mode.append,
+            writable: mode.write,
+        };
+        lock(&self.files).insert(handle, Handle::Staged(Arc::new(staged)));
+        Ok(Opened {
+            handle,
+            keep_cache: false,
+        })
+    }
+
+    pub(super) async fn read_staged(
+        &self,
+        staged: &StagedHandle,
+        offset: u64,
+        size: u32,
+    ) -> Result<Bytes, FsError> {
+        let ctx = self.writes()?;
+        let mut file = staged.entry.file.lock().await;
+        Ok(file.read(ctx, offset, u64::from(size)).await?)
+    }
+
+    /// Writes `data` at `offset` (at the end, for a handle opened with O_APPEND).
+    pub async fn write(&self, handle: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        self.write_owned(handle, offset, data.to_vec()).await
+    }
+
+    /// [`S3Fs::write`] of a buffer the caller gives away (the FUSE adapter's copy of a request).
+    pub async fn write_owned(&self, handle: u64, offset: u64, data: Vec<u8>) -> Result<u32, FsError> {
+        let Handle::Staged(staged) = self.handle(handle)? else {
+            return Err(FsError::BadHandle);
+        };
+        if !staged.writable {
+            return Err(FsError::BadHandle);
+        }
+        let ctx = self.writes()?;
+        let mut file = staged.entry.file.lock().await;
+        let offset = if staged.append { file.size() } else { offset };
+        let len = data.len() as u32;
+        let written = file.write(ctx, offset, data).await;
+        staged.entry.update_seen(&file);
+        written?;
+        Ok(len)
+    }
+
+    /// close(2) of one descriptor, and fsync: uploads the file if it changed. An error here is
+    /// the caller's to see (EIO); the staged data stays for a retry.
+    pub async fn flush(&self, handle: u64) -> Result<(), FsError> {
+        match self.handle(handle)? {
+            Handle::Read(_) => Ok(()),
+            Handle::Staged(staged) => self.upload_staged(&staged.entry, staged.ino).await,
+        }
+    }
+
+    pub async fn fsync(&self, handle: u64) -> Result<(), FsError> {
+        self.flush(handle).await
+    }
+
+    /// Sets the size of a file (truncate, ftruncate). Other attributes (mode, owner, times) are
+    /// accepted and not kept: S3 has nowhere to put them yet.
+    pub async fn setattr(&self, ino: u64, size: Option<u64>, handle: Option<u64>) -> Result<Attr, FsError> {
+        if let Some(size) = size {
+            self.writes()?;
+            match handle.map(|h| self.handle(h)) {
+                Some(Ok(Handle::Staged(staged))) => self.truncate_entry(&staged.entry, size).await?,
+                _ => self.truncate_path(ino, size).await?,
+            }
+        }
+        self.getattr(ino).await
+    }
+
+    /// truncate(2) by path: through a handle of our own, so it is uploaded like any close.
+    async fn truncate_path(&self, ino: u64, size: u64) -> Result<(), FsError> {
+        let flags = libc::O_WRONLY | if size == 0 { libc::O_TRUNC } else { 0 };
+        let opened = self.open(ino, flags).await?;
+        let Handle::Staged(staged) = self.handle(opened.handle)? else {
+            return Err(FsError::BadHandle);
+        };
+        let mut result = self.truncate_entry(&staged.entry, size).await;
+        if result.is_ok() {
+            result = self.flush(opened.handle).await;
+        }
+        self.release(opened.handle).await;
+        result
+    }
+
+    async fn truncate_entry(&self, entry: &StagedEntry, size: u64) -> Result<(), FsError> {
+        let mut file = entry.file.lock().await;
+        let truncated = file.truncate(size);
+        entry.update_seen(&file);
+        Ok(truncated?)
+    }
+
+    /// Uploads a staged file if it changed, and records what S3 now holds.
+    pub(super) async fn upload_staged(&self, entry: &Arc<StagedEntry>, ino: u64) -> Result<(), FsError> {
+        let ctx = self.writes()?;
+        let mut file = entry.file.lock().await;
+        if entry.is_unlinked() || !file.is_dirty() {
+            return Ok(());
+        }
+        let uploaded = file.upload(ctx).await;
+        entry.update_seen(&file);
+        if let Err(error) = uploaded {
+            tracing::warn!(key = %file.key(), %error, "upload failed; the data stays staged for a retry");
+            return Err(error.into());
+        }
+        let seen = entry.seen();
+        if let Some(view) = lock(&self.inodes).kernel_view(ino) {
+            // The kernel's pages hold what was written through it: this very version.
+            view.attrs = Some(seen.fingerprint());
+            view.pages = Some(seen.fingerprint());
+        }
+        Ok(())
+    }
+
+    pub(super) async fn release_staged(&self, staged: Arc<StagedHandle>) {
+        let Some(ctx) = self.writes.clone() else {
+            return;
+        };
+        if staged.entry.handles.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.release_staged_entry(ctx, staged.entry.clone()).await;
+        }
+    }
+
+    /// The last handle of `entry` closed: drop the staged copy once S3 has the content, or keep
+    /// trying to upload it in the background.
+    async fn release_staged_entry(&self, ctx: Arc<WriteContext>, entry: Arc<StagedEntry>) {
+        let settled = settle(&ctx, &self.staged, &self.metadata, &entry).await;
+        if !settled {
+            tokio::spawn(retry_upload(
+                ctx,
+                self.staged.clone(),
+                self.metadata.clone(),
+                entry,
+            ));
+        }
+    }
+
+    /// Deals with the staged files an earlier run left (see [`writeback::recover`]). Call once,
+    /// before the mount serves anything.
+    pub async fn recover(&self) -> std::io::Result<RecoveryReport> {
+        match &self.writes {
+            Some(ctx) => writeback::recover(ctx).await,
+            None => Ok(RecoveryReport::default()),
+        }
+    }
+
+    /// Uploads every staged file that differs from S3 (a clean unmount, SIGTERM). Returns how
+    /// many could not be uploaded: they stay staged, and the next mount uploads them.
+    pub async fn drain_uploads(&self) -> usize {
+        let Some(ctx) = self.writes.clone() else {
+            return 0;
+        };
+        let mut failed = 0;
+        for entry in self.staged.all() {
+            let mut file = entry.file.lock().await;
+            if entry.is_unlinked() || !file.is_dirty() {
+                continue;
+            }
+            match file.upload(&ctx).await {
+                Ok(()) => tracing::info!(key = %file.key(), "uploaded before exit"),
+                Err(error) => {
+                    failed += 1;
+                    tracing::error!(key = %file.key(), %error,
+                        "upload failed at exit; the data stays staged and the next mount with this cache directory uploads it");
+                }
+            }
+        }
+        failed
+    }
+}
+
+/// At the last close: uploads what is left, then drops the staged copy and remembers the object.
+/// Returns false if the upload failed (the entry stays, for a retry).
+async fn settle(
+    ctx: &WriteContext,
+    table: &StagedTable,
+    metadata: &Cache<String, Option<Entry>>,
+    entry: &Arc<StagedEntry>,
+) -> bool {
+    let mut file = entry.file.lock().await;
+    if entry.has_handles() {
+        return true; // Reopened meanwhile: its own close settles it.
+    }
+    if entry.is_unlinked() {
+        file.discard(ctx);
+        return true;
+    }
+    if file.is_dirty() {
+        let uploaded = file.upload(ctx).await;
+        entry.update_seen(&file);
+        if let Err(error) = uploaded {
+            tracing::warn!(key = %file.key(), %error, "upload after the last close failed; retrying in the background");
+            return false;
+        }
+    }
+    let path = entry.path();
+    table.remove_if(&path, entry);
+    metadata.insert(path.to_string(), Some(entry.seen()));
+    file.discard(ctx);
+    true
+}
+
+/// Retries the upload of a closed file with growing pauses until it succeeds, the file is
+/// reopened or unlinked, or the mount ends (then `drain_uploads` and the next mount take over).
+async fn retry_upload(
+    ctx: Arc<WriteContext>,
+    table: StagedTable,
+    metadata: Cache<String, Option<Entry>>,
+    entry: Arc<StagedEntry>,
+) {
+    let mut pause = RETRY_FIRST;
+    loop {
+        tokio::time::sleep(pause).await;
+        if settle(&ctx, &table, &metadata, &entry).await {
+            return;
+        }
+        pause = (pause * 2).min(RETRY_MAX);
+    }
+}
+
+/// The Content-Type of a new object, from its name's extension (`core.css`: `text/css`).
+pub(super) fn content_type_of(path: &str) -> Option<String> {
+    mime_guess::from_path(path).first_raw().map(str::to_owned)
+}

@@ -1,0 +1,480 @@
+//! The staging area on local disk: one data file per file being written, and beside it a small
+//! journal saying which key it is for, which object version it started from, and how far its
+//! upload got, so a daemon that dies (kill -9, power loss) loses nothing on the next mount.
+//!
+//! Owns the directory layout (`<cache dir>/staging/<id>.data` + `<id>.journal`, and
+//! `<cache dir>/recovery/` for what cannot be uploaded safely), the journal format, its atomic
+//! rewrite (temp file, fsync, rename), and the lock that keeps two mounts out of one staging
+//! area. It is synchronous and knows nothing of S3: the write-back (`writeback`) decides what to
+//! do with a leftover.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::Range;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::fcntl::{Flock, FlockArg};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+/// First line of every journal; a different format gets a different line.
+const JOURNAL_MAGIC: &str = "s3mount-staged 1";
+/// Bytes escaped in journal values: controls (newlines above all), space and `%`.
+const JOURNAL_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'%');
+
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    #[error("cannot use the staging directory {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
+    #[error("staging directory {path} is in use by another s3mount ({holder})")]
+    InUse { path: PathBuf, holder: String },
+}
+
+/// How far a staged file got, as written in its journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JournalState {
+    /// The same content as the base object (nothing to upload): after a crash, delete it.
+    Clean,
+    /// Written to, not closed: after a crash nobody promised this content to S3.
+    Dirty,
+    /// A close or fsync began uploading this content: after a crash, upload it.
+    Closing,
+}
+
+/// What a journal says of one staged file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalRecord {
+    /// The full S3 key the file is for.
+    pub key: String,
+    /// The object the file started from (`None`: a new file, or one truncated to 0 at open).
+    pub base: Option<BaseRecord>,
+    /// Blocks (of `BLOCK_SIZE`) of the base that the data file holds; the others are the base's
+    /// bytes, not yet fetched (a sparse hole in the data file).
+    pub local_blocks: Vec<Range<u64>>,
+    pub state: JournalState,
+}
+
+/// The object version a staged file started from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseRecord {
+    pub etag: String,
+    /// The object's size.
+    pub object_size: u64,
+    /// How many of its first bytes are still the file's (less after a truncate).
+    pub len: u64,
+}
+
+/// A staged data file and its journal.
+#[derive(Debug)]
+pub struct StagedFiles {
+    pub data: Arc<File>,
+    data_path: PathBuf,
+    journal_path: PathBuf,
+}
+
+/// A staged file left by an earlier run.
+#[derive(Debug)]
+pub struct Leftover {
+    pub data_path: PathBuf,
+    pub journal_path: PathBuf,
+    /// `None` when the journal is missing or unreadable (a crash while it was first written).
+    pub record: Option<JournalRecord>,
+}
+
+/// The staging area of one mount.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    recovery_dir: PathBuf,
+    /// Unique within this run (the lock keeps other runs out); the start time keeps names of
+    /// different runs apart.
+    run_id: u64,
+    next_id: AtomicU64,
+    _lock: Flock<File>,
+}
+
+impl Staging {
+    /// Opens (creating, 0700) `<cache_dir>/staging` and `<cache_dir>/recovery`, and takes the lock.
+    pub fn open(cache_dir: &Path) -> Result<Self, StagingError> {
+        let dir = cache_dir.join("staging");
+        let recovery_dir = cache_dir.join("recovery");
+        for path in [&dir, &recovery_dir] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(|error| StagingError::Io {
+                    path: path.clone(),
+                    error,
+                })?;
+        }
+        let lock = take_lock(&dir)?;
+        let run_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        Ok(Self {
+            dir,
+            recovery_dir,
+            run_id,
+            next_id: AtomicU64::new(0),
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn recovery_dir(&self) -> &Path {
+        &self.recovery_dir
+    }
+
+    /// A new, empty data file and its journal saying `record`.
+    pub fn create(&self, record: &JournalRecord) -> io::Result<StagedFiles> {
+        let id = format!(
+            "{:x}-{:x}",
+            self.run_id,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+        let data_path = self.dir.join(format!("{id}.data"));
+        let journal_path = self.dir.join(format!("{id}.journal"));
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&data_path)?;
+        let files = StagedFiles {
+            data: Arc::new(data),
+            data_path,
+            journal_path,
+        };
+        if let Err(error) = files.record(record, false) {
+            files.remove();
+            return Err(error);
+        }
+        Ok(files)
+    }
+
+    /// Staged files of earlier runs, oldest first. Call before this run creates any.
+    pub fn leftovers(&self) -> io::Result<Vec<Leftover>> {
+        let mut leftovers = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let Some(stem) = path
+                .extension()
+                .filter(|ext| *ext == "data")
+                .and(path.file_stem())
+            else {
+                continue;
+            };
+            let journal_path = self.dir.join(format!("{}.journal", stem.to_string_lossy()));
+            let record = fs::read_to_string(&journal_path)
+                .ok()
+                .and_then(|text| parse_journal(&text));
+            leftovers.push(Leftover {
+                data_path: path,
+                journal_path,
+                record,
+            });
+        }
+        // Journal temp files of a crash mid-rewrite, and journals without data, are debris.
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let is_tmp = path.extension().is_some_and(|ext| ext == "tmp");
+            let orphan_journal =
+                path.extension().is_some_and(|ext| ext == "journal") && !path.with_extension("data").exists();
+            if is_tmp || orphan_journal {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        leftovers.sort_by(|a, b| a.data_path.cmp(&b.data_path));
+        Ok(leftovers)
+    }
+
+    /// Deletes a leftover whose content is in S3.
+    pub fn discard(&self, leftover: &Leftover) {
+        let _ = fs::remove_file(&leftover.journal_path);
+        let _ = fs::remove_file(&leftover.data_path);
+    }
+
+    /// Moves a leftover's data into the recovery folder, named after its key's last component,
+    /// and returns where it went. Its journal goes beside it (`.journal`), saying the full key.
+    pub fn move_to_recovery(&self, leftover: &Leftover) -> io::Result<PathBuf> {
+        let stem = leftover
+            .data_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = leftover
+            .record
+            .as_ref()
+            .and_then(|r| r.key.rsplit('/').find(|part| !part.is_empty()))
+            .unwrap_or("unnamed");
+        let target = self.recovery_dir.join(format!("{stem}-{name}"));
+        fs::rename(&leftover.data_path, &target)?;
+        let mut journal = target.clone().into_os_string();
+        journal.push(".journal");
+        if fs::rename(&leftover.journal_path, &journal).is_err() {
+            let _ = fs::remove_file(&leftover.journal_path);
+        }
+        Ok(target)
+    }
+}
+
+impl StagedFiles {
+    /// Rewrites the journal atomically. `durable`: the data file and the journal reach the disk
+    /// before this returns (a promise that survives power loss), else only the page cache.
+    pub fn record(&self, record: &JournalRecord, durable: bool) -> io::Result<()> {
+        if durable {
+            self.data.sync_data()?;
+        }
+        let tmp = self.journal_path.with_extension("tmp");
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(format_journal(record).as_bytes())?;
+        if durable {
+            file.sync_data()?;
+        }
+        fs::rename(&tmp, &self.journal_path)?;
+        if durable && let Some(dir) = self.journal_path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    pub fn data_path(&self) -> &Path {
+        &self.data_path
+    }
+
+    /// Deletes the data file and the journal (the content is in S3, or was never wanted).
+    pub fn remove(&self) {
+        for path in [&self.journal_path, &self.data_path] {
+            if let Err(error) = fs::remove_file(path)
+                && error.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), %error, "cannot remove a staged file");
+            }
+        }
+    }
+}
+
+impl Leftover {
+    /// Takes the leftover over as a staged file of this run (its journal rewritten in place).
+    pub fn adopt(&self) -> io::Result<StagedFiles> {
+        let data = OpenOptions::new().read(true).write(true).open(&self.data_path)?;
+        Ok(StagedFiles {
+            data: Arc::new(data),
+            data_path: self.data_path.clone(),
+            journal_path: self.journal_path.clone(),
+        })
+    }
+}
+
+fn format_journal(record: &JournalRecord) -> String {
+    let state = match record.state {
+        JournalState::Clean => "clean",
+        JournalState::Dirty => "dirty",
+        JournalState::Closing => "closing",
+    };
+    let base = record.base.as_ref().map_or("-".to_owned(), |base| {
+        format!("{} {} {}", base.object_size, base.len, escape(&base.etag))
+    });
+    let local: Vec<String> = record
+        .local_blocks
+        .iter()
+        .map(|r| format!("{}-{}", r.start, r.end))
+        .collect();
+    format!(
+        "{JOURNAL_MAGIC}\nkey {}\nbase {base}\nlocal {}\nstate {state}\n",
+        escape(&record.key),
+        local.join(",")
+    )
+}
+
+fn parse_journal(text: &str) -> Option<JournalRecord> {
+    let mut lines = text.lines();
+    if lines.next()? != JOURNAL_MAGIC {
+        return None;
+    }
+    let (mut key, mut base, mut local, mut state) = (None, None, None, None);
+    for line in lines {
+        let (name, value) = line.split_once(' ')?;
+        match name {
+            "key" => key = Some(unescape(value)?),
+            "base" if value == "-" => base = Some(None),
+            "base" => base = Some(Some(parse_base(value)?)),
+            "local" => local = Some(parse_ranges(value)?),
+            "state" => {
+                state = Some(match value {
+                    "clean" => JournalState::Clean,
+                    "dirty" => JournalState::Dirty,
+                    "closing" => JournalState::Closing,
+                    _ => return None,
+                })
+            }
+            _ => return None,
+        }
+    }
+    Some(JournalRecord {
+        key: key?,
+        base: base?,
+        local_blocks: local?,
+        state: state?,
+    })
+}
+
+fn parse_base(value: &str) -> Option<BaseRecord> {
+    let mut fields = value.splitn(3, ' ');
+    let object_size = fields.next()?.parse().ok()?;
+    let len = fields.next()?.parse().ok()?;
+    let etag = unescape(fields.next()?)?;
+    Some(BaseRecord {
+        etag,
+        object_size,
+        len,
+    })
+}
+
+fn parse_ranges(value: &str) -> Option<Vec<Range<u64>>> {
+    value
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            let (start, end) = r.split_once('-')?;
+            Some(start.parse().ok()?..end.parse().ok()?)
+        })
+        .collect()
+}
+
+fn escape(value: &str) -> String {
+    utf8_percent_encode(value, JOURNAL_ESCAPES).to_string()
+}
+
+fn unescape(value: &str) -> Option<String> {
+    percent_decode_str(value)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
+
+/// Takes `dir/lock` exclusively, or says who holds it.
+fn take_lock(dir: &Path) -> Result<Flock<File>, StagingError> {
+    let path = dir.join("lock");
+    let io_error = |error| StagingError::Io {
+        path: path.clone(),
+        error,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_error)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0).map_err(io_error)?;
+            write!(lock, "{}", std::process::id()).map_err(io_error)?;
+            Ok(lock)
+        }
+        Err((_, _)) => {
+            let holder = fs::read_to_string(&path)
+                .ok()
+                .filter(|pid| !pid.trim().is_empty())
+                .map_or("unknown pid".to_owned(), |pid| format!("pid {}", pid.trim()));
+            Err(StagingError::InUse {
+                path: dir.to_owned(),
+                holder,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn record(key: &str, state: JournalState) -> JournalRecord {
+        JournalRecord {
+            key: key.to_owned(),
+            base: Some(BaseRecord {
+                etag: "\"abc\" 1".to_owned(),
+                object_size: 10 << 20,
+                len: 9 << 20,
+            }),
+            local_blocks: vec![0..2, 5..6],
+            state,
+        }
+    }
+
+    #[test]
+    fn journals_round_trip_odd_keys() {
+        for key in ["a/b.txt", "sp ace/new\nline/%41/ü", ""] {
+            let r = record(key, JournalState::Closing);
+            assert_eq!(parse_journal(&format_journal(&r)), Some(r));
+        }
+        let new = JournalRecord {
+            base: None,
+            local_blocks: Vec::new(),
+            ..record("k", JournalState::Dirty)
+        };
+        assert_eq!(parse_journal(&format_journal(&new)), Some(new));
+        assert_eq!(parse_journal("s3mount-staged 1\nkey k\n"), None, "torn journal");
+        assert_eq!(parse_journal("other\n"), None);
+    }
+
+    #[test]
+    fn a_second_run_finds_what_the_first_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Staging::open(dir.path()).unwrap();
+        let files = first.create(&record("d/x.bin", JournalState::Dirty)).unwrap();
+        (&*files.data).write_all(b"payload").unwrap();
+        files
+            .record(&record("d/x.bin", JournalState::Closing), true)
+            .unwrap();
+        let gone = first.create(&record("gone", JournalState::Dirty)).unwrap();
+        gone.remove();
+        assert!(matches!(
+            Staging::open(dir.path()),
+            Err(StagingError::InUse { .. })
+        ));
+        drop(first);
+
+        let second = Staging::open(dir.path()).unwrap();
+        let leftovers = second.leftovers().unwrap();
+        assert_eq!(leftovers.len(), 1);
+        assert_eq!(
+            leftovers[0].record,
+            Some(record("d/x.bin", JournalState::Closing))
+        );
+        let moved = second.move_to_recovery(&leftovers[0]).unwrap();
+        assert!(moved.starts_with(second.recovery_dir()));
+        assert!(moved.to_string_lossy().ends_with("-x.bin"));
+        assert_eq!(fs::read(&moved).unwrap(), b"payload");
+        assert!(second.leftovers().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_data_file_without_journal_is_a_leftover_without_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        fs::write(staging.dir().join("1-0.data"), b"x").unwrap();
+        fs::write(staging.dir().join("1-1.tmp"), b"x").unwrap();
+        let leftovers = staging.leftovers().unwrap();
+        assert_eq!(leftovers.len(), 1);
+        assert_eq!(leftovers[0].record, None);
+        assert!(!staging.dir().join("1-1.tmp").exists());
+        let moved = staging.move_to_recovery(&leftovers[0]).unwrap();
+        assert!(moved.to_string_lossy().ends_with("-unnamed"));
+    }
+}

@@ -1,0 +1,762 @@
+//! One file being written: its staged copy on local disk, and how that copy becomes an object.
+//!
+//! A staged file may start from an existing object (its *base*) without downloading it: the data
+//! file is sparse, and a 1 MiB block of the base is fetched (through the block cache) only when
+//! a write covers part of it or a read needs it. On upload, parts made only of untouched base
+//! blocks are copied on the server (UploadPartCopy) instead of being downloaded and sent back,
+//! so appending to a large object costs about what was appended.
+//!
+//! Owns the block bookkeeping (which blocks are local), the journal contents at each step, and
+//! the upload of one file. It does not know paths, inodes or handles (`fs` does), nor the
+//! on-disk layout of the staging area (`staging` does).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+
+use crate::cache::{BLOCK_SIZE, BlockReader, ObjectVersion};
+use crate::object::{ObjectClient, ObjectError, PutOptions};
+use crate::staging::{BaseRecord, JournalRecord, JournalState, Leftover, StagedFiles, Staging};
+use crate::upload::{
+    self, CopySource, MAX_OBJECT, PlannedPart, UploadBudget, UploadConfig, UploadError, part_range,
+    plan_parts,
+};
+
+/// A multipart upload begun while a new file is still being written in order: each part the
+/// writer has moved past is sent at once, so the upload overlaps the writing and a close only
+/// sends the rest.
+struct EarlyUpload {
+    upload_id: String,
+    /// The next part (index from 0) to consider sending.
+    next: u64,
+    sent: BTreeMap<u64, SentPart>,
+}
+
+struct SentPart {
+    range: Range<u64>,
+    /// Written to (or cut) after it was read: sent again at close.
+    stale: bool,
+    /// Running while `Some`.
+    task: Option<JoinHandle<Result<String, UploadError>>>,
+    etag: Option<String>,
+}
+
+impl SentPart {
+    /// Waits for the part's request, if it still runs; a failure makes it stale.
+    async fn settle(&mut self) {
+        if let Some(task) = self.task.take() {
+            match task.await {
+                Ok(Ok(etag)) => self.etag = Some(etag),
+                _ => self.stale = true,
+            }
+        }
+    }
+}
+
+/// What uploads and block fetches of staged files need; one per mount.
+pub struct WriteContext {
+    pub client: Arc<dyn ObjectClient>,
+    pub reader: Arc<BlockReader>,
+    pub staging: Staging,
+    pub upload: UploadConfig,
+    pub budget: Arc<UploadBudget>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The staging disk failed (ENOSPC above all): the errno is the disk's.
+    #[error("staging file: {0}")]
+    Staging(#[from] io::Error),
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    #[error(transparent)]
+    Upload(#[from] UploadError),
+    /// A write or truncate past S3's largest object.
+    #[error("{0} bytes is more than the largest S3 object")]
+    TooLarge(u64),
+}
+
+/// The object a staged file started from.
+#[derive(Clone, Debug)]
+struct Base {
+    version: ObjectVersion,
+    /// The first `len` bytes of the file are the base's, except in local blocks.
+    len: u64,
+}
+
+/// A file being written, staged on local disk. Not synchronised: the caller holds it in a mutex.
+pub struct StagedFile {
+    key: String,
+    files: StagedFiles,
+    size: u64,
+    base: Option<Base>,
+    /// For each block of the base: whether the data file holds it (written, or fetched).
+    local: Vec<bool>,
+    /// Differs from the object in S3: a close must upload it.
+    dirty: bool,
+    /// A close began uploading the current content (the journal says `closing`).
+    closing: bool,
+    /// The ETag of the object that holds exactly this content (`None` while dirty).
+    etag: Option<String>,
+    mtime: SystemTime,
+    content_type: Option<String>,
+    early: Option<EarlyUpload>,
+}
+
+impl StagedFile {
+    /// A new, empty file for `key`: dirty, so closing it creates the object even if nothing
+    /// was written.
+    pub fn new_empty(
+        ctx: &WriteContext,
+        key: String,
+        content_type: Option<String>,
+    ) -> Result<Self, WriteError> {
+        let files = ctx.staging.create(&JournalRecord {
+            key: key.clone(),
+            base: None,
+            local_blocks: Vec::new(),
+            state: JournalState::Dirty,
+        })?;
+        Ok(Self {
+            key,
+            files,
+            size: 0,
+            base: None,
+            local: Vec::new(),
+            dirty: true,
+            closing: false,
+            etag: None,
+            mtime: SystemTime::now(),
+            content_type,
+            early: None,
+        })
+    }
+
+    /// A file starting as `object` (nothing fetched yet), or empty and dirty when `truncate`.
+    pub fn from_object(
+        ctx: &WriteContext,
+        object: ObjectVersion,
+        mtime: SystemTime,
+        truncate: bool,
+        content_type: Option<String>,
+    ) -> Result<Self, WriteError> {
+        if truncate {
+            return Self::new_empty(ctx, object.key, content_type);
+        }
+        let base = Base {
+            len: object.size,
+            version: object,
+        };
+        let blocks = base.len.div_ceil(BLOCK_SIZE) as usize;
+        let files = ctx.staging.create(&JournalRecord {
+            key: base.version.key.clone(),
+            base: Some(base_record(&base)),
+            local_blocks: Vec::new(),
+            state: JournalState::Clean,
+        })?;
+        files.data.set_len(base.len)?;
+        Ok(Self {
+            key: base.version.key.clone(),
+            files,
+            size: base.len,
+            etag: Some(base.version.etag.clone()),
+            base: Some(base),
+            local: vec![false; blocks],
+            dirty: false,
+            closing: false,
+            mtime,
+            content_type,
+            early: None,
+        })
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn mtime(&self) -> SystemTime {
+        self.mtime
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// The ETag of the object with exactly this content, if there is one.
+    pub fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+
+    /// Whether this content has ever been in S3 under the file's key.
+    pub fn exists_remotely(&self) -> bool {
+        self.base.is_some() || self.etag.is_some()
+    }
+
+    /// Writes `data` at `offset`. Base blocks the write covers only in part are fetched first.
+    pub async fn write(&mut self, ctx: &WriteContext, offset: u64, data: Vec<u8>) -> Result<(), WriteError> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&end| end <= MAX_OBJECT)
+            .ok_or(WriteError::TooLarge(offset.saturating_add(data.len() as u64)))?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut partial: Vec<u64> = [offset / BLOCK_SIZE, (end - 1) / BLOCK_SIZE]
+            .into_iter()
+            .filter(|&block| self.needs_fetch(block) && !self.write_covers_base_of(block, offset..end))
+            .collect();
+        partial.dedup();
+        self.fetch_blocks(ctx, partial).await?;
+        let file = self.files.data.clone();
+        blocking(move || file.write_all_at(&data, offset)).await?;
+        self.mark_sent_stale(offset..end);
+        let mut newly_local = false;
+        for block in offset / BLOCK_SIZE..end.div_ceil(BLOCK_SIZE) {
+            if let Some(local) = self.local.get_mut(block as usize) {
+                newly_local |= !*local;
+                *local = true;
+            }
+        }
+        self.size = self.size.max(end);
+        self.changed(newly_local)?;
+        self.send_early_parts(ctx).await;
+        Ok(())
+    }
+
+    /// Up to `len` bytes at `offset`, fetching base blocks the data file does not hold yet.
+    pub async fn read(&mut self, ctx: &WriteContext, offset: u64, len: u64) -> Result<Bytes, WriteError> {
+        let end = self.size.min(offset.saturating_add(len));
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let missing: Vec<u64> = (offset / BLOCK_SIZE..end.div_ceil(BLOCK_SIZE))
+            .filter(|&block| self.needs_fetch(block))
+            .collect();
+        let fetched = !missing.is_empty();
+        self.fetch_blocks(ctx, missing).await?;
+        if fetched {
+            self.record_journal(false)?;
+        }
+        let file = self.files.data.clone();
+        let data = blocking(move || {
+            let mut buffer = vec![0; (end - offset) as usize];
+            file.read_exact_at(&mut buffer, offset)?;
+            Ok(buffer)
+        })
+        .await?;
+        Ok(Bytes::from(data))
+    }
+
+    /// Sets the size: shorter drops the tail (of the base too), longer adds zeros.
+    pub fn truncate(&mut self, size: u64) -> Result<(), WriteError> {
+        if size > MAX_OBJECT {
+            return Err(WriteError::TooLarge(size));
+        }
+        if size == self.size {
+            return Ok(());
+        }
+        if let Some(base) = &mut self.base {
+            base.len = base.len.min(size);
+        }
+        self.files.data.set_len(size)?;
+        self.mark_sent_stale(size.min(self.size)..u64::MAX);
+        if let Some(early) = &mut self.early {
+            early.next = early
+                .sent
+                .iter()
+                .find(|(_, p)| p.range.end > size)
+                .map_or(early.next, |(&i, _)| i);
+        }
+        self.size = size;
+        self.changed(true)
+    }
+
+    /// Uploads the content if it differs from the object (a close or fsync). The journal says
+    /// `closing`, durably, before the first request, so a crash from here on still uploads.
+    /// On failure the file stays dirty and staged, for a retry.
+    pub async fn upload(&mut self, ctx: &WriteContext) -> Result<(), WriteError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        if !self.closing {
+            self.closing = true;
+            self.record_journal(true)?;
+        }
+        let etag = self.send(ctx).await?;
+        self.became_object(etag);
+        self.record_journal(false)?;
+        Ok(())
+    }
+
+    /// The object is now at `key` with ETag `etag` (a rename copied it there): the file follows.
+    /// Only for a file that is not dirty.
+    pub fn moved_to(&mut self, key: String, etag: String) -> Result<(), WriteError> {
+        self.key = key;
+        if let Some(base) = &mut self.base {
+            base.version.key = self.key.clone();
+            base.version.etag = etag.clone();
+        }
+        self.etag = Some(etag);
+        self.record_journal(false)
+    }
+
+    /// Renames a file that was never uploaded: only the key it will be uploaded to changes.
+    pub fn rekey(&mut self, key: String, content_type: Option<String>) -> Result<(), WriteError> {
+        self.key = key;
+        self.content_type = content_type;
+        self.record_journal(false)
+    }
+
+    /// Deletes the staged copy (the file was unlinked, or is in S3 and no longer open), and any
+    /// upload begun early.
+    pub fn discard(&mut self, ctx: &WriteContext) {
+        self.files.remove();
+        if let Some(early) = self.early.take() {
+            tokio::spawn(abort_early(ctx.client.clone(), self.key.clone(), early));
+        }
+    }
+
+    /// Rebuilds a staged file from what an earlier run left, if its journal is readable.
+    pub fn from_leftover(leftover: &Leftover, files: StagedFiles) -> Option<Self> {
+        let record = leftover.record.as_ref()?;
+        let size = files.data.metadata().ok()?.len();
+        let base = record.base.as_ref().map(|base| Base {
+            version: ObjectVersion {
+                key: record.key.clone(),
+                etag: base.etag.clone(),
+                size: base.object_size,
+            },
+            len: base.len,
+        });
+        let blocks = base.as_ref().map_or(0, |b| b.len.div_ceil(BLOCK_SIZE)) as usize;
+        let mut local = vec![false; blocks];
+        for range in &record.local_blocks {
+            for block in range.clone() {
+                if let Some(slot) = local.get_mut(block as usize) {
+                    *slot = true;
+                }
+            }
+        }
+        Some(Self {
+            key: record.key.clone(),
+            files,
+            size,
+            base,
+            local,
+            dirty: record.state != JournalState::Clean,
+            closing: record.state == JournalState::Closing,
+            etag: None,
+            mtime: SystemTime::now(),
+            content_type: None,
+            early: None,
+        })
+    }
+
+    /// The ETag the file started from (`None`: it started empty).
+    pub fn base_etag(&self) -> Option<&str> {
+        self.base.as_ref().map(|b| b.version.etag.as_str())
+    }
+
+    /// Fetches every base block the data file lacks (before the file leaves for the recovery
+    /// folder, so it holds the whole content).
+    pub async fn fetch_all(&mut self, ctx: &WriteContext) -> Result<(), WriteError> {
+        let missing: Vec<u64> = (0..self.local.len() as u64)
+            .filter(|&b| self.needs_fetch(b))
+            .collect();
+        self.fetch_blocks(ctx, missing).await
+    }
+
+    /// Puts the content in S3: one PutObject, or parts (sent early, copied on the server where
+    /// untouched, or read from the data file).
+    async fn send(&mut self, ctx: &WriteContext) -> Result<String, WriteError> {
+        let options = self.put_options();
+        let file = self.files.data.clone();
+        let early = self.early.take();
+        if upload::is_single_put(self.size, &ctx.upload) {
+            if let Some(early) = early {
+                abort_early(ctx.client.clone(), self.key.clone(), early).await;
+            }
+            self.fetch_range(ctx, 0..self.size).await?;
+            let put = upload::put_file(
+                ctx.client.clone(),
+                &self.key,
+                file,
+                self.size,
+                &options,
+                &ctx.budget,
+            );
+            return Ok(put.await?);
+        }
+        let (upload_id, mut sent) = match early {
+            Some(early) => {
+                let (id, sent) = settle_early(early).await;
+                (Some(id), sent)
+            }
+            None => (None, BTreeMap::new()),
+        };
+        let mut parts = Vec::new();
+        for (index, range) in plan_parts(self.size, ctx.upload.part_size)?
+            .into_iter()
+            .enumerate()
+        {
+            let sent = sent
+                .remove(&(index as u64))
+                .filter(|(sent_range, _)| *sent_range == range)
+                .map(|(_, etag)| etag);
+            let copy_from = sent.is_none().then(|| self.copy_source(&range)).flatten();
+            if sent.is_none() && copy_from.is_none() {
+                self.fetch_range(ctx, range.clone()).await?;
+            }
+            parts.push(PlannedPart {
+                range,
+                copy_from,
+                sent,
+            });
+        }
+        let client = ctx.client.clone();
+        let (key, upload, budget) = (&self.key, &ctx.upload, &ctx.budget);
+        let done = match upload_id {
+            Some(id) => {
+                upload::finish_multipart(client, key, &id, file, parts, &options, upload, budget).await
+            }
+            None => upload::upload_multipart(client, key, file, parts, &options, upload, budget).await,
+        };
+        Ok(done?)
+    }
+
+    fn put_options(&self) -> PutOptions {
+        PutOptions {
+            content_type: self.content_type.clone(),
+            ..PutOptions::default()
+        }
+    }
+
+    /// After a write of a new file: sends the parts a sequential writer has moved a whole part
+    /// beyond, at most `concurrency` at once. Best effort: whatever fails here is sent at close.
+    async fn send_early_parts(&mut self, ctx: &WriteContext) {
+        if self.base.is_some() {
+            return;
+        }
+        let mut running = 0;
+        if let Some(early) = &mut self.early {
+            for part in early.sent.values_mut() {
+                if part.task.as_ref().is_some_and(|task| task.is_finished()) {
+                    part.settle().await;
+                }
+                running += usize::from(part.task.is_some());
+            }
+        }
+        while running < ctx.upload.concurrency.max(1) {
+            let next = self.early.as_ref().map_or(0, |early| early.next);
+            let range = part_range(next, ctx.upload.part_size);
+            let part_len = range.end - range.start;
+            if range.end.saturating_add(part_len) > self.size || range.is_empty() {
+                return;
+            }
+            if self.early.is_none() {
+                match ctx.client.create_multipart(&self.key, &self.put_options()).await {
+                    Ok(upload_id) => {
+                        self.early = Some(EarlyUpload {
+                            upload_id,
+                            next: 0,
+                            sent: BTreeMap::new(),
+                        })
+                    }
+                    Err(error) => {
+                        tracing::debug!(key = %self.key, %error, "cannot begin an early upload; all parts go at close");
+                        return;
+                    }
+                }
+            }
+            let Some(early) = self.early.as_mut() else {
+                return;
+            };
+            if let Some(previous) = early.sent.get_mut(&next) {
+                // The same part number sent twice: the older request must end first.
+                previous.settle().await;
+            }
+            let task = tokio::spawn(upload::send_part(
+                ctx.client.clone(),
+                self.key.clone(),
+                early.upload_id.clone(),
+                next as u32 + 1,
+                self.files.data.clone(),
+                range.clone(),
+                ctx.budget.clone(),
+            ));
+            let part = SentPart {
+                range,
+                stale: false,
+                task: Some(task),
+                etag: None,
+            };
+            early.sent.insert(next, part);
+            early.next += 1;
+            running += 1;
+        }
+    }
+
+    /// Parts sent early that overlap `range` no longer hold the file's bytes.
+    fn mark_sent_stale(&mut self, range: Range<u64>) {
+        if let Some(early) = &mut self.early {
+            for part in early.sent.values_mut() {
+                if part.range.start < range.end && range.start < part.range.end {
+                    part.stale = true;
+                }
+            }
+        }
+    }
+
+    /// Where `range` can be copied from on the server: the base, if every block of the range is
+    /// an untouched base block.
+    fn copy_source(&self, range: &Range<u64>) -> Option<CopySource> {
+        let base = self.base.as_ref()?;
+        let untouched = range.end <= base.len
+            && (range.start / BLOCK_SIZE..range.end.div_ceil(BLOCK_SIZE)).all(|b| self.needs_fetch(b));
+        untouched.then(|| CopySource {
+            key: base.version.key.clone(),
+            etag: base.version.etag.clone(),
+        })
+    }
+
+    /// After an upload of this content as `etag`: clean, and the new object is the base (the
+    /// blocks the data file lacks are the same bytes in the new object).
+    fn became_object(&mut self, etag: String) {
+        let old_blocks = self.local.len() as u64;
+        let blocks = self.size.div_ceil(BLOCK_SIZE);
+        self.local = (0..blocks)
+            .map(|b| b >= old_blocks || !self.needs_fetch(b))
+            .collect();
+        self.base = Some(Base {
+            version: ObjectVersion {
+                key: self.key.clone(),
+                etag: etag.clone(),
+                size: self.size,
+            },
+            len: self.size,
+        });
+        self.etag = Some(etag);
+        self.dirty = false;
+        self.closing = false;
+    }
+
+    /// A base block the data file does not hold yet.
+    fn needs_fetch(&self, block: u64) -> bool {
+        match &self.base {
+            Some(base) => {
+                block * BLOCK_SIZE < base.len && !self.local.get(block as usize).copied().unwrap_or(true)
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a write of `range` overwrites every byte of `block` that comes from the base.
+    fn write_covers_base_of(&self, block: u64, range: Range<u64>) -> bool {
+        let base_len = self.base.as_ref().map_or(0, |b| b.len);
+        let start = block * BLOCK_SIZE;
+        let end = ((block + 1) * BLOCK_SIZE).min(base_len);
+        range.start <= start && range.end >= end
+    }
+
+    async fn fetch_range(&mut self, ctx: &WriteContext, range: Range<u64>) -> Result<(), WriteError> {
+        let missing: Vec<u64> = (range.start / BLOCK_SIZE..range.end.div_ceil(BLOCK_SIZE))
+            .filter(|&b| self.needs_fetch(b))
+            .collect();
+        self.fetch_blocks(ctx, missing).await
+    }
+
+    /// Copies base blocks (ascending) into the data file, a run of consecutive blocks per read.
+    async fn fetch_blocks(&mut self, ctx: &WriteContext, blocks: Vec<u64>) -> Result<(), WriteError> {
+        let Some(base) = self.base.clone() else {
+            return Ok(());
+        };
+        for run in runs(&blocks) {
+            let data = ctx.reader.read_blocks(&base.version, run.clone()).await?;
+            // Only the bytes still the file's: a truncate may have cut the base short.
+            let start = run.start * BLOCK_SIZE;
+            let keep = (data.len() as u64).min(base.len.saturating_sub(start)) as usize;
+            let file = self.files.data.clone();
+            blocking(move || file.write_all_at(&data[..keep], start)).await?;
+            for block in run {
+                self.local[block as usize] = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes a change of content; the journal is rewritten when its record changed.
+    fn changed(&mut self, local_changed: bool) -> Result<(), WriteError> {
+        self.mtime = SystemTime::now();
+        self.etag = None;
+        let was_dirty = std::mem::replace(&mut self.dirty, true);
+        if !was_dirty || local_changed {
+            self.record_journal(false)?;
+        }
+        Ok(())
+    }
+
+    fn record_journal(&self, durable: bool) -> Result<(), WriteError> {
+        let state = match (self.dirty, self.closing) {
+            (false, _) => JournalState::Clean,
+            (true, false) => JournalState::Dirty,
+            (true, true) => JournalState::Closing,
+        };
+        let local_blocks = runs(
+            &(0..self.local.len() as u64)
+                .filter(|&b| self.local[b as usize])
+                .collect::<Vec<_>>(),
+        );
+        let record = JournalRecord {
+            key: self.key.clone(),
+            base: self.base.as_ref().map(base_record),
+            local_blocks,
+            state,
+        };
+        Ok(self.files.record(&record, durable)?)
+    }
+}
+
+/// What the recovery of an earlier run's staged files did.
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    /// Keys uploaded (their close had begun, and the object had not changed since).
+    pub uploaded: Vec<String>,
+    /// Staged files moved to the recovery folder: the key (if known) and where the data went.
+    pub moved: Vec<(Option<String>, std::path::PathBuf)>,
+    /// Keys whose upload failed again; they stay staged for the next mount.
+    pub kept: Vec<String>,
+}
+
+impl RecoveryReport {
+    pub fn is_empty(&self) -> bool {
+        self.uploaded.is_empty() && self.moved.is_empty() && self.kept.is_empty()
+    }
+}
+
+/// Deals with every staged file an earlier run left (it died): a file whose close had begun is
+/// uploaded unless its object changed remotely meanwhile; anything else goes to the recovery
+/// folder, whole (missing base blocks fetched when the base is unchanged), and is logged.
+pub async fn recover(ctx: &WriteContext) -> io::Result<RecoveryReport> {
+    let mut report = RecoveryReport::default();
+    for leftover in ctx.staging.leftovers()? {
+        let Some(record) = &leftover.record else {
+            let moved = ctx.staging.move_to_recovery(&leftover)?;
+            tracing::warn!(path = %moved.display(), "staged data of an unknown key moved to the recovery folder");
+            report.moved.push((None, moved));
+            continue;
+        };
+        if record.state == JournalState::Clean {
+            ctx.staging.discard(&leftover);
+            continue;
+        }
+        let Some(mut file) = StagedFile::from_leftover(&leftover, leftover.adopt()?) else {
+            continue;
+        };
+        let key = record.key.clone();
+        let unchanged = match remote_matches_base(ctx, &file).await {
+            Ok(unchanged) => unchanged,
+            Err(error) => {
+                tracing::error!(%key, %error, "cannot check the object of a staged file; kept for the next mount");
+                report.kept.push(key);
+                continue;
+            }
+        };
+        if record.state == JournalState::Closing && unchanged {
+            match file.upload(ctx).await {
+                Ok(()) => {
+                    file.discard(ctx);
+                    tracing::info!(%key, "uploaded a file whose close was interrupted");
+                    report.uploaded.push(key);
+                }
+                Err(error) => {
+                    tracing::error!(%key, %error, "upload of an interrupted close failed again; kept for the next mount");
+                    report.kept.push(key);
+                }
+            }
+            continue;
+        }
+        let whole = unchanged && file.fetch_all(ctx).await.is_ok();
+        let moved = ctx.staging.move_to_recovery(&leftover)?;
+        let why = if record.state == JournalState::Closing {
+            "the object changed remotely after its close began"
+        } else {
+            "it was never closed"
+        };
+        tracing::warn!(%key, path = %moved.display(), complete = whole || file.base_etag().is_none(),
+            "staged data not uploaded because {why}; moved to the recovery folder");
+        report.moved.push((Some(key), moved));
+    }
+    Ok(report)
+}
+
+/// Whether the object is still the version the staged file started from (absent if it started
+/// empty).
+async fn remote_matches_base(ctx: &WriteContext, file: &StagedFile) -> Result<bool, ObjectError> {
+    match (ctx.client.head(file.key()).await, file.base_etag()) {
+        (Ok(head), Some(etag)) => Ok(head.etag == etag),
+        (Ok(_), None) => Ok(false),
+        (Err(ObjectError::NoSuchKey(_)), base) => Ok(base.is_none()),
+        (Err(error), _) => Err(error),
+    }
+}
+
+/// Waits for every part sent early; returns the upload id and the parts sent intact, by index.
+async fn settle_early(mut early: EarlyUpload) -> (String, BTreeMap<u64, (Range<u64>, String)>) {
+    let mut intact = BTreeMap::new();
+    for (index, mut part) in std::mem::take(&mut early.sent) {
+        part.settle().await;
+        if let (false, Some(etag)) = (part.stale, part.etag) {
+            intact.insert(index, (part.range, etag));
+        }
+    }
+    (early.upload_id, intact)
+}
+
+/// Drops an early upload that will not be completed (no orphaned parts).
+async fn abort_early(client: Arc<dyn ObjectClient>, key: String, early: EarlyUpload) {
+    let (upload_id, _) = settle_early(early).await;
+    if let Err(error) = client.abort_multipart(&key, &upload_id).await {
+        tracing::warn!(%key, %upload_id, %error, "could not abort an early multipart upload");
+    }
+}
+
+fn base_record(base: &Base) -> BaseRecord {
+    BaseRecord {
+        etag: base.version.etag.clone(),
+        object_size: base.version.size,
+        len: base.len,
+    }
+}
+
+/// Ascending block numbers grouped into runs of consecutive ones.
+fn runs(blocks: &[u64]) -> Vec<Range<u64>> {
+    let mut runs: Vec<Range<u64>> = Vec::new();
+    for &block in blocks {
+        match runs.last_mut() {
+            Some(run) if run.end == block => run.end += 1,
+            _ => runs.push(block..block + 1),
+        }
+    }
+    runs
+}
+
+/// Runs file I/O on a blocking thread.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(join_error) => Err(io::Error::other(join_error.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests;

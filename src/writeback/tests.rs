@@ -1,0 +1,228 @@
+//! Staged files against the in-memory client: sparse bases, server-side copies of untouched
+//! parts, parts sent early, and recovery after a crash.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::cache::BlockReader;
+use crate::object::memory::{MemoryClient, Op};
+use crate::test_support::pattern;
+
+const MIB: u64 = 1 << 20;
+
+struct Setup {
+    client: Arc<MemoryClient>,
+    ctx: WriteContext,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    setup_in(dir)
+}
+
+fn setup_in(dir: tempfile::TempDir) -> Setup {
+    let client = Arc::new(MemoryClient::new("b"));
+    Setup {
+        ctx: context(&client, &dir),
+        client,
+        _dir: dir,
+    }
+}
+
+fn context(client: &Arc<MemoryClient>, dir: &tempfile::TempDir) -> WriteContext {
+    WriteContext {
+        client: client.clone(),
+        reader: Arc::new(BlockReader::new(client.clone(), None)),
+        staging: Staging::open(dir.path()).unwrap(),
+        upload: UploadConfig {
+            part_size: 5 * MIB,
+            concurrency: 2,
+        },
+        budget: Arc::new(UploadBudget::new(32 * MIB)),
+    }
+}
+
+/// The object at `key` as it is now.
+async fn version(client: &MemoryClient, key: &str) -> ObjectVersion {
+    let head = client.head(key).await.unwrap();
+    ObjectVersion {
+        key: key.into(),
+        etag: head.etag,
+        size: head.size,
+    }
+}
+
+/// Stages the object at `key` as it is now.
+async fn stage(s: &Setup, key: &str) -> StagedFile {
+    let object = version(&s.client, key).await;
+    StagedFile::from_object(&s.ctx, object, SystemTime::now(), false, None).unwrap()
+}
+
+#[tokio::test]
+async fn a_new_file_is_one_put_with_its_content_type() {
+    let s = setup();
+    let mut file = StagedFile::new_empty(&s.ctx, "a.css".into(), Some("text/css".into())).unwrap();
+    file.write(&s.ctx, 0, b"body {}".to_vec()).await.unwrap();
+    assert_eq!(&file.read(&s.ctx, 0, 100).await.unwrap()[..], b"body {}");
+    file.upload(&s.ctx).await.unwrap();
+    assert_eq!(s.client.body("a.css").as_deref(), Some(&b"body {}"[..]));
+    assert_eq!(
+        s.client.head("a.css").await.unwrap().content_type.as_deref(),
+        Some("text/css")
+    );
+    assert!(!file.is_dirty());
+    file.upload(&s.ctx).await.unwrap();
+    assert_eq!(s.client.counters().put, 1, "a clean file is not uploaded again");
+}
+
+#[tokio::test]
+async fn an_append_to_a_large_object_copies_the_untouched_parts() {
+    let s = setup();
+    let old = pattern(23 * MIB);
+    s.client.put_object("big", old.clone());
+    let mut file = stage(&s, "big").await;
+    s.client.reset_counters();
+    file.write(&s.ctx, 23 * MIB, b"tail".to_vec()).await.unwrap();
+    file.upload(&s.ctx).await.unwrap();
+    let mut expected = old;
+    expected.extend_from_slice(b"tail");
+    assert!(s.client.body("big").as_deref() == Some(&expected[..]));
+    let counts = s.client.counters();
+    // Parts of 5 MiB: four untouched ones copied, the last (3 MiB + 4 bytes) fetched and sent.
+    assert_eq!((counts.upload_part_copy, counts.upload_part), (4, 1));
+    assert!(counts.get_bytes <= 3 * MIB, "fetched {} bytes", counts.get_bytes);
+}
+
+#[tokio::test]
+async fn a_partial_write_fetches_only_the_blocks_it_touches() {
+    let s = setup();
+    let old = pattern(4 * MIB);
+    s.client.put_object("k", old.clone());
+    let mut file = stage(&s, "k").await;
+    s.client.reset_counters();
+    file.write(&s.ctx, MIB + 10, b"XY".to_vec()).await.unwrap();
+    assert_eq!(
+        s.client.counters().get_bytes,
+        MIB,
+        "one block fetched to merge the write"
+    );
+    let read = file.read(&s.ctx, MIB, 20).await.unwrap();
+    let mut expected = old[MIB as usize..MIB as usize + 20].to_vec();
+    expected[10..12].copy_from_slice(b"XY");
+    assert_eq!(&read[..], &expected[..]);
+    file.upload(&s.ctx).await.unwrap();
+    let mut whole = old;
+    whole[MIB as usize + 10..MIB as usize + 12].copy_from_slice(b"XY");
+    assert!(s.client.body("k").as_deref() == Some(&whole[..]));
+}
+
+#[tokio::test]
+async fn truncating_a_base_and_growing_again_reads_zeros() {
+    let s = setup();
+    s.client.put_object("k", pattern(3 * MIB));
+    let mut file = stage(&s, "k").await;
+    file.truncate(MIB + 5).unwrap();
+    file.truncate(2 * MIB).unwrap();
+    let read = file.read(&s.ctx, MIB, MIB).await.unwrap();
+    assert_eq!(&read[..5], &pattern(MIB + 5)[MIB as usize..]);
+    assert!(
+        read[5..].iter().all(|&b| b == 0),
+        "bytes cut by the truncate come back as zeros"
+    );
+    file.upload(&s.ctx).await.unwrap();
+    assert_eq!(s.client.body("k").map(|b| b.len() as u64), Some(2 * MIB));
+}
+
+#[tokio::test]
+async fn a_sequential_writer_sends_parts_before_close_and_a_rewrite_resends_one() {
+    let s = setup();
+    let body = pattern(30 * MIB);
+    let mut file = StagedFile::new_empty(&s.ctx, "seq".into(), None).unwrap();
+    for offset in (0..30 * MIB).step_by(MIB as usize) {
+        let chunk = body[offset as usize..(offset + MIB) as usize].to_vec();
+        file.write(&s.ctx, offset, chunk).await.unwrap();
+    }
+    let sent_before_close = s.client.counters().upload_part;
+    assert!(
+        sent_before_close >= 3,
+        "only {sent_before_close} parts went early"
+    );
+    // Rewriting bytes of the first part, already sent, makes it go again at close.
+    file.write(&s.ctx, 7, body[7..9].to_vec()).await.unwrap();
+    file.upload(&s.ctx).await.unwrap();
+    assert!(s.client.body("seq").as_deref() == Some(&body[..]));
+    assert_eq!(s.client.open_multipart_uploads(), 0);
+    assert_eq!(
+        s.client.counters().upload_part,
+        6 + 1,
+        "six parts, the first twice"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_close_keeps_the_data_and_the_next_close_sends_it() {
+    let s = setup();
+    let body = pattern(12 * MIB);
+    let mut file = StagedFile::new_empty(&s.ctx, "k".into(), None).unwrap();
+    file.write(&s.ctx, 0, body.clone()).await.unwrap();
+    s.client
+        .fail_next(Op::CompleteMultipart, 1, ObjectError::Unreachable("reset".into()));
+    assert!(file.upload(&s.ctx).await.is_err());
+    assert!(file.is_dirty());
+    assert!(!s.client.contains("k"), "never a partial object");
+    assert_eq!(s.client.open_multipart_uploads(), 0, "aborted");
+    file.upload(&s.ctx).await.unwrap();
+    assert!(s.client.body("k").as_deref() == Some(&body[..]));
+}
+
+#[tokio::test]
+async fn recovery_uploads_an_interrupted_close_and_sets_aside_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Arc::new(MemoryClient::new("b"));
+    client.put_object("base", pattern(3 * MIB));
+    client.put_object("changed", "old");
+    {
+        let ctx = context(&client, &dir);
+        let (changed, base) = (version(&client, "changed").await, version(&client, "base").await);
+        // A close that began (journal "closing") but never finished: the server was down.
+        let mut closing = StagedFile::new_empty(&ctx, "closing".into(), None).unwrap();
+        closing.write(&ctx, 0, b"finish me".to_vec()).await.unwrap();
+        client.set_unreachable(true);
+        assert!(closing.upload(&ctx).await.is_err());
+        // A close that began, of an object someone else replaced meanwhile.
+        let mut stale = StagedFile::from_object(&ctx, changed, SystemTime::now(), false, None).unwrap();
+        stale.truncate(0).unwrap();
+        stale.write(&ctx, 0, b"mine".to_vec()).await.unwrap();
+        assert!(stale.upload(&ctx).await.is_err());
+        client.set_unreachable(false);
+        // Written, never closed, over a base it fetched only in part.
+        let mut open = StagedFile::from_object(&ctx, base, SystemTime::now(), false, None).unwrap();
+        open.write(&ctx, 5, b"edit".to_vec()).await.unwrap();
+        // The daemon dies here: nothing is dropped or discarded.
+        std::mem::forget((closing, stale, open));
+    }
+    client.put_object("changed", "theirs");
+    let ctx = context(&client, &dir);
+    let report = recover(&ctx).await.unwrap();
+    assert_eq!(report.uploaded, vec!["closing".to_owned()]);
+    assert_eq!(client.body("closing").as_deref(), Some(&b"finish me"[..]));
+    assert_eq!(
+        client.body("changed").as_deref(),
+        Some(&b"theirs"[..]),
+        "theirs is not overwritten"
+    );
+    assert_eq!(report.moved.len(), 2);
+    let moved_base = report
+        .moved
+        .iter()
+        .find(|(key, _)| key.as_deref() == Some("base"))
+        .unwrap();
+    let mut expected = pattern(3 * MIB);
+    expected[5..9].copy_from_slice(b"edit");
+    assert!(
+        std::fs::read(&moved_base.1).unwrap() == expected,
+        "the recovery copy is whole"
+    );
+    assert!(ctx.staging.leftovers().unwrap().is_empty());
+}
