@@ -54,6 +54,8 @@ pub struct JournalRecord {
     /// bytes, not yet fetched (a sparse hole in the data file).
     pub local_blocks: Vec<Range<u64>>,
     pub state: JournalState,
+    /// A multipart upload of this file in progress: a crash leaves it open, the recovery aborts it.
+    pub upload_id: Option<String>,
 }
 
 /// The object version a staged file started from.
@@ -291,8 +293,9 @@ fn format_journal(record: &JournalRecord) -> String {
         .iter()
         .map(|r| format!("{}-{}", r.start, r.end))
         .collect();
+    let upload = record.upload_id.as_deref().map_or("-".to_owned(), escape);
     format!(
-        "{JOURNAL_MAGIC}\nkey {}\nbase {base}\nlocal {}\nstate {state}\n",
+        "{JOURNAL_MAGIC}\nkey {}\nbase {base}\nlocal {}\nupload {upload}\nstate {state}\n",
         escape(&record.key),
         local.join(",")
     )
@@ -303,7 +306,7 @@ fn parse_journal(text: &str) -> Option<JournalRecord> {
     if lines.next()? != JOURNAL_MAGIC {
         return None;
     }
-    let (mut key, mut base, mut local, mut state) = (None, None, None, None);
+    let (mut key, mut base, mut local, mut state, mut upload) = (None, None, None, None, None);
     for line in lines {
         let (name, value) = line.split_once(' ')?;
         match name {
@@ -311,6 +314,8 @@ fn parse_journal(text: &str) -> Option<JournalRecord> {
             "base" if value == "-" => base = Some(None),
             "base" => base = Some(Some(parse_base(value)?)),
             "local" => local = Some(parse_ranges(value)?),
+            "upload" if value == "-" => upload = Some(None),
+            "upload" => upload = Some(Some(unescape(value)?)),
             "state" => {
                 state = Some(match value {
                     "clean" => JournalState::Clean,
@@ -326,6 +331,7 @@ fn parse_journal(text: &str) -> Option<JournalRecord> {
         key: key?,
         base: base?,
         local_blocks: local?,
+        upload_id: upload?,
         state: state?,
     })
 }
@@ -414,6 +420,7 @@ mod tests {
             }),
             local_blocks: vec![0..2, 5..6],
             state,
+            upload_id: Some("up load/1".to_owned()),
         }
     }
 
@@ -426,6 +433,7 @@ mod tests {
         let new = JournalRecord {
             base: None,
             local_blocks: Vec::new(),
+            upload_id: None,
             ..record("k", JournalState::Dirty)
         };
         assert_eq!(parse_journal(&format_journal(&new)), Some(new));

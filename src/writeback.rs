@@ -107,6 +107,8 @@ pub struct StagedFile {
     mtime: SystemTime,
     content_type: Option<String>,
     early: Option<EarlyUpload>,
+    /// The multipart upload in progress (early or at close), as the journal records it.
+    multipart: Option<String>,
 }
 
 impl StagedFile {
@@ -122,6 +124,7 @@ impl StagedFile {
             base: None,
             local_blocks: Vec::new(),
             state: JournalState::Dirty,
+            upload_id: None,
         })?;
         Ok(Self {
             key,
@@ -135,6 +138,7 @@ impl StagedFile {
             mtime: SystemTime::now(),
             content_type,
             early: None,
+            multipart: None,
         })
     }
 
@@ -159,6 +163,7 @@ impl StagedFile {
             base: Some(base_record(&base)),
             local_blocks: Vec::new(),
             state: JournalState::Clean,
+            upload_id: None,
         })?;
         files.data.set_len(base.len)?;
         Ok(Self {
@@ -173,6 +178,7 @@ impl StagedFile {
             mtime,
             content_type,
             early: None,
+            multipart: None,
         })
     }
 
@@ -321,6 +327,7 @@ impl StagedFile {
     /// upload begun early.
     pub fn discard(&mut self, ctx: &WriteContext) {
         self.files.remove();
+        self.multipart = None;
         if let Some(early) = self.early.take() {
             tokio::spawn(abort_early(ctx.client.clone(), self.key.clone(), early));
         }
@@ -359,6 +366,7 @@ impl StagedFile {
             mtime: SystemTime::now(),
             content_type: None,
             early: None,
+            multipart: None,
         })
     }
 
@@ -385,6 +393,7 @@ impl StagedFile {
         if upload::is_single_put(self.size, &ctx.upload) {
             if let Some(early) = early {
                 abort_early(ctx.client.clone(), self.key.clone(), early).await;
+                self.multipart = None;
             }
             self.fetch_range(ctx, 0..self.size).await?;
             let put = upload::put_file(
@@ -423,15 +432,28 @@ impl StagedFile {
                 sent,
             });
         }
+        let upload_id = match upload_id {
+            Some(id) => id,
+            None => self.begin_multipart(ctx).await?,
+        };
         let client = ctx.client.clone();
         let (key, upload, budget) = (&self.key, &ctx.upload, &ctx.budget);
-        let done = match upload_id {
-            Some(id) => {
-                upload::finish_multipart(client, key, &id, file, parts, &options, upload, budget).await
-            }
-            None => upload::upload_multipart(client, key, file, parts, &options, upload, budget).await,
-        };
+        let done =
+            upload::finish_multipart(client, key, &upload_id, file, parts, &options, upload, budget).await;
+        // Completed or aborted: either way no longer open.
+        self.multipart = None;
         Ok(done?)
+    }
+
+    /// Creates a multipart upload and records it in the journal, so a crash cannot orphan it.
+    async fn begin_multipart(&mut self, ctx: &WriteContext) -> Result<String, WriteError> {
+        let upload_id = ctx
+            .client
+            .create_multipart(&self.key, &self.put_options())
+            .await?;
+        self.multipart = Some(upload_id.clone());
+        self.record_journal(false)?;
+        Ok(upload_id)
     }
 
     fn put_options(&self) -> PutOptions {
@@ -464,7 +486,7 @@ impl StagedFile {
                 return;
             }
             if self.early.is_none() {
-                match ctx.client.create_multipart(&self.key, &self.put_options()).await {
+                match self.begin_multipart(ctx).await {
                     Ok(upload_id) => {
                         self.early = Some(EarlyUpload {
                             upload_id,
@@ -621,6 +643,7 @@ impl StagedFile {
             base: self.base.as_ref().map(base_record),
             local_blocks,
             state,
+            upload_id: self.multipart.clone(),
         };
         Ok(self.files.record(&record, durable)?)
     }
@@ -655,6 +678,17 @@ pub async fn recover(ctx: &WriteContext) -> io::Result<RecoveryReport> {
             report.moved.push((None, moved));
             continue;
         };
+        if let Some(upload_id) = &record.upload_id {
+            // Cut by the crash: its parts would linger (and cost) forever.
+            match ctx.client.abort_multipart(&record.key, upload_id).await {
+                Ok(()) => {
+                    tracing::info!(key = %record.key, %upload_id, "aborted a multipart upload cut by a crash")
+                }
+                Err(error) => {
+                    tracing::debug!(key = %record.key, %upload_id, %error, "could not abort a multipart upload cut by a crash")
+                }
+            }
+        }
         if record.state == JournalState::Clean {
             ctx.staging.discard(&leftover);
             continue;

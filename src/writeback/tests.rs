@@ -199,8 +199,14 @@ async fn recovery_uploads_an_interrupted_close_and_sets_aside_the_rest() {
         // Written, never closed, over a base it fetched only in part.
         let mut open = StagedFile::from_object(&ctx, base, SystemTime::now(), false, None).unwrap();
         open.write(&ctx, 5, b"edit".to_vec()).await.unwrap();
+        // Written in order, never closed: parts went early in a multipart upload.
+        let mut growing = StagedFile::new_empty(&ctx, "growing".into(), None).unwrap();
+        for offset in (0..12 * MIB).step_by(MIB as usize) {
+            growing.write(&ctx, offset, vec![1; MIB as usize]).await.unwrap();
+        }
+        assert_eq!(client.open_multipart_uploads(), 1);
         // The daemon dies here: nothing is dropped or discarded.
-        std::mem::forget((closing, stale, open));
+        std::mem::forget((closing, stale, open, growing));
     }
     client.put_object("changed", "theirs");
     let ctx = context(&client, &dir);
@@ -212,7 +218,12 @@ async fn recovery_uploads_an_interrupted_close_and_sets_aside_the_rest() {
         Some(&b"theirs"[..]),
         "theirs is not overwritten"
     );
-    assert_eq!(report.moved.len(), 2);
+    assert_eq!(report.moved.len(), 3);
+    assert_eq!(
+        client.open_multipart_uploads(),
+        0,
+        "the upload cut by the crash is aborted"
+    );
     let moved_base = report
         .moved
         .iter()
