@@ -288,15 +288,20 @@ impl StagedFile {
     }
 
     /// Uploads the content if it differs from the object (a close or fsync). The journal says
-    /// `closing`, durably, before the first request, so a crash from here on still uploads.
-    /// On failure the file stays dirty and staged, for a retry.
+    /// `closing` before the first request, so a crash from here on still uploads. On failure the
+    /// file stays dirty and staged, for a retry.
+    ///
+    /// The journal and data reach the disk (fsync) before a multipart upload, which takes long
+    /// enough for a power loss to matter; a single PutObject takes milliseconds, where three
+    /// fsyncs would triple the cost of every small file, so for it the page cache suffices (a
+    /// killed daemon is still covered).
     pub async fn upload(&mut self, ctx: &WriteContext) -> Result<(), WriteError> {
         if !self.dirty {
             return Ok(());
         }
         if !self.closing {
             self.closing = true;
-            self.record_journal(true)?;
+            self.record_journal(!upload::is_single_put(self.size, &ctx.upload))?;
         }
         let etag = self.send(ctx).await?;
         self.became_object(etag);
