@@ -208,8 +208,13 @@ impl Filesystem for FuseAdapter {
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.serve(reply, |fs| async move { fs.getattr(ino.0).await });
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.serve(reply, |fs| async move {
+            match fh {
+                Some(fh) => fs.getattr_handle(ino.0, fh.0).await,
+                None => fs.getattr(ino.0).await,
+            }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

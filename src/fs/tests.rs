@@ -512,8 +512,13 @@ async fn an_unlinked_open_file_is_never_uploaded() {
     let client = Arc::new(MemoryClient::new("b"));
     let dir = tempfile::tempdir().unwrap();
     let fs = writable(&client, &dir);
-    let (_, handle) = create_file(&fs, ROOT_INO, "tmp", b"scratch").await;
+    let (ino, handle) = create_file(&fs, ROOT_INO, "tmp", b"scratch").await;
     fs.unlink(ROOT_INO, OsStr::new("tmp")).await.unwrap();
+    assert_eq!(
+        fs.getattr_handle(ino, handle).await.unwrap().size,
+        7,
+        "fstat still works"
+    );
     assert_eq!(
         &fs.read(handle, 0, 100).await.unwrap()[..],
         b"scratch",

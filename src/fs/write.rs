@@ -27,6 +27,9 @@ use crate::writeback::{self, RecoveryReport, StagedFile, WriteContext};
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// The kernel view's page version while a file is staged: no object version has this value.
+const STAGED_PAGES: u64 = u64::MAX;
+
 /// What open(2) flags ask for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenMode {
@@ -283,9 +286,10 @@ impl S3Fs {
                 return Err(error.into());
             }
         }
-        // The kernel's pages now follow the staged file: old read handles must not mix theirs in.
+        // The kernel's pages now follow the staged file: older read handles get ESTALE rather
+        // than mix their version's pages in.
         if let Some(view) = lock(&self.inodes).kernel_view(ino) {
-            view.pages = None;
+            view.pages = Some(STAGED_PAGES);
         }
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let staged = StagedHandle {
@@ -310,6 +314,17 @@ impl S3Fs {
         let ctx = self.writes()?;
         let mut file = staged.entry.file.lock().await;
         Ok(file.read(ctx, offset, u64::from(size)).await?)
+    }
+
+    /// fstat: attributes through an open handle, which for a staged file hold even after its
+    /// name is gone (unlinked or replaced while open).
+    pub async fn getattr_handle(&self, ino: u64, handle: u64) -> Result<Attr, FsError> {
+        match self.handle(handle) {
+            Ok(Handle::Staged(staged)) if staged.entry.is_unlinked() => {
+                Ok(self.attr(ino, &staged.entry.seen()))
+            }
+            _ => self.getattr(ino).await,
+        }
     }
 
     /// Writes `data` at `offset` (at the end, for a handle opened with O_APPEND).
