@@ -295,7 +295,15 @@ impl S3Fs {
     /// Opens a file with open(2) `flags`. A path being written on this mount opens its staged
     /// file; opening for writing stages the object; otherwise the handle reads the object.
     pub async fn open(&self, ino: u64, flags: i32) -> Result<Opened, FsError> {
-        let mode = write::OpenMode::from_flags(flags);
+        self.open_as(ino, flags, None).await
+    }
+
+    /// [`S3Fs::open`] on behalf of process `opener` (see [`S3Fs::flush_from`]).
+    pub async fn open_as(&self, ino: u64, flags: i32, opener: Option<u32>) -> Result<Opened, FsError> {
+        let mode = write::OpenMode {
+            opener,
+            ..write::OpenMode::from_flags(flags)
+        };
         let path = self.path_of(ino)?;
         if path.is_empty() {
             return Err(FsError::IsADirectory);

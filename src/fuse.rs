@@ -217,8 +217,12 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.serve(reply, |fs| async move { fs.open(ino.0, flags.0).await });
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let opener = process_of(req.pid());
+        self.serve(
+            reply,
+            |fs| async move { fs.open_as(ino.0, flags.0, opener).await },
+        );
     }
 
     fn read(
@@ -235,8 +239,9 @@ impl Filesystem for FuseAdapter {
         self.serve(reply, |fs| async move { fs.read(fh.0, offset, size).await });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _owner: LockOwner, reply: ReplyEmpty) {
-        self.serve(reply, |fs| async move { fs.flush(fh.0).await });
+    fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _owner: LockOwner, reply: ReplyEmpty) {
+        let caller = process_of(req.pid());
+        self.serve(reply, |fs| async move { fs.flush_from(fh.0, caller).await });
     }
 
     fn release(
@@ -331,7 +336,7 @@ impl Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
@@ -340,7 +345,10 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let name = name.to_owned();
-        self.serve(reply, |fs| async move { fs.create(parent.0, &name, flags).await });
+        let opener = process_of(req.pid());
+        self.serve(reply, |fs| async move {
+            fs.create_as(parent.0, &name, flags, opener).await
+        });
     }
 
     fn mknod(
@@ -422,6 +430,16 @@ impl Filesystem for FuseAdapter {
     fn link(&self, _: &Request, _: INodeNo, _: INodeNo, _: &OsStr, reply: ReplyEntry) {
         reply.error(Errno::EPERM);
     }
+}
+
+/// The process (thread group id) of the thread FUSE names in a request, from `/proc`; `None` if
+/// it is gone already or `/proc` is not ours to read.
+fn process_of(thread: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{thread}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))
+        .and_then(|tgid| tgid.trim().parse().ok())
 }
 
 /// Lets the file system drop the kernel's cached attributes and pages of an inode.

@@ -128,9 +128,7 @@ pub fn mount(config: MountConfig, ready: impl FnOnce()) -> Result<(), RunError> 
     runtime.spawn(async move {
         wait_for_termination().await;
         tracing::info!("unmounting on signal");
-        if let Err(error) = unmounter.unmount() {
-            tracing::error!(%error, "unmount failed");
-        }
+        unmount_when_idle(|| unmounter.unmount()).await;
     });
     tracing::info!(bucket = %config.source.bucket, prefix = %config.source.prefix.as_str(),
         mount_point = %config.mount_point.display(), "mounted");
@@ -320,6 +318,31 @@ fn session_config(config: &MountConfig) -> Config {
         SessionACL::Owner
     };
     session
+}
+
+/// How often an unmount refused because files are open is tried again.
+const UNMOUNT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Unmounts; while the kernel refuses because files are still open (EBUSY), keeps serving them
+/// and tries again, so a signal never cuts a close (and its upload) short. A process that never
+/// closes its file keeps the mount up: a SIGKILL then leaves the staged data to the next mount.
+async fn unmount_when_idle(mut unmount: impl FnMut() -> io::Result<()>) {
+    let mut told = false;
+    loop {
+        match unmount() {
+            Ok(()) => return,
+            Err(error) if error.raw_os_error() == Some(libc::EBUSY) => {
+                if !std::mem::replace(&mut told, true) {
+                    tracing::warn!("files are still open on the mount; unmounting once they are closed");
+                }
+                tokio::time::sleep(UNMOUNT_RETRY).await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "unmount failed");
+                return;
+            }
+        }
+    }
 }
 
 async fn wait_for_termination() {

@@ -497,50 +497,6 @@ fn error_bad_option_values_are_usage_errors() {
 // Writes, statfs, options
 
 #[test]
-fn writes_are_refused_with_erofs() {
-    let prefix = TestPrefix::new("erofs");
-    prefix.put("existing.txt", b"existing\n".to_vec());
-    let mount = Mount::start(&[&prefix.source()], &[]);
-
-    let erofs = |what: &str, result: io::Result<()>| {
-        let error = result.expect_err(what);
-        assert_eq!(error.raw_os_error(), Some(libc::EROFS), "{what}: {error}");
-    };
-    erofs("create", File::create(mount.join("new.txt")).map(drop));
-    erofs(
-        "open existing for writing",
-        File::options()
-            .write(true)
-            .open(mount.join("existing.txt"))
-            .map(drop),
-    );
-    erofs(
-        "truncate on open",
-        File::create(mount.join("existing.txt")).map(drop),
-    );
-    erofs("mkdir", std::fs::create_dir(mount.join("newdir")));
-    erofs("unlink", std::fs::remove_file(mount.join("existing.txt")));
-    erofs(
-        "rename",
-        std::fs::rename(mount.join("existing.txt"), mount.join("renamed.txt")),
-    );
-    erofs(
-        "chmod",
-        std::fs::set_permissions(mount.join("existing.txt"), std::fs::Permissions::from_mode(0o600)),
-    );
-    assert_eq!(names(mount.path()), ["existing.txt"], "nothing changed");
-    assert_eq!(
-        std::fs::read(mount.join("existing.txt")).expect("reading"),
-        b"existing\n"
-    );
-    assert_eq!(
-        prefix.list_all(),
-        ["existing.txt"],
-        "nothing changed in the bucket"
-    );
-}
-
-#[test]
 fn read_only_option_sets_the_kernel_flag() {
     let prefix = TestPrefix::new("read-only");
     prefix.put("f.txt", b"f\n".to_vec());

@@ -601,3 +601,23 @@ async fn a_read_only_mount_refuses_every_change() {
     }
     assert_eq!(client.keys(), vec!["f".to_owned()]);
 }
+
+#[tokio::test]
+async fn only_the_opening_process_uploads_on_close() {
+    let client = Arc::new(MemoryClient::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = writable(&client, &dir);
+    let flags = libc::O_WRONLY | libc::O_CREAT;
+    let (_, opened) = fs
+        .create_as(ROOT_INO, OsStr::new("ckpt"), flags, Some(100))
+        .await
+        .unwrap();
+    fs.write(opened.handle, 0, b"half").await.unwrap();
+    // A child that inherited the descriptor closes its copy: no half-written upload.
+    fs.flush_from(opened.handle, Some(200)).await.unwrap();
+    assert!(!client.contains("ckpt"));
+    fs.write(opened.handle, 4, b" and whole").await.unwrap();
+    fs.flush_from(opened.handle, Some(100)).await.unwrap();
+    assert_eq!(client.body("ckpt").as_deref(), Some(&b"half and whole"[..]));
+    fs.release(opened.handle).await;
+}

@@ -37,6 +37,8 @@ pub struct OpenMode {
     pub truncate: bool,
     pub append: bool,
     pub exclusive: bool,
+    /// The process opening (its thread group id), when known.
+    pub opener: Option<u32>,
 }
 
 impl OpenMode {
@@ -49,6 +51,7 @@ impl OpenMode {
             truncate: write && flags & libc::O_TRUNC != 0,
             append: flags & libc::O_APPEND != 0,
             exclusive: flags & libc::O_EXCL != 0,
+            opener: None,
         }
     }
 }
@@ -121,6 +124,7 @@ pub(super) struct StagedHandle {
     entry: Arc<StagedEntry>,
     append: bool,
     writable: bool,
+    opener: Option<u32>,
 }
 
 /// Staged files by path. A std mutex, never held across an await.
@@ -188,10 +192,24 @@ impl S3Fs {
     /// Creates and opens a file (open with O_CREAT). An existing file is opened instead, unless
     /// O_EXCL. The new file exists on this mount at once, in S3 from its first close.
     pub async fn create(&self, parent: u64, name: &OsStr, flags: i32) -> Result<(Attr, Opened), FsError> {
+        self.create_as(parent, name, flags, None).await
+    }
+
+    /// [`S3Fs::create`] on behalf of process `opener` (see [`S3Fs::flush_from`]).
+    pub async fn create_as(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        flags: i32,
+        opener: Option<u32>,
+    ) -> Result<(Attr, Opened), FsError> {
         let ctx = self.writes()?.clone();
         let parent_path = self.path_of(parent)?;
         let path: Arc<str> = Arc::from(join(&parent_path, check_os_name(name)?));
-        let mode = OpenMode::from_flags(flags);
+        let mode = OpenMode {
+            opener,
+            ..OpenMode::from_flags(flags)
+        };
         if let Some(existing) = self.resolve(&path).await? {
             if mode.exclusive {
                 return Err(FsError::Exists);
@@ -200,7 +218,7 @@ impl S3Fs {
                 return Err(FsError::IsADirectory);
             }
             let ino = lock(&self.inodes).remember(&path);
-            let opened = self.open(ino, flags).await?;
+            let opened = self.open_as(ino, flags, opener).await?;
             return Ok((self.getattr(ino).await?, opened));
         }
         let key = self.config.root.file_key(&path);
@@ -297,6 +315,7 @@ impl S3Fs {
             entry,
             append: mode.append,
             writable: mode.write,
+            opener: mode.opener,
         };
         lock(&self.files).insert(handle, Handle::Staged(Arc::new(staged)));
         Ok(Opened {
@@ -357,6 +376,20 @@ impl S3Fs {
             Handle::Read(_) => Ok(()),
             Handle::Staged(staged) => self.upload_staged(&staged.entry, staged.ino).await,
         }
+    }
+
+    /// A flush sent for process `caller`. Only the process that opened the handle uploads: the
+    /// others are children that inherited the descriptor and closed their copy (every exec in a
+    /// multi-threaded writer does), and uploading then would send a half-written file. What they
+    /// wrote is uploaded by the opener's close, or at the last close (release) at the latest.
+    pub async fn flush_from(&self, handle: u64, caller: Option<u32>) -> Result<(), FsError> {
+        if let Handle::Staged(staged) = self.handle(handle)?
+            && let (Some(opener), Some(caller)) = (staged.opener, caller)
+            && opener != caller
+        {
+            return Ok(());
+        }
+        self.flush(handle).await
     }
 
     pub async fn fsync(&self, handle: u64) -> Result<(), FsError> {
