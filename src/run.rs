@@ -120,15 +120,15 @@ pub fn mount(config: MountConfig, ready: impl FnOnce()) -> Result<(), RunError> 
     let fs = Arc::new(S3Fs::new(Arc::new(client), config.fs.clone(), disk, staging));
     runtime.block_on(recover(&fs, &config.staging_dir));
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
-    let mut session = Session::new(adapter, &config.mount_point, &session_config(&config))
+    let session = Session::new(adapter, &config.mount_point, &session_config(&config))
         .map_err(|e| RunError::Mount(config.mount_point.clone(), e))?;
     fs.set_kernel_cache(Arc::new(KernelNotifier(session.notifier())));
     widen_kernel_read_ahead(&config.mount_point);
-    let mut unmounter = session.unmount_callable();
+    let mount_point = config.mount_point.clone();
     runtime.spawn(async move {
         wait_for_termination().await;
         tracing::info!("unmounting on signal");
-        unmount_when_idle(|| unmounter.unmount()).await;
+        unmount_when_idle(|| unmount(&mount_point)).await;
     });
     tracing::info!(bucket = %config.source.bucket, prefix = %config.source.prefix.as_str(),
         mount_point = %config.mount_point.display(), "mounted");
@@ -318,6 +318,33 @@ fn session_config(config: &MountConfig) -> Config {
         SessionACL::Owner
     };
     session
+}
+
+/// Unmounts `mount_point`: umount2 when we may (root), else `fusermount3 -u`. Unlike fuser's
+/// unmounter, which gives up its mount after one try, this can be tried again after EBUSY.
+fn unmount(mount_point: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(mount_point.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: a valid NUL-terminated path; umount2 only reads it.
+    if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EPERM) {
+        return Err(error);
+    }
+    let output = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(mount_point)
+        .output()?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let message = String::from_utf8_lossy(&output.stderr);
+    if message.contains("busy") {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    Err(io::Error::other(message.trim().to_owned()))
 }
 
 /// How often an unmount refused because files are open is tried again.

@@ -49,6 +49,10 @@ pub struct Settings {
     /// A key that exists but has no permission on any bucket.
     pub denied_access_key_id: String,
     pub denied_secret_access_key: String,
+    /// A key that may read the test bucket but not write to it (uploads fail with AccessDenied).
+    /// `None` when the environment predates it: see [`Settings::readonly_key`].
+    pub readonly_access_key_id: Option<String>,
+    pub readonly_secret_access_key: Option<String>,
 }
 
 /// The server's settings, read once.
@@ -92,6 +96,8 @@ fn load_settings() -> Settings {
         secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
         denied_access_key_id: get("S3MOUNT_TEST_DENIED_ACCESS_KEY_ID"),
         denied_secret_access_key: get("S3MOUNT_TEST_DENIED_SECRET_ACCESS_KEY"),
+        readonly_access_key_id: values.get("S3MOUNT_TEST_READONLY_ACCESS_KEY_ID").cloned(),
+        readonly_secret_access_key: values.get("S3MOUNT_TEST_READONLY_SECRET_ACCESS_KEY").cloned(),
     };
     if from_file {
         // The SDK inside this test process takes its credentials from the provider chain, whose
@@ -737,4 +743,56 @@ pub fn assert_fails_before_mount(command: Command, mount_point: &Path, needles: 
     wait_until("no s3mount process is left for the mount point", || {
         daemon_pids(mount_point).is_empty()
     });
+}
+
+impl Settings {
+    /// The read-only key (id, secret). Panics, saying how to get it, when the environment was
+    /// written by an older `scripts/s3-server` that did not create it.
+    pub fn readonly_key(&self) -> (&str, &str) {
+        match (&self.readonly_access_key_id, &self.readonly_secret_access_key) {
+            (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => (id, secret),
+            _ => panic!(
+                "S3MOUNT_TEST_READONLY_ACCESS_KEY_ID / S3MOUNT_TEST_READONLY_SECRET_ACCESS_KEY are not set: \
+                 run scripts/s3-server start (it adds the read-only key) and source target/s3-server/env again"
+            ),
+        }
+    }
+}
+
+/// Largest ranged GET [`TestPrefix::get`] asks for at once, so a large object is not one request.
+const GET_CHUNK: u64 = 64 << 20;
+
+impl TestPrefix {
+    /// HeadObject of PREFIX/`relative`, read with the harness's own client (not through a
+    /// mount); `None` when there is no such key.
+    pub fn head(&self, relative: &str) -> Option<s3mount::object::ObjectHead> {
+        let key = self.key(relative);
+        match runtime().block_on(client().head(&key)) {
+            Ok(head) => Some(head),
+            Err(s3mount::object::ObjectError::NoSuchKey(_)) => None,
+            Err(error) => panic!("HeadObject {key:?}: {error}"),
+        }
+    }
+
+    /// The whole body of PREFIX/`relative`, read with the harness's own client (not through a
+    /// mount); `None` when there is no such key. Every range is pinned to the ETag the HEAD saw,
+    /// so a body is never a mix of two versions.
+    pub fn get(&self, relative: &str) -> Option<Vec<u8>> {
+        let key = self.key(relative);
+        let head = self.head(relative)?;
+        let mut body = Vec::with_capacity(usize::try_from(head.size).expect("object fits in memory"));
+        while (body.len() as u64) < head.size {
+            let start = body.len() as u64;
+            let range = start..(start + GET_CHUNK).min(head.size);
+            let chunk = runtime()
+                .block_on(client().get_range(&key, range, Some(&head.etag)))
+                .unwrap_or_else(|error| panic!("GetObject {key:?} from byte {start}: {error}"));
+            assert!(
+                !chunk.is_empty(),
+                "GetObject {key:?} from byte {start} returned nothing"
+            );
+            body.extend_from_slice(&chunk);
+        }
+        Some(body)
+    }
 }
