@@ -631,7 +631,7 @@ pub fn run_bounded(mut command: Command) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+        .unwrap_or_else(|e| panic!("starting {}: {e}", describe(&command)));
     let drain = |mut pipe: Box<dyn io::Read + Send>| {
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -643,12 +643,15 @@ pub fn run_bounded(mut command: Command) -> Output {
     };
     let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
     let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
-    let status = wait_for_exit(&mut child, &format!("{command:?}"));
+    let status = wait_for_exit(&mut child, &describe(&command));
     let deadline = Instant::now() + WAIT;
     let collect = |receiver: std::sync::mpsc::Receiver<Vec<u8>>, name: &str| {
         let left = deadline.saturating_duration_since(Instant::now());
         receiver.recv_timeout(left).unwrap_or_else(|_| {
-            panic!("{command:?} exited ({status}) but its {name} stayed open for {WAIT:?}: a daemon kept it")
+            panic!(
+                "{} exited ({status}) but its {name} stayed open for {WAIT:?}: a daemon kept it",
+                describe(&command)
+            )
         })
     };
     let stdout = collect(stdout, "stdout");
@@ -795,4 +798,15 @@ impl TestPrefix {
         }
         Some(body)
     }
+}
+
+/// A command as a failure message shows it: program and arguments, never its environment
+/// (which holds the test server's secret key).
+fn describe(command: &Command) -> String {
+    let mut text = command.get_program().to_string_lossy().into_owned();
+    for arg in command.get_args() {
+        text.push(' ');
+        text.push_str(&arg.to_string_lossy());
+    }
+    text
 }
