@@ -1,6 +1,6 @@
 //! The raw-SDK side of `scripts/bench`: puts the benchmark's data set into a bucket, and measures
-//! what aws-sdk-s3 alone pulls from the server, the baseline that s3mount's read path is compared
-//! with.
+//! what aws-sdk-s3 alone pulls from and pushes to the server, the baselines that s3mount's read
+//! and write paths are compared with.
 //!
 //! It talks to aws-sdk-s3 directly, not through the crate's `S3Client`, so the baseline owes
 //! nothing to s3mount's code; it configures the SDK the way `src/object/s3.rs` does (path-style
@@ -12,16 +12,36 @@
 //! bench_sdk download    BUCKET KEY [--part-size BYTES] [--concurrency N]
 //! bench_sdk random-read BUCKET KEY [--block-size BYTES] [--seconds S]
 //! bench_sdk download-many BUCKET PREFIX [--concurrency N]
+//! bench_sdk put-file    BUCKET KEY FILE [--part-size BYTES] [--concurrency N]
+//! bench_sdk put-many    BUCKET PREFIX DIR
+//! bench_sdk delete-prefix BUCKET PREFIX
+//! bench_sdk wait-for    BUCKET KEY_PREFIX COUNT TOTAL_BYTES [--seconds S]
+//! bench_sdk make-file   PATH SIZE_BYTES [--seed N]
+//! bench_sdk refresh-file PATH [--seed N]
+//! bench_sdk make-files  DIR COUNT SIZE_BYTES [--seed N]
 //! ```
 //!
 //! `download` is the sequential baseline (a sliding window of ranged GETs), `random-read` the
 //! baseline of `fio --rw=randread --ioengine=psync` (one reader, one aligned block at a time),
 //! `download-many` the baseline of reading many small files (list, then GET them all).
 //!
+//! `put-file` is the baseline of writing a big file through the mount and closing it (a multipart
+//! upload of a local file, parts read from it as they go, a sliding window of them in flight),
+//! `put-many` the baseline of `cp -r` of a directory of small files (one PutObject after the
+//! other). `wait-for` tells whether what a mount was given is in the bucket once the writer has
+//! closed its files (and waits for it when it is not); `delete-prefix` clears what the writes left
+//! between runs; `make-file` and `make-files`
+//! write the local source files, incompressible bytes of a chosen seed, and `refresh-file`
+//! rewrites a few bytes in every 64 KiB of one: a new seed for every measurement means Garage,
+//! which stores each distinct block once, never finds one it already has.
+//!
 //! Endpoint, region and credentials come from the usual `AWS_*` variables
 //! (`. target/s3-server/env`). Uploads are idempotent: what is already there with the right size
 //! is kept, so the data set is written once and reused across bench runs.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,7 +51,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use tokio::task::JoinSet;
 
 /// Part size of the big uploads: S3 allows 10,000 parts, so 16 MiB parts cover objects up to
@@ -54,6 +74,13 @@ const USAGE: &str = "usage:
   bench_sdk download    BUCKET KEY [--part-size BYTES] [--concurrency N]
   bench_sdk random-read BUCKET KEY [--block-size BYTES] [--seconds S]
   bench_sdk download-many BUCKET PREFIX [--concurrency N]
+  bench_sdk put-file    BUCKET KEY FILE [--part-size BYTES] [--concurrency N]
+  bench_sdk put-many    BUCKET PREFIX DIR
+  bench_sdk delete-prefix BUCKET PREFIX
+  bench_sdk wait-for    BUCKET KEY_PREFIX COUNT TOTAL_BYTES [--seconds S]
+  bench_sdk make-file   PATH SIZE_BYTES [--seed N]
+  bench_sdk refresh-file PATH [--seed N]
+  bench_sdk make-files  DIR COUNT SIZE_BYTES [--seed N]
 (endpoint, region and credentials from the AWS_* variables)";
 
 #[tokio::main]
@@ -113,6 +140,66 @@ async fn main() -> anyhow::Result<()> {
             };
             download_many(&client().await, bucket, prefix, options.concurrency).await
         }
+        "put-file" => {
+            let options = Options::parse(rest)?;
+            let [bucket, key, path] = options.positional.as_slice() else {
+                bail!("{USAGE}")
+            };
+            let client = client().await;
+            put_file(
+                &client,
+                bucket,
+                key,
+                path.as_ref(),
+                options.part_bytes,
+                options.concurrency,
+            )
+            .await
+        }
+        "put-many" => {
+            let [bucket, prefix, dir] = rest else {
+                bail!("{USAGE}")
+            };
+            put_many(&client().await, bucket, prefix, dir.as_ref()).await
+        }
+        "delete-prefix" => {
+            let [bucket, prefix] = rest else { bail!("{USAGE}") };
+            delete_prefix(&client().await, bucket, prefix).await
+        }
+        "wait-for" => {
+            let options = Options::parse(rest)?;
+            let [bucket, prefix, count, bytes] = options.positional.as_slice() else {
+                bail!("{USAGE}")
+            };
+            let expected = (
+                parse_u64("COUNT", count)? as usize,
+                parse_u64("TOTAL_BYTES", bytes)?,
+            );
+            let timeout = std::time::Duration::from_secs_f64(options.seconds);
+            wait_for(&client().await, bucket, prefix, expected, timeout).await
+        }
+        "make-file" => {
+            let options = Options::parse(rest)?;
+            let [path, size] = options.positional.as_slice() else {
+                bail!("{USAGE}")
+            };
+            make_file(path.as_ref(), parse_u64("SIZE_BYTES", size)?, options.seed)
+        }
+        "refresh-file" => {
+            let options = Options::parse(rest)?;
+            let [path] = options.positional.as_slice() else {
+                bail!("{USAGE}")
+            };
+            refresh_file(path.as_ref(), options.seed)
+        }
+        "make-files" => {
+            let options = Options::parse(rest)?;
+            let [dir, count, size] = options.positional.as_slice() else {
+                bail!("{USAGE}")
+            };
+            let count = parse_u64("COUNT", count)? as usize;
+            make_files(dir.as_ref(), count, parse_u64("SIZE_BYTES", size)?, options.seed)
+        }
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())
@@ -133,6 +220,7 @@ struct Options {
     concurrency: usize,
     block_bytes: u64,
     seconds: f64,
+    seed: u64,
 }
 
 impl Options {
@@ -143,6 +231,7 @@ impl Options {
             concurrency: DEFAULT_CONCURRENCY,
             block_bytes: DEFAULT_BLOCK_BYTES,
             seconds: DEFAULT_SECONDS,
+            seed: 0,
         };
         let mut iter = args.iter();
         while let Some(arg) = iter.next() {
@@ -159,6 +248,7 @@ impl Options {
                         .parse()
                         .with_context(|| format!("--seconds must be a number, not {text:?}"))?;
                 }
+                "--seed" => options.seed = parse_u64("--seed", value("--seed")?)?,
                 _ if arg.starts_with("--") => bail!("unknown option {arg}\n{USAGE}"),
                 _ => options.positional.push(arg.clone()),
             }
@@ -213,7 +303,18 @@ async fn upload(client: &Client, bucket: &str, key: &str, size: u64) -> anyhow::
             .await
             .map_err(|e| anyhow::anyhow!("PUT s3://{bucket}/{key}: {}", DisplayErrorContext(&e)))?;
     } else {
-        multipart_upload(client, bucket, key, size).await?;
+        let seed = seed_of(key);
+        let generate: PartSource = Arc::new(move |start, len| Ok(pseudo_random(seed, start, len)));
+        multipart_upload(
+            client,
+            bucket,
+            key,
+            size,
+            UPLOAD_PART_BYTES,
+            UPLOAD_CONCURRENCY,
+            generate,
+        )
+        .await?;
     }
     let seconds = started.elapsed().as_secs_f64();
     println!(
@@ -223,7 +324,20 @@ async fn upload(client: &Client, bucket: &str, key: &str, size: u64) -> anyhow::
     Ok(())
 }
 
-async fn multipart_upload(client: &Client, bucket: &str, key: &str, size: u64) -> anyhow::Result<()> {
+/// Where the bytes of a part come from, given its offset and length: generated or read from a
+/// local file. Called on a blocking thread.
+type PartSource = Arc<dyn Fn(u64, usize) -> std::io::Result<Vec<u8>> + Send + Sync>;
+
+/// A multipart upload of `size` bytes in parts of `part_bytes`, `concurrency` of them in flight.
+async fn multipart_upload(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    size: u64,
+    part_bytes: u64,
+    concurrency: usize,
+    source: PartSource,
+) -> anyhow::Result<()> {
     let created = client
         .create_multipart_upload()
         .bucket(bucket)
@@ -232,7 +346,12 @@ async fn multipart_upload(client: &Client, bucket: &str, key: &str, size: u64) -
         .await
         .map_err(|e| anyhow::anyhow!("CreateMultipartUpload {key}: {}", DisplayErrorContext(&e)))?;
     let upload_id: Arc<str> = created.upload_id().context("no upload id in the answer")?.into();
-    match upload_parts(client, bucket, key, size, &upload_id).await {
+    let shape = PartShape {
+        size,
+        part_bytes,
+        concurrency,
+    };
+    match upload_parts(client, bucket, key, shape, &upload_id, source).await {
         Ok(parts) => {
             client
                 .complete_multipart_upload()
@@ -259,23 +378,38 @@ async fn multipart_upload(client: &Client, bucket: &str, key: &str, size: u64) -
     }
 }
 
-/// Uploads every part, `UPLOAD_CONCURRENCY` at a time, and returns them in part-number order.
+/// The parts of a multipart upload: the object's size, their size, how many at once.
+#[derive(Clone, Copy)]
+struct PartShape {
+    size: u64,
+    part_bytes: u64,
+    concurrency: usize,
+}
+
+/// Uploads every part, always `concurrency` of them in flight (a part's bytes are fetched from
+/// `source` when its turn comes, so at most `concurrency` parts are in memory), and returns them
+/// in part-number order.
 async fn upload_parts(
     client: &Client,
     bucket: &str,
     key: &str,
-    size: u64,
+    shape: PartShape,
     upload_id: &Arc<str>,
+    source: PartSource,
 ) -> anyhow::Result<Vec<CompletedPart>> {
-    let part_count = size.div_ceil(UPLOAD_PART_BYTES);
-    let seed = seed_of(key);
+    let PartShape {
+        size,
+        part_bytes,
+        concurrency,
+    } = shape;
+    let part_count = size.div_ceil(part_bytes);
     let mut in_flight = JoinSet::new();
     let mut parts = Vec::with_capacity(part_count as usize);
     let mut next = 0u64;
     while next < part_count || !in_flight.is_empty() {
-        while next < part_count && in_flight.len() < UPLOAD_CONCURRENCY {
-            let start = next * UPLOAD_PART_BYTES;
-            let len = UPLOAD_PART_BYTES.min(size - start) as usize;
+        while next < part_count && in_flight.len() < concurrency {
+            let start = next * part_bytes;
+            let len = part_bytes.min(size - start) as usize;
             let part_number = (next + 1) as i32;
             let request = client
                 .upload_part()
@@ -283,8 +417,11 @@ async fn upload_parts(
                 .key(key)
                 .upload_id(&**upload_id)
                 .part_number(part_number);
+            let source = Arc::clone(&source);
             in_flight.spawn(async move {
-                let body = tokio::task::spawn_blocking(move || pseudo_random(seed, start, len)).await?;
+                let body = tokio::task::spawn_blocking(move || source(start, len))
+                    .await?
+                    .with_context(|| format!("reading part {part_number}"))?;
                 let output =
                     request.body(ByteStream::from(body)).send().await.map_err(|e| {
                         anyhow::anyhow!("UploadPart {part_number}: {}", DisplayErrorContext(&e))
@@ -531,6 +668,252 @@ async fn download_many(
         "objects={objects} bytes={total} seconds={seconds:.3} objects_per_s={:.1} mib_per_s={:.1}",
         objects as f64 / seconds,
         total as f64 / MIB / seconds
+    );
+    Ok(())
+}
+
+/// Uploads the local file at `path` as `key` the way a mount uploads a closed file: one PutObject
+/// when it fits in one part, else a multipart upload in parts of `part_bytes`, `concurrency` in
+/// flight, each part read from the file when its turn comes. Opening the file and reading it are
+/// inside the timing, as the mount's copy from the local file is.
+async fn put_file(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    path: &Path,
+    part_bytes: u64,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let file = Arc::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
+    let size = file.metadata()?.len();
+    let read: PartSource = Arc::new(move |start, len| {
+        let mut buffer = vec![0; len];
+        file.read_exact_at(&mut buffer, start)?;
+        Ok(buffer)
+    });
+    if size <= part_bytes {
+        let body = tokio::task::spawn_blocking(move || read(0, size as usize)).await??;
+        client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("PUT s3://{bucket}/{key}: {}", DisplayErrorContext(&e)))?;
+    } else {
+        multipart_upload(client, bucket, key, size, part_bytes, concurrency, read).await?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "bytes={size} seconds={seconds:.3} mib_per_s={:.1} cpu_s={:.3}",
+        size as f64 / MIB / seconds,
+        cpu_seconds()
+    );
+    Ok(())
+}
+
+/// PUTs every regular file of `dir` (in name order) as `PREFIX/NAME`, one after the other: what
+/// `cp -r DIR MOUNT/PREFIX` asks of a mount that uploads each file when it is closed. Listing the
+/// directory and reading the files are inside the timing, as they are for `cp`.
+async fn put_many(client: &Client, bucket: &str, prefix: &str, dir: &Path) -> anyhow::Result<()> {
+    let prefix = prefix.trim_end_matches('/');
+    let started = Instant::now();
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            names.push(
+                entry
+                    .file_name()
+                    .into_string()
+                    .map_err(|name| anyhow::anyhow!("{name:?} in {} is not UTF-8", dir.display()))?,
+            );
+        }
+    }
+    names.sort();
+    ensure!(!names.is_empty(), "no files in {}", dir.display());
+    let mut total = 0u64;
+    for name in &names {
+        let body = std::fs::read(dir.join(name))?;
+        total += body.len() as u64;
+        let key = format!("{prefix}/{name}");
+        client
+            .put_object()
+            .bucket(bucket)
+            .key(&key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("PUT {key}: {}", DisplayErrorContext(&e)))?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "objects={} bytes={total} seconds={seconds:.3} objects_per_s={:.1}",
+        names.len(),
+        names.len() as f64 / seconds
+    );
+    Ok(())
+}
+
+/// Deletes every object under `prefix` and aborts every multipart upload under it (one that a
+/// failed run left behind), so each run writes into an empty prefix.
+async fn delete_prefix(client: &Client, bucket: &str, prefix: &str) -> anyhow::Result<()> {
+    let prefix = format!("{}/", prefix.trim_end_matches('/'));
+    let mut keys: Vec<String> = list_sizes(client, bucket, &prefix).await?.into_keys().collect();
+    keys.sort();
+    let deleted = keys.len();
+    for batch in keys.chunks(1000) {
+        let objects = batch
+            .iter()
+            .map(|key| ObjectIdentifier::builder().key(key).build())
+            .collect::<Result<Vec<_>, _>>()?;
+        let output = client
+            .delete_objects()
+            .bucket(bucket)
+            .delete(Delete::builder().set_objects(Some(objects)).quiet(true).build()?)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("DeleteObjects under {prefix}: {}", DisplayErrorContext(&e)))?;
+        if let Some(error) = output.errors().first() {
+            bail!(
+                "DeleteObjects under {prefix}: {} of {} failed, e.g. {:?}: {:?}",
+                output.errors().len(),
+                batch.len(),
+                error.key(),
+                error.message()
+            );
+        }
+    }
+    let mut aborted = 0;
+    let uploads = client
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .prefix(&prefix)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("ListMultipartUploads {prefix}: {}", DisplayErrorContext(&e)))?;
+    for upload in uploads.uploads() {
+        if let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) {
+            client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(id)
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("AbortMultipartUpload {key}: {}", DisplayErrorContext(&e)))?;
+            aborted += 1;
+        }
+    }
+    println!("deleted={deleted} aborted_uploads={aborted}");
+    Ok(())
+}
+
+/// Lists `prefix` (a key prefix as is, no `/` added) until it holds `count` objects adding up to
+/// `bytes` (keys ending in `/`, directory markers, left out), or fails after `timeout`. Prints how
+/// many listings that took: 1 means everything was there when the writer's close returned.
+async fn wait_for(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+    (count, bytes): (usize, u64),
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut checks = 0;
+    loop {
+        let sizes = list_sizes(client, bucket, prefix).await?;
+        checks += 1;
+        let files = sizes.iter().filter(|(key, _)| !key.ends_with('/'));
+        let (found, total) = files.fold((0, 0), |(n, sum), (_, size)| (n + 1, sum + size));
+        if (found, total) == (count, bytes) {
+            println!(
+                "checks={checks} waited_s={:.3} objects={found} bytes={total}",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        ensure!(
+            started.elapsed() < timeout,
+            "after {:.0}s, s3://{bucket}/{prefix}* holds {found} objects of {total} bytes in all, \
+             not {count} of {bytes}",
+            timeout.as_secs_f64()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes `size` incompressible bytes of stream `seed` to `path` (replacing it), generated on
+/// every core. A GiB takes ~3 s on the 2-core bench machine, nearly all of it the kernel filling
+/// the page cache (/dev/urandom takes ~5 s).
+fn make_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
+    const CHUNK: u64 = 8 * 1024 * 1024;
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    file.set_len(size)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let chunks = size.div_ceil(CHUNK);
+    // Through FNV, so that seeds differing in one bit (which pseudo_random's `| 1` can erase) give
+    // unrelated streams.
+    let stream = seed_of(&format!("make-file {seed}"));
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|thread| {
+                let file = &file;
+                scope.spawn(move || -> std::io::Result<()> {
+                    for chunk in (thread..chunks).step_by(threads as usize) {
+                        let start = chunk * CHUNK;
+                        let len = CHUNK.min(size - start) as usize;
+                        file.write_all_at(&pseudo_random(stream, start, len), start)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|worker| worker.join().expect("a generating thread panicked"))
+    })
+    .with_context(|| format!("writing {}", path.display()))?;
+    println!("made: {} ({size} bytes, seed {seed})", path.display());
+    Ok(())
+}
+
+/// Overwrites the first 8 bytes of every 64 KiB of the file at `path` with words of stream `seed`,
+/// so that none of its blocks is one Garage already holds (its blocks are 1 MiB by default; any
+/// size of 64 KiB or more, at any 64 KiB boundary, has a new word), in milliseconds where
+/// `make-file` takes seconds per GiB. The bytes stay incompressible.
+fn refresh_file(path: &Path, seed: u64) -> anyhow::Result<()> {
+    const STEP: u64 = 64 * 1024;
+    let file = File::options()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata()?.len();
+    let stream = seed_of(&format!("refresh-file {seed}"));
+    let mut words = 0;
+    for offset in (0..size.saturating_sub(7)).step_by(STEP as usize) {
+        file.write_all_at(&pseudo_random(stream, offset, 8), offset)
+            .with_context(|| format!("writing {}", path.display()))?;
+        words += 1;
+    }
+    println!("refreshed: {} ({words} words, seed {seed})", path.display());
+    Ok(())
+}
+
+/// Writes `count` files `DIR/f00000`, `DIR/f00001`, ... of `size` incompressible bytes each,
+/// every file its own stream derived from `seed`.
+fn make_files(dir: &Path, count: usize, size: u64, seed: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for i in 0..count {
+        let name = format!("f{i:05}");
+        let bytes = pseudo_random(seed_of(&format!("make-files {seed} {name}")), 0, size as usize);
+        std::fs::write(dir.join(&name), bytes)?;
+    }
+    println!(
+        "made: {count} files of {size} bytes in {} (seed {seed})",
+        dir.display()
     );
     Ok(())
 }

@@ -18,6 +18,7 @@ use s3mount::upload::UploadConfig;
 const MIN_UPLOAD_PART: u64 = 5 << 20;
 
 fn main() -> ExitCode {
+    release_large_buffers_to_the_system();
     let args = Args::parse();
     match start(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,4 +96,20 @@ fn start(args: Args) -> anyhow::Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// Large buffers (parts of several MiB) are allocated and freed by the hundred per second on many
+/// threads. glibc's default raises its mmap threshold after the first such free, so later ones
+/// come from per-thread heaps that keep the memory after it is freed: with four 1 GiB files
+/// written at once the daemon's RSS reached 3x its 128 MiB budget. A fixed 2 MiB threshold maps
+/// every larger buffer on its own and gives it back when freed (peak 1.15x the budget), while
+/// the 1 MiB buffers of FUSE writes stay on the heap, which reuses them without page faults.
+const MMAP_THRESHOLD: i32 = 2 << 20;
+
+fn release_large_buffers_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
 }

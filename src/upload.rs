@@ -17,6 +17,7 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::object::buffers::BufferPool;
 use crate::object::{CompletedPart, ObjectClient, ObjectError, PutOptions};
 
 /// S3's largest part count.
@@ -124,10 +125,12 @@ pub struct CopySource {
 
 /// Bytes of part buffers all uploads of a mount may hold at once. Parts wait for room, so four
 /// files of 1 GiB written at once cost no more memory than one.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct UploadBudget {
     permits: Arc<Semaphore>,
     units: u32,
+    /// Part buffers are reused: fresh 8 MiB buffers cost page faults and clearing on every part.
+    buffers: BufferPool,
 }
 
 /// The budget's unit: 1 MiB.
@@ -139,6 +142,7 @@ impl UploadBudget {
         Self {
             permits: Arc::new(Semaphore::new(units as usize)),
             units,
+            buffers: BufferPool::default(),
         }
     }
 
@@ -188,7 +192,7 @@ pub async fn put_file(
     budget: &UploadBudget,
 ) -> Result<String, UploadError> {
     let _memory = budget.reserve(size).await;
-    let body = read_range(file, 0..size).await?;
+    let body = read_range(file, 0..size, budget).await?;
     Ok(client.put_with(key, body, options).await?)
 }
 
@@ -293,7 +297,7 @@ pub async fn send_part(
     budget: Arc<UploadBudget>,
 ) -> Result<String, UploadError> {
     let _memory = budget.reserve(range.end - range.start).await;
-    let body = read_range(file, range).await?;
+    let body = read_range(file, range, &budget).await?;
     Ok(client.upload_part(&key, &upload_id, part_number, body).await?)
 }
 
@@ -327,11 +331,12 @@ async fn upload_parts(
             Some(_) => None,
             None => Some(budget.reserve(part.range.end - part.range.start).await),
         };
-        let (client, key, upload_id, file) = (
+        let (client, key, upload_id, file, buffers) = (
             upload.client.clone(),
             upload.key.to_owned(),
             upload.upload_id.to_owned(),
             file.clone(),
+            budget.clone(),
         );
         running.spawn(async move {
             let _memory = memory;
@@ -349,7 +354,7 @@ async fn upload_parts(
                         .await?
                 }
                 None => {
-                    let body = read_range(file, part.range).await?;
+                    let body = read_range(file, part.range, &buffers).await?;
                     client.upload_part(&key, &upload_id, part_number, body).await?
                 }
             };
@@ -385,12 +390,15 @@ async fn abort(upload: &Upload<'_>, error: UploadError) -> UploadError {
     error
 }
 
-/// Reads `range` of the staged file on a blocking thread.
-async fn read_range(file: Arc<File>, range: Range<u64>) -> Result<Bytes, UploadError> {
+/// Reads `range` of the staged file on a blocking thread, into a buffer of the budget's pool.
+async fn read_range(file: Arc<File>, range: Range<u64>, budget: &UploadBudget) -> Result<Bytes, UploadError> {
+    let pool = budget.buffers.clone();
     let read = tokio::task::spawn_blocking(move || {
-        let mut buffer = vec![0u8; (range.end - range.start) as usize];
+        let len = (range.end - range.start) as usize;
+        let mut buffer = pool.take(len);
+        buffer.resize(len, 0);
         file.read_exact_at(&mut buffer, range.start)?;
-        Ok::<_, std::io::Error>(Bytes::from(buffer))
+        Ok::<_, std::io::Error>(pool.freeze(buffer))
     });
     match read.await {
         Ok(result) => Ok(result?),

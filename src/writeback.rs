@@ -437,6 +437,8 @@ impl StagedFile {
                 sent,
             });
         }
+        let reused = parts.iter().filter(|p| p.sent.is_some()).count();
+        tracing::debug!(key = %self.key, parts = parts.len(), reused, "completing a multipart upload");
         let upload_id = match upload_id {
             Some(id) => id,
             None => self.begin_multipart(ctx).await?,
