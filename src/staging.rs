@@ -41,6 +41,8 @@ pub enum JournalState {
     Dirty,
     /// A close or fsync began uploading this content: after a crash, upload it.
     Closing,
+    /// Unlinked (or replaced) while open: never to be uploaded; after a crash, delete it.
+    Deleted,
 }
 
 /// What a journal says of one staged file.
@@ -284,6 +286,7 @@ fn format_journal(record: &JournalRecord) -> String {
         JournalState::Clean => "clean",
         JournalState::Dirty => "dirty",
         JournalState::Closing => "closing",
+        JournalState::Deleted => "deleted",
     };
     let base = record.base.as_ref().map_or("-".to_owned(), |base| {
         format!("{} {} {}", base.object_size, base.len, escape(&base.etag))
@@ -321,6 +324,7 @@ fn parse_journal(text: &str) -> Option<JournalRecord> {
                     "clean" => JournalState::Clean,
                     "dirty" => JournalState::Dirty,
                     "closing" => JournalState::Closing,
+                    "deleted" => JournalState::Deleted,
                     _ => return None,
                 })
             }

@@ -109,6 +109,8 @@ pub struct StagedFile {
     early: Option<EarlyUpload>,
     /// The multipart upload in progress (early or at close), as the journal records it.
     multipart: Option<String>,
+    /// Unlinked or replaced while open: kept for its handles, never uploaded.
+    deleted: bool,
 }
 
 impl StagedFile {
@@ -139,6 +141,7 @@ impl StagedFile {
             content_type,
             early: None,
             multipart: None,
+            deleted: false,
         })
     }
 
@@ -179,6 +182,7 @@ impl StagedFile {
             content_type,
             early: None,
             multipart: None,
+            deleted: false,
         })
     }
 
@@ -296,7 +300,7 @@ impl StagedFile {
     /// fsyncs would triple the cost of every small file, so for it the page cache suffices (a
     /// killed daemon is still covered).
     pub async fn upload(&mut self, ctx: &WriteContext) -> Result<(), WriteError> {
-        if !self.dirty {
+        if !self.dirty || self.deleted {
             return Ok(());
         }
         if !self.closing {
@@ -338,6 +342,15 @@ impl StagedFile {
         }
     }
 
+    /// The file lost its name while open (unlinked, or replaced by a rename): its handles keep
+    /// it, whole (base blocks fetched now, before the object goes), and it is never uploaded,
+    /// even by the next mount after a crash.
+    pub async fn mark_deleted(&mut self, ctx: &WriteContext) -> Result<(), WriteError> {
+        self.fetch_all(ctx).await?;
+        self.deleted = true;
+        self.record_journal(false)
+    }
+
     /// Rebuilds a staged file from what an earlier run left, if its journal is readable.
     pub fn from_leftover(leftover: &Leftover, files: StagedFiles) -> Option<Self> {
         let record = leftover.record.as_ref()?;
@@ -372,6 +385,7 @@ impl StagedFile {
             content_type: None,
             early: None,
             multipart: None,
+            deleted: false,
         })
     }
 
@@ -635,10 +649,11 @@ impl StagedFile {
     }
 
     fn record_journal(&self, durable: bool) -> Result<(), WriteError> {
-        let state = match (self.dirty, self.closing) {
-            (false, _) => JournalState::Clean,
-            (true, false) => JournalState::Dirty,
-            (true, true) => JournalState::Closing,
+        let state = match (self.deleted, self.dirty, self.closing) {
+            (true, _, _) => JournalState::Deleted,
+            (false, false, _) => JournalState::Clean,
+            (false, true, false) => JournalState::Dirty,
+            (false, true, true) => JournalState::Closing,
         };
         let local_blocks = runs(
             &(0..self.local.len() as u64)
@@ -696,7 +711,7 @@ pub async fn recover(ctx: &WriteContext) -> io::Result<RecoveryReport> {
                 }
             }
         }
-        if record.state == JournalState::Clean {
+        if matches!(record.state, JournalState::Clean | JournalState::Deleted) {
             ctx.staging.discard(&leftover);
             continue;
         }

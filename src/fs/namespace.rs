@@ -33,10 +33,11 @@ impl S3Fs {
         if entry.kind == Kind::Dir {
             return Err(FsError::IsADirectory);
         }
-        self.client.delete(&self.config.root.file_key(&path)).await?;
+        // Open handles keep the whole content: it is fetched before the object goes.
         if let Some(staged) = self.staged.remove(&path) {
-            self.drop_staged(&staged).await;
+            self.drop_staged(&staged).await?;
         }
+        self.client.delete(&self.config.root.file_key(&path)).await?;
         self.metadata.insert(path, None);
         Ok(())
     }
@@ -123,6 +124,11 @@ impl S3Fs {
     async fn rename_file(&self, from: &str, to: &str) -> Result<(), FsError> {
         let (from_key, to_key) = (self.config.root.file_key(from), self.config.root.file_key(to));
         let to_path: Arc<str> = Arc::from(to);
+        // A file open at the target keeps its content for its handles: fetched before the copy
+        // replaces the object.
+        if let Some(replaced) = self.staged.remove(to) {
+            self.drop_staged(&replaced).await?;
+        }
         if let Some(staged) = self.staged.get(from) {
             let ctx = self.writes()?;
             let mut file = staged.file.lock().await;
@@ -135,21 +141,18 @@ impl S3Fs {
                 self.client.delete(&from_key).await?;
                 file.moved_to(to_key, copied)?;
             } else {
+                // Never uploaded; an object at the old name (a file truncated at open) goes now.
+                self.client.delete(&from_key).await?;
                 file.rekey(to_key, content_type_of(to))?;
             }
             staged.update_seen(&file);
             drop(file);
             self.staged.remove(from);
-            if let Some(replaced) = self.staged.put(to_path.clone(), staged) {
-                self.drop_staged(&replaced).await;
-            }
+            self.staged.put(to_path.clone(), staged);
         } else {
             let head = self.client.head(&from_key).await?;
             self.copy_key(&from_key, &to_key, head.size, &head.etag).await?;
             self.client.delete(&from_key).await?;
-            if let Some(replaced) = self.staged.remove(to) {
-                self.drop_staged(&replaced).await;
-            }
         }
         self.metadata.insert(from.to_owned(), None);
         self.metadata.invalidate(to);
@@ -277,14 +280,16 @@ impl S3Fs {
     }
 
     /// A staged file that lost its name: never uploaded again; dropped now if nothing has it open.
-    async fn drop_staged(&self, staged: &Arc<super::write::StagedEntry>) {
+    async fn drop_staged(&self, staged: &Arc<super::write::StagedEntry>) -> Result<(), FsError> {
+        let ctx = self.writes()?;
         staged.mark_unlinked();
         let mut file = staged.file.lock().await;
-        if !staged.has_handles()
-            && let Some(ctx) = &self.writes
-        {
+        if staged.has_handles() {
+            file.mark_deleted(ctx).await?;
+        } else {
             file.discard(ctx);
         }
+        Ok(())
     }
 
     fn child_path(&self, parent: u64, name: &OsStr) -> Result<String, FsError> {

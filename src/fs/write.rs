@@ -406,7 +406,10 @@ impl S3Fs {
                 _ => self.truncate_path(ino, size).await?,
             }
         }
-        self.getattr(ino).await
+        match handle {
+            Some(handle) => self.getattr_handle(ino, handle).await,
+            None => self.getattr(ino).await,
+        }
     }
 
     /// truncate(2) by path: through a handle of our own, so it is uploaded like any close.
