@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::cache::{BLOCK_SIZE, BlockReader, ObjectVersion};
@@ -36,6 +37,9 @@ struct EarlyUpload {
     /// The next part (index from 0) to consider sending.
     next: u64,
     sent: BTreeMap<u64, SentPart>,
+    /// Parts in flight at once (`concurrency`): every eligible part is queued at once and takes
+    /// a slot when one frees, so the upload keeps going however fast or slow the writer is.
+    slots: Arc<Semaphore>,
 }
 
 struct SentPart {
@@ -484,22 +488,13 @@ impl StagedFile {
         }
     }
 
-    /// After a write of a new file: sends the parts a sequential writer has moved a whole part
-    /// beyond, at most `concurrency` at once. Best effort: whatever fails here is sent at close.
+    /// After a write of a new file: queues the parts a sequential writer has moved a whole part
+    /// beyond, sent at most `concurrency` at once. Best effort: whatever fails is sent at close.
     async fn send_early_parts(&mut self, ctx: &WriteContext) {
         if self.base.is_some() {
             return;
         }
-        let mut running = 0;
-        if let Some(early) = &mut self.early {
-            for part in early.sent.values_mut() {
-                if part.task.as_ref().is_some_and(|task| task.is_finished()) {
-                    part.settle().await;
-                }
-                running += usize::from(part.task.is_some());
-            }
-        }
-        while running < ctx.upload.concurrency.max(1) {
+        loop {
             let next = self.early.as_ref().map_or(0, |early| early.next);
             let range = part_range(next, ctx.upload.part_size);
             let part_len = range.end - range.start;
@@ -513,6 +508,7 @@ impl StagedFile {
                             upload_id,
                             next: 0,
                             sent: BTreeMap::new(),
+                            slots: Arc::new(Semaphore::new(ctx.upload.concurrency.max(1))),
                         })
                     }
                     Err(error) => {
@@ -528,15 +524,18 @@ impl StagedFile {
                 // The same part number sent twice: the older request must end first.
                 previous.settle().await;
             }
-            let task = tokio::spawn(upload::send_part(
-                ctx.client.clone(),
-                self.key.clone(),
-                early.upload_id.clone(),
-                next as u32 + 1,
+            let (client, key, upload_id) = (ctx.client.clone(), self.key.clone(), early.upload_id.clone());
+            let (file, slots, budget, part_range) = (
                 self.files.data.clone(),
-                range.clone(),
+                early.slots.clone(),
                 ctx.budget.clone(),
-            ));
+                range.clone(),
+            );
+            let task = tokio::spawn(async move {
+                // At most `concurrency` parts of this file in flight, however far the writer is.
+                let _slot = slots.acquire_owned().await;
+                upload::send_part(client, key, upload_id, next as u32 + 1, file, part_range, budget).await
+            });
             let part = SentPart {
                 range,
                 stale: false,
@@ -545,7 +544,6 @@ impl StagedFile {
             };
             early.sent.insert(next, part);
             early.next += 1;
-            running += 1;
         }
     }
 

@@ -143,8 +143,8 @@ async fn a_sequential_writer_sends_parts_before_close_and_a_rewrite_resends_one(
         let chunk = body[offset as usize..(offset + MIB) as usize].to_vec();
         file.write(&s.ctx, offset, chunk).await.unwrap();
     }
-    // The parts run as background tasks, `concurrency` (2) at a time, refilled as writes come:
-    // wait (bounded) for at least the first two to reach the server.
+    // The parts run as background tasks, `concurrency` (2) at a time: wait (bounded) for at
+    // least two to reach the server.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while s.client.counters().upload_part < 2 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
