@@ -324,14 +324,7 @@ impl S3Fs {
     /// cache says, and pins the handle to that ETag.
     async fn open_for_read(&self, ino: u64, path: &Arc<str>) -> Result<Opened, FsError> {
         let key = self.config.root.file_key(path);
-        let head = match self.client.head(&key).await {
-            Ok(head) => head,
-            Err(ObjectError::NoSuchKey(_)) => {
-                self.metadata.invalidate(&**path);
-                return Err(FsError::NotFound);
-            }
-            Err(error) => return Err(error.into()),
-        };
+        let head = self.head_for_open(path, &key).await?;
         let fresh = file_entry_from_head(&head);
         let version = fresh.fingerprint();
         self.forget_stale_kernel_view(ino, &fresh);
@@ -381,6 +374,18 @@ impl S3Fs {
         let removed = lock(&self.files).remove(&handle);
         if let Some(Handle::Staged(staged)) = removed {
             self.release_staged(staged).await;
+        }
+    }
+
+    /// The object an open finds (close-to-open: always asked); a vanished one is forgotten.
+    async fn head_for_open(&self, path: &str, key: &str) -> Result<ObjectHead, FsError> {
+        match self.client.head(key).await {
+            Ok(head) => Ok(head),
+            Err(ObjectError::NoSuchKey(_)) => {
+                self.metadata.invalidate(path);
+                Err(FsError::NotFound)
+            }
+            Err(error) => Err(error.into()),
         }
     }
 

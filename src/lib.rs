@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cli;
 pub mod fs;
 pub mod fuse;
+pub mod lockfile;
 pub mod logging;
 pub mod object;
 pub mod prefetch;

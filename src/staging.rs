@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nix::fcntl::{Flock, FlockArg};
+use crate::lockfile::{LockError, lock_dir};
+use nix::fcntl::Flock;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 /// First line of every journal; a different format gets a different line.
@@ -28,7 +29,9 @@ const JOURNAL_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'%');
 pub enum StagingError {
     #[error("cannot use the staging directory {path}: {error}")]
     Io { path: PathBuf, error: io::Error },
-    #[error("staging directory {path} is in use by another s3mount ({holder})")]
+    #[error(
+        "staging directory {path} is in use by another s3mount{holder}; give this mount its own with --cache DIR"
+    )]
     InUse { path: PathBuf, holder: String },
 }
 
@@ -374,38 +377,18 @@ fn unescape(value: &str) -> Option<String> {
         .map(|s| s.into_owned())
 }
 
-/// Takes `dir/lock` exclusively, or says who holds it.
+/// Takes the staging directory's lock, or says who holds it.
 fn take_lock(dir: &Path) -> Result<Flock<File>, StagingError> {
-    let path = dir.join("lock");
-    let io_error = |error| StagingError::Io {
-        path: path.clone(),
-        error,
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_error)?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            lock.set_len(0).map_err(io_error)?;
-            write!(lock, "{}", std::process::id()).map_err(io_error)?;
-            Ok(lock)
-        }
-        Err((_, _)) => {
-            let holder = fs::read_to_string(&path)
-                .ok()
-                .filter(|pid| !pid.trim().is_empty())
-                .map_or("unknown pid".to_owned(), |pid| format!("pid {}", pid.trim()));
-            Err(StagingError::InUse {
-                path: dir.to_owned(),
-                holder,
-            })
-        }
-    }
+    lock_dir(dir).map_err(|error| match error {
+        LockError::Held { holder } => StagingError::InUse {
+            path: dir.to_owned(),
+            holder,
+        },
+        LockError::Io(error) => StagingError::Io {
+            path: dir.join("lock"),
+            error,
+        },
+    })
 }
 
 #[cfg(test)]

@@ -19,8 +19,10 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use lru::LruCache;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use sha2::{Digest, Sha256};
+
+use crate::lockfile::{LockError, lock_dir};
 
 /// File format marker and version; a different layout gets a different magic.
 const MAGIC: &[u8; 8] = b"s3mblk01";
@@ -309,39 +311,18 @@ fn decode(raw: &[u8], description: &[u8]) -> Option<std::ops::Range<usize>> {
     (data.len() == data_len && crc32c::crc32c(data) == crc).then_some(start..raw.len())
 }
 
-/// Takes `dir/lock` exclusively, or says who holds it.
+/// Takes the cache directory's lock, or says who holds it.
 fn take_lock(dir: &Path) -> Result<Flock<File>, DiskCacheError> {
-    let path = dir.join("lock");
-    let io_error = |source| DiskCacheError::Io {
-        dir: dir.to_owned(),
-        source,
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_error)?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            lock.set_len(0).map_err(io_error)?;
-            writeln!(lock, "{}", std::process::id()).map_err(io_error)?;
-            Ok(lock)
-        }
-        Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
-            let holder = fs::read_to_string(&path)
-                .ok()
-                .map(|pid| format!(" (pid {})", pid.trim()))
-                .unwrap_or_default();
-            Err(DiskCacheError::InUse {
-                dir: dir.to_owned(),
-                holder,
-            })
-        }
-        Err((_, errno)) => Err(io_error(io::Error::from(errno))),
-    }
+    lock_dir(dir).map_err(|error| match error {
+        LockError::Held { holder } => DiskCacheError::InUse {
+            dir: dir.to_owned(),
+            holder,
+        },
+        LockError::Io(source) => DiskCacheError::Io {
+            dir: dir.to_owned(),
+            source,
+        },
+    })
 }
 
 fn remove_dir_contents(dir: &Path) -> io::Result<()> {

@@ -19,7 +19,6 @@ use moka::sync::Cache;
 use super::names::{check_os_name, join};
 use super::{Attr, Entry, FsError, Handle, Kind, Opened, S3Fs, lock, set_attrs_view};
 use crate::cache::ObjectVersion;
-use crate::object::ObjectError;
 use crate::writeback::{self, RecoveryReport, StagedFile, WriteContext};
 
 /// First wait before retrying an upload that failed after the last handle closed; doubled up to
@@ -257,14 +256,7 @@ impl S3Fs {
     ) -> Result<Opened, FsError> {
         let ctx = self.writes()?.clone();
         let key = self.config.root.file_key(path);
-        let head = match self.client.head(&key).await {
-            Ok(head) => head,
-            Err(ObjectError::NoSuchKey(_)) => {
-                self.metadata.invalidate(&**path);
-                return Err(FsError::NotFound);
-            }
-            Err(error) => return Err(error.into()),
-        };
+        let head = self.head_for_open(path, &key).await?;
         let object = ObjectVersion {
             key,
             etag: head.etag,
