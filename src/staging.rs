@@ -14,6 +14,7 @@ use std::ops::Range;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::lockfile::{LockError, lock_dir};
@@ -99,15 +100,40 @@ pub struct Staging {
     /// different runs apart.
     run_id: u64,
     next_id: AtomicU64,
-    _lock: Flock<File>,
+    /// Taken when the area exists: at open if an earlier run made it, else at the first write,
+    /// so a mount that only reads leaves nothing on disk.
+    lock: Mutex<Option<Flock<File>>>,
 }
 
 impl Staging {
-    /// Opens (creating, 0700) `<cache_dir>/staging` and `<cache_dir>/recovery`, and takes the lock.
+    /// The staging area in `<cache_dir>/staging` (and `recovery`). If an earlier run made it, its
+    /// lock is taken now (another live mount using it is refused); otherwise nothing is created
+    /// until the first file is staged.
     pub fn open(cache_dir: &Path) -> Result<Self, StagingError> {
         let dir = cache_dir.join("staging");
-        let recovery_dir = cache_dir.join("recovery");
-        for path in [&dir, &recovery_dir] {
+        let run_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let staging = Self {
+            recovery_dir: cache_dir.join("recovery"),
+            run_id,
+            next_id: AtomicU64::new(0),
+            lock: Mutex::new(None),
+            dir,
+        };
+        if staging.dir.is_dir() {
+            staging.ready()?;
+        }
+        Ok(staging)
+    }
+
+    /// Creates the directories (0700) and takes the lock, once.
+    fn ready(&self) -> Result<(), StagingError> {
+        let mut lock = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if lock.is_some() {
+            return Ok(());
+        }
+        for path in [&self.dir, &self.recovery_dir] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -117,17 +143,8 @@ impl Staging {
                     error,
                 })?;
         }
-        let lock = take_lock(&dir)?;
-        let run_id = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        Ok(Self {
-            dir,
-            recovery_dir,
-            run_id,
-            next_id: AtomicU64::new(0),
-            _lock: lock,
-        })
+        *lock = Some(take_lock(&self.dir)?);
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -140,6 +157,13 @@ impl Staging {
 
     /// A new, empty data file and its journal saying `record`.
     pub fn create(&self, record: &JournalRecord) -> io::Result<StagedFiles> {
+        if let Err(error) = self.ready() {
+            tracing::error!(%error, "cannot stage a file for writing");
+            return Err(match error {
+                StagingError::Io { error, .. } => error,
+                in_use => io::Error::other(in_use.to_string()),
+            });
+        }
         let id = format!(
             "{:x}-{:x}",
             self.run_id,
@@ -168,6 +192,9 @@ impl Staging {
     /// Staged files of earlier runs, oldest first. Call before this run creates any.
     pub fn leftovers(&self) -> io::Result<Vec<Leftover>> {
         let mut leftovers = Vec::new();
+        if !self.dir.is_dir() {
+            return Ok(leftovers);
+        }
         for entry in fs::read_dir(&self.dir)? {
             let path = entry?.path();
             let Some(stem) = path
@@ -220,6 +247,10 @@ impl Staging {
             .as_ref()
             .and_then(|r| r.key.rsplit('/').find(|part| !part.is_empty()))
             .unwrap_or("unnamed");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.recovery_dir)?;
         let target = self.recovery_dir.join(format!("{stem}-{name}"));
         fs::rename(&leftover.data_path, &target)?;
         let mut journal = target.clone().into_os_string();
@@ -460,8 +491,26 @@ mod tests {
     }
 
     #[test]
+    fn a_mount_that_only_reads_leaves_nothing_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        assert!(staging.leftovers().unwrap().is_empty());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        let unusable = dir.path().join("a-file");
+        fs::write(&unusable, b"x").unwrap();
+        let staging = Staging::open(&unusable).unwrap();
+        let record = record("k", JournalState::Dirty);
+        assert!(
+            staging.create(&record).is_err(),
+            "the error comes with the first write"
+        );
+    }
+
+    #[test]
     fn a_data_file_without_journal_is_a_leftover_without_record() {
         let dir = tempfile::tempdir().unwrap();
+        // What a run that died while creating a file leaves.
+        fs::create_dir(dir.path().join("staging")).unwrap();
         let staging = Staging::open(dir.path()).unwrap();
         fs::write(staging.dir().join("1-0.data"), b"x").unwrap();
         fs::write(staging.dir().join("1-1.tmp"), b"x").unwrap();
