@@ -230,6 +230,9 @@ impl StagedFile {
             .filter(|&block| self.needs_fetch(block) && !self.write_covers_base_of(block, offset..end))
             .collect();
         partial.dedup();
+        // Blocks fetched here are local from now on: the journal must say so, or a recovery
+        // would fetch them again over this write.
+        let fetched = !partial.is_empty();
         self.fetch_blocks(ctx, partial).await?;
         let file = self.files.data.clone();
         blocking(move || file.write_all_at(&data, offset)).await?;
@@ -242,7 +245,7 @@ impl StagedFile {
             }
         }
         self.size = self.size.max(end);
-        self.changed(newly_local)?;
+        self.changed(newly_local || fetched)?;
         self.send_early_parts(ctx).await;
         Ok(())
     }
@@ -491,14 +494,16 @@ impl StagedFile {
     /// After a write of a new file: queues the parts a sequential writer has moved a whole part
     /// beyond, sent at most `concurrency` at once. Best effort: whatever fails is sent at close.
     async fn send_early_parts(&mut self, ctx: &WriteContext) {
-        if self.base.is_some() {
-            return;
-        }
         loop {
             let next = self.early.as_ref().map_or(0, |early| early.next);
             let range = part_range(next, ctx.upload.part_size);
             let part_len = range.end - range.start;
             if range.end.saturating_add(part_len) > self.size || range.is_empty() {
+                return;
+            }
+            let source = self.part_source(&range);
+            if source == PartSource::Mixed {
+                // Written in part over a base not fetched yet: left to the close.
                 return;
             }
             if self.early.is_none() {
@@ -520,6 +525,11 @@ impl StagedFile {
             let Some(early) = self.early.as_mut() else {
                 return;
             };
+            if source == PartSource::Base {
+                // Untouched: copied on the server at close, nothing to send now.
+                early.next += 1;
+                continue;
+            }
             if let Some(previous) = early.sent.get_mut(&next) {
                 // The same part number sent twice: the older request must end first.
                 previous.settle().await;
@@ -544,6 +554,17 @@ impl StagedFile {
             };
             early.sent.insert(next, part);
             early.next += 1;
+        }
+    }
+
+    /// Where the bytes of `range` are: all in the data file, all untouched base, or some of each.
+    fn part_source(&self, range: &Range<u64>) -> PartSource {
+        let blocks = range.start / BLOCK_SIZE..range.end.div_ceil(BLOCK_SIZE);
+        let missing = blocks.clone().filter(|&b| self.needs_fetch(b)).count() as u64;
+        match missing {
+            0 => PartSource::Local,
+            n if n == blocks.end - blocks.start && self.copy_source(range).is_some() => PartSource::Base,
+            _ => PartSource::Mixed,
         }
     }
 
@@ -762,6 +783,14 @@ async fn remote_matches_base(ctx: &WriteContext, file: &StagedFile) -> Result<bo
         (Err(ObjectError::NoSuchKey(_)), base) => Ok(base.is_none()),
         (Err(error), _) => Err(error),
     }
+}
+
+/// Where a part's bytes are, for sending it early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PartSource {
+    Local,
+    Base,
+    Mixed,
 }
 
 /// Waits for every part sent early; returns the upload id and the parts sent intact, by index.

@@ -22,7 +22,7 @@
 //!
 //! Then: focused failure-injection tests (a failed part, a failed close retried in the
 //! background, a failed close uploaded by the next mount), and product bugs the model found,
-//! each shrunk to a named test that fails until it is fixed.
+//! each shrunk to a named test (a regression test once the bug is fixed).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
@@ -1500,15 +1500,15 @@ async fn appending_to_a_large_file_copies_untouched_parts() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Product bugs the model found, shrunk to the fewest steps. Each fails until the bug is fixed.
+// Product bugs the model found, shrunk to the fewest steps: regression tests once fixed.
 
 async fn lookup_errno(fs: &S3Fs, name: &str) -> Result<u64, i32> {
     errno(fs.lookup(ROOT_INO, OsStr::new(name)).await).map(|attr| attr.size)
 }
 
-/// `open(a, O_TRUNC)`, then `rename(a, b)`: `a` must be gone. A file truncated at open was never
-/// uploaded under its key, so the rename only re-keys the staged copy and leaves the old object
-/// `a` in the bucket, where the mount shows it again (and the next close adds `b` beside it).
+/// `open(a, O_TRUNC)`, then `rename(a, b)`: `a` is gone, on the mount and in the bucket. (Was: a
+/// file truncated at open had never been uploaded under its key, so the rename only re-keyed the
+/// staged copy and left the old object `a` in the bucket, where the mount showed it again.)
 #[tokio::test]
 async fn rename_of_a_file_truncated_at_open_removes_the_old_object() {
     let client = Arc::new(MemoryClient::new("bugs"));
@@ -1536,9 +1536,9 @@ async fn rename_of_a_file_truncated_at_open_removes_the_old_object() {
     assert_eq!(client.keys(), vec!["b".to_owned()]);
 }
 
-/// `mv new a; mv a b` while `new` is being written: `a`'s old content must not come back. The
-/// first rename leaves the replaced object in S3 (fine until the close), the second only re-keys
-/// the staged file, so the replaced `a` reappears on the mount and stays in the bucket.
+/// `mv new a; mv a b` while `new` is being written: `a`'s old content does not come back. (Was:
+/// the first rename leaves the replaced object in S3 until the close, the second only re-keyed
+/// the staged file, so the replaced `a` reappeared on the mount and stayed in the bucket.)
 #[tokio::test]
 async fn renaming_a_new_file_over_another_and_away_does_not_resurrect_the_replaced_one() {
     let client = Arc::new(MemoryClient::new("bugs"));
@@ -1571,9 +1571,9 @@ async fn renaming_a_new_file_over_another_and_away_does_not_resurrect_the_replac
 }
 
 /// An unlinked file stays readable and writable through the handles open on it (POSIX, and
-/// `S3Fs::unlink`'s own promise). A file opened for writing without O_TRUNC is staged without
-/// its data, which is fetched from the object when needed; unlink deletes that object first, so
-/// the read and the partial-block write fail with ENOENT.
+/// `S3Fs::unlink`'s own promise). (Was: a file opened for writing without O_TRUNC is staged
+/// without its data, fetched from the object when needed; unlink deleted that object first, so
+/// the read and the partial-block write failed with ENOENT.)
 #[tokio::test]
 async fn open_file_stays_readable_and_writable_after_unlink() {
     let client = Arc::new(MemoryClient::new("bugs"));
@@ -1590,8 +1590,8 @@ async fn open_file_stays_readable_and_writable_after_unlink() {
     assert_eq!(client.keys(), Vec::<String>::new());
 }
 
-/// The same when the open file is replaced by a rename: its data is fetched with If-Match on the
-/// replaced object, so reads and writes through the open handle fail with ESTALE.
+/// The same when the open file is replaced by a rename. (Was: its data was fetched with If-Match
+/// on the replaced object, so reads and writes through the open handle failed with ESTALE.)
 #[tokio::test]
 async fn open_file_stays_readable_and_writable_after_being_replaced_by_rename() {
     let client = Arc::new(MemoryClient::new("bugs"));
@@ -1611,9 +1611,10 @@ async fn open_file_stays_readable_and_writable_after_being_replaced_by_rename() 
     assert_eq!(client.body("b").as_deref(), Some(&b"other"[..]));
 }
 
-/// ftruncate(2) of an open, unlinked file truncates it but answers ENOENT: `setattr` ends with
-/// `getattr(ino)`, which looks the inode's old path up again. (Once a new file has that name,
-/// it answers with the new file's attributes instead; after a replacing rename, EBADF.)
+/// ftruncate(2) of an open, unlinked file succeeds with that file's attributes. (Was: it
+/// truncated, then answered ENOENT, since `setattr` ended with `getattr(ino)` on the inode's old
+/// path; once a new file had that name, the new file's attributes; after a replacing rename,
+/// EBADF.)
 #[tokio::test]
 async fn ftruncate_of_an_open_unlinked_file_succeeds() {
     let client = Arc::new(MemoryClient::new("bugs"));
@@ -1631,9 +1632,9 @@ async fn ftruncate_of_an_open_unlinked_file_succeeds() {
     fs.release(opened.handle).await;
 }
 
-/// A file unlinked after a failed close must stay deleted. Its staged copy's journal still says
-/// "closing"; unlink marks it unlinked only in memory, so when the mount ends with the file
-/// still open (a drain at SIGTERM, or a crash) the next mount's recovery uploads it again.
+/// A file unlinked after a failed close stays deleted. (Was: its staged copy's journal still
+/// said "closing" and unlink marked it unlinked only in memory, so when the mount ended with the
+/// file still open, at a drain on SIGTERM or a crash, the next mount's recovery uploaded it.)
 #[tokio::test]
 async fn unlinked_file_is_not_uploaded_by_the_next_mount() {
     let client = Arc::new(MemoryClient::new("bugs"));
@@ -1660,4 +1661,37 @@ async fn unlinked_file_is_not_uploaded_by_the_next_mount() {
         "recovery uploaded an unlinked file: {report:?}"
     );
     assert_eq!(lookup_errno(&fs, "a").await, Err(libc::ENOENT));
+}
+
+/// A write after a failed close survives a crash. Open bug: a write into a block of the old
+/// object not fetched yet, once the file is already dirty, is lost by a crash. `write` fetches
+/// the block first, which marks it local, so the write itself sees no newly local block and does
+/// not rewrite the journal; after the crash, recovery believes the block is still the old
+/// object's, fetches it over the written bytes, and uploads the file (its close had begun)
+/// without that write. A file never closed loses the write the same way in the copy recovery
+/// sets aside.
+#[tokio::test]
+async fn write_after_a_failed_close_survives_a_crash() {
+    let client = Arc::new(MemoryClient::new("bugs"));
+    let old = pattern(1, (2 * MIB + 100) as usize);
+    client.put_object("a", old.clone());
+    let cache_dir = TempDir::new().unwrap();
+    let fs = mount(&client, &cache_dir);
+    let attr = fs.lookup(ROOT_INO, OsStr::new("a")).await.unwrap();
+    let fh = fs.open(attr.ino, libc::O_WRONLY).await.unwrap().handle;
+    fs.write(fh, 0, &[0xAA]).await.unwrap();
+    client.set_unreachable(true);
+    assert_eq!(errno(fs.flush(fh).await), Err(libc::EIO));
+    client.set_unreachable(false);
+    fs.write(fh, MIB + 10, &[0xBB]).await.unwrap();
+    // The daemon dies before the close is retried.
+    drop(fs);
+
+    let fs = mount(&client, &cache_dir);
+    let report = fs.recover().await.unwrap();
+    assert_eq!(report.uploaded, vec!["a".to_owned()], "{report:?}");
+    let mut expected = old;
+    expected[0] = 0xAA;
+    expected[(MIB + 10) as usize] = 0xBB;
+    assert_same("S3 after recovery", &client.body("a").unwrap(), &expected);
 }

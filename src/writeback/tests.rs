@@ -243,3 +243,25 @@ async fn recovery_uploads_an_interrupted_close_and_sets_aside_the_rest() {
     );
     assert!(ctx.staging.leftovers().unwrap().is_empty());
 }
+
+/// dd opens, dups the descriptor and closes the original (a flush of the empty file) before it
+/// writes: parts must still go early, and each only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_flushed_empty_then_written_in_order_still_sends_parts_early() {
+    let s = setup();
+    let body = pattern(30 * MIB);
+    let mut file = StagedFile::new_empty(&s.ctx, "dd".into(), None).unwrap();
+    file.upload(&s.ctx).await.unwrap();
+    for offset in (0..30 * MIB).step_by(MIB as usize) {
+        let chunk = body[offset as usize..(offset + MIB) as usize].to_vec();
+        file.write(&s.ctx, offset, chunk).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.client.counters().upload_part < 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(s.client.counters().upload_part >= 4, "parts went before close");
+    file.upload(&s.ctx).await.unwrap();
+    assert!(s.client.body("dd").as_deref() == Some(&body[..]));
+    assert_eq!(s.client.counters().upload_part, 6, "each part once");
+}
