@@ -230,8 +230,7 @@ impl Staging {
 
     /// Deletes a leftover whose content is in S3.
     pub fn discard(&self, leftover: &Leftover) {
-        let _ = fs::remove_file(&leftover.journal_path);
-        let _ = fs::remove_file(&leftover.data_path);
+        remove_pair(&leftover.journal_path, &leftover.data_path);
     }
 
     /// Moves a leftover's data into the recovery folder, named after its key's last component,
@@ -287,18 +286,19 @@ impl StagedFiles {
         Ok(())
     }
 
-    pub fn data_path(&self) -> &Path {
-        &self.data_path
-    }
-
     /// Deletes the data file and the journal (the content is in S3, or was never wanted).
     pub fn remove(&self) {
-        for path in [&self.journal_path, &self.data_path] {
-            if let Err(error) = fs::remove_file(path)
-                && error.kind() != io::ErrorKind::NotFound
-            {
-                tracing::warn!(path = %path.display(), %error, "cannot remove a staged file");
-            }
+        remove_pair(&self.journal_path, &self.data_path);
+    }
+}
+
+/// Deletes a journal and then its data file (never a journal left naming a missing file).
+fn remove_pair(journal: &Path, data: &Path) {
+    for path in [journal, data] {
+        if let Err(error) = fs::remove_file(path)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), %error, "cannot remove a staged file");
         }
     }
 }
