@@ -292,6 +292,85 @@ impl StagedFiles {
     }
 }
 
+/// Writes `range` of a data file to disk and drops it from the page cache, for a part already in
+/// S3 (an early part). A file streamed into the mount then holds a few parts of page cache rather
+/// than its whole size: it does not push the reader's data (training sets, the block cache) out
+/// of memory, and its writes reuse the pages just freed instead of taking fresh ones, which on a
+/// VM cost more than the copy itself. The bytes stay in the file; a later read or resend reads
+/// them from disk. The kernel drops whole folios only, so a range whose ends fall inside a large
+/// folio (ext4 uses up to 2 MiB) keeps those edges cached.
+pub fn evict_from_page_cache(file: &File, range: Range<u64>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (offset, len) = (
+        range.start as libc::off64_t,
+        (range.end - range.start) as libc::off64_t,
+    );
+    let flags =
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: a plain syscall on an open descriptor that `file` keeps alive; no memory is passed.
+    if unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Dirty pages are not dropped, so a write racing this keeps its bytes in memory.
+    nix::fcntl::posix_fadvise(
+        file,
+        offset,
+        len,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Evicts ranges of one data file from the page cache in the background (see
+/// [`evict_from_page_cache`]), one blocking thread at a time per file, whatever the number of
+/// ranges queued: on a disk slower than the upload, threads blocked on its writes do not pile up
+/// and starve the pool that every staging read and write runs on. Best effort: a range that cannot
+/// be evicted stays cached until the file is deleted.
+#[derive(Debug)]
+pub struct PageCacheEvictor {
+    file: Arc<File>,
+    /// Ranges to evict, and whether a thread is draining them.
+    queue: Mutex<(Vec<Range<u64>>, bool)>,
+}
+
+impl PageCacheEvictor {
+    pub fn new(file: Arc<File>) -> Self {
+        Self {
+            file,
+            queue: Mutex::new((Vec::new(), false)),
+        }
+    }
+
+    /// Queues `range`; starts a thread to drain the queue unless one runs. Needs a tokio runtime.
+    pub fn evict(self: &Arc<Self>, range: Range<u64>) {
+        let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        queue.0.push(range);
+        if !queue.1 {
+            queue.1 = true;
+            let evictor = self.clone();
+            tokio::task::spawn_blocking(move || evictor.drain());
+        }
+    }
+
+    fn drain(&self) {
+        loop {
+            let ranges = {
+                let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if queue.0.is_empty() {
+                    queue.1 = false;
+                    return;
+                }
+                std::mem::take(&mut queue.0)
+            };
+            for range in ranges {
+                if let Err(error) = evict_from_page_cache(&self.file, range) {
+                    tracing::debug!(%error, "could not drop a sent part from the page cache");
+                }
+            }
+        }
+    }
+}
+
 /// Deletes a journal and then its data file (never a journal left naming a missing file).
 fn remove_pair(journal: &Path, data: &Path) {
     for path in [journal, data] {
@@ -427,6 +506,113 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+
+    /// A part as the upload sends it (8 MiB, aligned): the page cache drops whole folios only, and
+    /// ext4 may hold a file in folios of up to 2 MiB.
+    const PART: u64 = 8 << 20;
+    const PAGES: usize = (PART / 4096) as usize;
+
+    /// A temporary directory on a disk file system: /tmp may be a tmpfs, whose pages are memory
+    /// and never leave the page cache.
+    fn disk_tempdir() -> tempfile::TempDir {
+        let parent = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        fs::create_dir_all(&parent).unwrap();
+        tempfile::tempdir_in(parent).unwrap()
+    }
+
+    /// Pages of `file` in `range` that are in the page cache (mincore over a mapping of it).
+    fn resident_pages(file: &File, range: Range<u64>) -> usize {
+        use std::os::fd::AsRawFd;
+        let page = 4096;
+        let len = (range.end - range.start) as usize;
+        // SAFETY: a read-only shared mapping of `len` bytes of an open file, unmapped below; only
+        // mincore looks at it, never a load through the pointer.
+        unsafe {
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                range.start as libc::off_t,
+            );
+            assert_ne!(map, libc::MAP_FAILED, "mmap: {}", io::Error::last_os_error());
+            let mut vec = vec![0u8; len.div_ceil(page)];
+            let result = libc::mincore(map, len, vec.as_mut_ptr());
+            libc::munmap(map, len);
+            assert_eq!(result, 0, "mincore: {}", io::Error::last_os_error());
+            vec.iter().filter(|&&v| v & 1 == 1).count()
+        }
+    }
+
+    #[test]
+    fn evicting_a_sent_part_drops_only_its_pages_and_keeps_its_bytes() {
+        use std::os::unix::fs::FileExt;
+        let dir = disk_tempdir();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("data"))
+            .unwrap();
+        let content: Vec<u8> = (0..(2 * PART as u32)).map(|i| (i % 251) as u8).collect();
+        file.write_all_at(&content, 0).unwrap();
+        assert_eq!(
+            resident_pages(&file, 0..PART),
+            PAGES,
+            "just written: in the page cache"
+        );
+
+        evict_from_page_cache(&file, 0..PART).unwrap();
+
+        assert_eq!(
+            resident_pages(&file, 0..PART),
+            0,
+            "the evicted part left the page cache"
+        );
+        assert_eq!(resident_pages(&file, PART..2 * PART), PAGES, "the rest stayed");
+        let mut read = vec![0; content.len()];
+        file.read_exact_at(&mut read, 0).unwrap();
+        assert!(read == content, "the bytes are still the file's");
+    }
+
+    #[tokio::test]
+    async fn the_evictor_drains_every_range_queued() {
+        use std::os::unix::fs::FileExt;
+        let dir = disk_tempdir();
+        let file = Arc::new(
+            File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.path().join("data"))
+                .unwrap(),
+        );
+        file.write_all_at(&vec![7u8; 4 * PART as usize], 0).unwrap();
+        let evictor = Arc::new(PageCacheEvictor::new(file.clone()));
+        // Queued while the first may still run: all three must go.
+        for part in [0, 1, 3] {
+            evictor.evict(part * PART..(part + 1) * PART);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while [0, 1, 3]
+            .iter()
+            .any(|&part| resident_pages(&file, part * PART..(part + 1) * PART) > 0)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "queued ranges still cached after 20 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            resident_pages(&file, 2 * PART..3 * PART),
+            PAGES,
+            "a range never queued stays"
+        );
+    }
 
     fn record(key: &str, state: JournalState) -> JournalRecord {
         JournalRecord {

@@ -23,7 +23,9 @@ use tokio::task::JoinHandle;
 
 use crate::cache::{BLOCK_SIZE, BlockReader, ObjectVersion};
 use crate::object::{ObjectClient, ObjectError, PutOptions};
-use crate::staging::{BaseRecord, JournalRecord, JournalState, Leftover, StagedFiles, Staging};
+use crate::staging::{
+    BaseRecord, JournalRecord, JournalState, Leftover, PageCacheEvictor, StagedFiles, Staging,
+};
 use crate::upload::{
     self, CopySource, MAX_OBJECT, PlannedPart, UploadBudget, UploadConfig, UploadError, part_range,
     plan_parts,
@@ -40,6 +42,8 @@ struct EarlyUpload {
     /// Parts in flight at once (`concurrency`): every eligible part is queued at once and takes
     /// a slot when one frees, so the upload keeps going however fast or slow the writer is.
     slots: Arc<Semaphore>,
+    /// Drops parts from the page cache once they are in S3.
+    evictor: Arc<PageCacheEvictor>,
 }
 
 struct SentPart {
@@ -514,6 +518,7 @@ impl StagedFile {
                             next: 0,
                             sent: BTreeMap::new(),
                             slots: Arc::new(Semaphore::new(ctx.upload.concurrency.max(1))),
+                            evictor: Arc::new(PageCacheEvictor::new(self.files.data.clone())),
                         })
                     }
                     Err(error) => {
@@ -535,16 +540,30 @@ impl StagedFile {
                 previous.settle().await;
             }
             let (client, key, upload_id) = (ctx.client.clone(), self.key.clone(), early.upload_id.clone());
-            let (file, slots, budget, part_range) = (
+            let (file, slots, evictor, budget, part_range) = (
                 self.files.data.clone(),
                 early.slots.clone(),
+                early.evictor.clone(),
                 ctx.budget.clone(),
                 range.clone(),
             );
             let task = tokio::spawn(async move {
                 // At most `concurrency` parts of this file in flight, however far the writer is.
                 let _slot = slots.acquire_owned().await;
-                upload::send_part(client, key, upload_id, next as u32 + 1, file, part_range, budget).await
+                let sent = upload::send_part(
+                    client,
+                    key,
+                    upload_id,
+                    next as u32 + 1,
+                    file,
+                    part_range.clone(),
+                    budget,
+                )
+                .await;
+                if sent.is_ok() {
+                    evictor.evict(part_range);
+                }
+                sent
             });
             let part = SentPart {
                 range,
@@ -568,11 +587,16 @@ impl StagedFile {
         }
     }
 
-    /// Parts sent early that overlap `range` no longer hold the file's bytes.
+    /// Parts sent early that overlap `range` no longer hold the file's bytes. Parts are in
+    /// offset order, so the scan goes from the last part back and stops below `range`: a writer
+    /// going on past the parts sent (the usual case) costs one look, not one per part.
     fn mark_sent_stale(&mut self, range: Range<u64>) {
         if let Some(early) = &mut self.early {
-            for part in early.sent.values_mut() {
-                if part.range.start < range.end && range.start < part.range.end {
+            for part in early.sent.values_mut().rev() {
+                if part.range.end <= range.start {
+                    break;
+                }
+                if part.range.start < range.end {
                     part.stale = true;
                 }
             }

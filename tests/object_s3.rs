@@ -610,3 +610,71 @@ async fn a_staged_file_uploads_in_parts_and_reads_back(backend: Backend, prefix:
     assert!(read == body, "the object reads back as staged");
     assert_eq!(backend.open_uploads(&key).await, 0);
 }
+
+/// Uploads carry the CRC32C of their bodies (`x-amz-checksum-crc32c`, in place of a signed
+/// payload) and the server keeps it: the object's checksum, asked for with `ChecksumMode`, is the
+/// body's CRC32C for a PutObject, and a composite of the parts' for a multipart upload whose
+/// parts were sent and copied. S3 refuses a completion that omits a part's checksum when the
+/// upload named an algorithm, so this is also what keeps multipart uploads working on AWS.
+#[test]
+fn garage_uploads_carry_crc32c_checksums() {
+    run(true, "crc32c", |backend, prefix| async move {
+        let Backend::Garage(client, raw) = &backend else {
+            unreachable!("run(true, ..) gives Garage")
+        };
+        let checksum_of = |key: String| async move {
+            raw.head_object()
+                .bucket(client.bucket())
+                .key(key)
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .send()
+                .await
+                .expect("HeadObject")
+                .checksum_crc32_c()
+                .map(str::to_owned)
+        };
+        let small = format!("{prefix}small");
+        client
+            .put(&small, Bytes::from_static(b"123456789"))
+            .await
+            .unwrap();
+        // CRC32C("123456789") = 0xE3069283, the algorithm's check value.
+        assert_eq!(checksum_of(small).await.as_deref(), Some("4waSgw=="));
+
+        let large = format!("{prefix}large");
+        let first = pattern(MIB5, 7);
+        let source_etag = client.put(&large, first.clone()).await.unwrap();
+        let upload_id = client
+            .create_multipart(&large, &PutOptions::default())
+            .await
+            .unwrap();
+        let copied = client
+            .upload_part_copy(&large, &upload_id, 1, &large, 0..MIB5 as u64, Some(&source_etag))
+            .await
+            .unwrap();
+        let sent = client
+            .upload_part(&large, &upload_id, 2, Bytes::from_static(b"tail"))
+            .await
+            .unwrap();
+        let parts = [
+            CompletedPart {
+                part_number: 1,
+                etag: copied,
+            },
+            CompletedPart {
+                part_number: 2,
+                etag: sent,
+            },
+        ];
+        client
+            .complete_multipart(&large, &upload_id, &parts, None, false)
+            .await
+            .unwrap();
+        let checksum = checksum_of(large.clone())
+            .await
+            .expect("a checksum on the multipart object");
+        assert!(checksum.ends_with("-2"), "composite of 2 parts: {checksum}");
+        let read = read_all(client, &large).await;
+        assert!(read[..MIB5] == first[..] && &read[MIB5..] == b"tail");
+    });
+}
