@@ -5,8 +5,8 @@
 //! Owns the directory layout (`<cache dir>/staging/<id>.data` + `<id>.journal`, and
 //! `<cache dir>/recovery/` for what cannot be uploaded safely), the journal format, its atomic
 //! rewrite (temp file, fsync, rename), and the lock that keeps two mounts out of one staging
-//! area. It is synchronous and knows nothing of S3: the write-back (`writeback`) decides what to
-//! do with a leftover.
+//! area. It is synchronous (but for `PageCacheEvictor`, which works on tokio's blocking pool) and
+//! knows nothing of S3: the write-back (`writeback`) decides what to do with a leftover.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
