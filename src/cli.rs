@@ -115,9 +115,15 @@ pub struct Args {
     pub no_cache: bool,
 
     /// Largest size of the block cache, e.g. 50GiB (default: 20% of the disk holding it, at most
-    /// 20 GiB). Whatever this is, the cache leaves 10% of that disk (at most 10 GiB) free
+    /// 20 GiB)
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub cache_size: Option<u64>,
+
+    /// Free space the block cache always leaves on the disk holding it, whatever else fills that
+    /// disk, e.g. 2GiB; 0 for none (default: 10% of the disk, at most 10 GiB). Below it, blocks
+    /// are evicted and new ones not cached. Written files are staged there regardless
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub cache_min_free: Option<u64>,
 
     /// Memory for read-ahead buffers of all open files together, e.g. 512MiB, and as much again
     /// for upload part buffers (default: 1/16 of the machine's memory, between 64 MiB and 192 MiB)

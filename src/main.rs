@@ -78,6 +78,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         cache: cache.map(|dir| CacheSettings {
             dir,
             max_bytes: args.cache_size,
+            min_free_bytes: args.cache_min_free,
         }),
         source,
         mount_point,

@@ -42,6 +42,8 @@ pub struct MountConfig {
 pub struct CacheSettings {
     pub dir: PathBuf,
     pub max_bytes: Option<u64>,
+    /// Free space the cache leaves on its disk (`None`: the default).
+    pub min_free_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +161,7 @@ async fn recover(fs: &S3Fs, staging_dir: &Path) {
 /// (unwritable, missing disk) leaves the mount uncached, with a warning.
 fn open_disk_cache(settings: Option<&CacheSettings>) -> Result<Option<Arc<DiskCache>>, RunError> {
     let Some(settings) = settings else { return Ok(None) };
-    let limits = default_cache_limits(&settings.dir, settings.max_bytes);
+    let limits = cache_limits(settings);
     match DiskCache::open(&settings.dir, limits.clone()) {
         Ok(cache) => {
             tracing::info!(dir = %settings.dir.display(), max_bytes = limits.max_bytes,
@@ -194,14 +196,14 @@ pub fn default_cache_dir(source: &Source, endpoint: Option<&str>) -> PathBuf {
     base.join("s3mount").join(format!("{}-{short}", source.bucket))
 }
 
-/// Default bounds: the cache may use 20% of its disk (at most 20 GiB), and always leaves 10%
-/// of the disk (at most 10 GiB) free, whatever else fills it.
-fn default_cache_limits(dir: &Path, max_bytes: Option<u64>) -> DiskCacheLimits {
+/// The cache's bounds: as given, or by default it may use 20% of its disk (at most 20 GiB) and
+/// always leaves 10% of the disk (at most 10 GiB) free, whatever else fills it.
+fn cache_limits(settings: &CacheSettings) -> DiskCacheLimits {
     const GIB: u64 = 1 << 30;
-    let disk_size = disk_size_of(dir).unwrap_or(100 * GIB);
+    let disk_size = disk_size_of(&settings.dir).unwrap_or(100 * GIB);
     DiskCacheLimits {
-        max_bytes: max_bytes.unwrap_or((disk_size / 5).min(20 * GIB)),
-        min_free_bytes: (disk_size / 10).min(10 * GIB),
+        max_bytes: settings.max_bytes.unwrap_or((disk_size / 5).min(20 * GIB)),
+        min_free_bytes: settings.min_free_bytes.unwrap_or((disk_size / 10).min(10 * GIB)),
     }
 }
 

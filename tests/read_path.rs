@@ -78,6 +78,12 @@ fn cache_arg(dir: &Path) -> &str {
     dir.to_str().expect("UTF-8 temporary path")
 }
 
+/// `--cache DIR` with no free-space floor. These tests check what is cached, and a CI runner's
+/// disk may have less free than the default floor (10% of the disk); the floor has its own test.
+fn cache_options(dir: &Path) -> [&str; 4] {
+    ["--cache", cache_arg(dir), "--cache-min-free", "0"]
+}
+
 /// Every block file under `DIR/blocks/<2 hex>/`.
 fn block_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -117,6 +123,19 @@ fn mount_read_unmount(prefix: &TestPrefix, extra: &[&str], name: &str, expected:
     unmount_for_stats(mount)
 }
 
+/// Like `mount_read_unmount`, but returns the daemon's whole log, for the tests that look at what
+/// it warned.
+fn mount_read_unmount_log(prefix: &TestPrefix, extra: &[&str], name: &str, expected: &[u8]) -> String {
+    let mut mount = Mount::start(&[&prefix.source()], extra);
+    let (hash, len) = read_hash(&mount.join(name));
+    assert!(
+        len == expected.len() as u64 && hash == sha256(expected),
+        "content of {name} through the mount ({extra:?}) differs from the object"
+    );
+    mount.unmount_and_wait_for_exit();
+    mount.log_text()
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
@@ -135,7 +154,7 @@ fn cold_read_fetches_each_block_once_and_a_remount_reads_from_the_cache() {
     let data = pseudo_random(24, size);
     prefix.put("big.bin", data.clone());
     let (_parent, cache) = cache_dir();
-    let extra = ["--cache", cache_arg(&cache)];
+    let extra = cache_options(&cache);
 
     let cold = mount_read_unmount(&prefix, &extra, "big.bin", &data);
     eprintln!("cold read: {cold:?}");
@@ -205,7 +224,7 @@ fn no_cache_fetches_again_and_writes_nothing() {
 
     // The control: without --no-cache the same environment does lead to a cache under
     // XDG_CACHE_HOME (a temporary one here), so the emptiness above means something.
-    let mount = Mount::start_with(&[&prefix.source()], &[], private_env);
+    let mount = Mount::start_with(&[&prefix.source()], &["--cache-min-free", "0"], private_env);
     let (hash, _) = read_hash(&mount.join("f.bin"));
     assert!(hash == sha256(&data), "read with the default cache");
     unmount_for_stats(mount);
@@ -228,7 +247,7 @@ fn a_corrupted_block_on_disk_is_detected_and_fetched_again() {
     let data = pseudo_random(81, size);
     prefix.put("f.bin", data.clone());
     let (_parent, cache) = cache_dir();
-    let extra = ["--cache", cache_arg(&cache)];
+    let extra = cache_options(&cache);
 
     let cold = mount_read_unmount(&prefix, &extra, "f.bin", &data);
     assert_eq!(cold.get_bytes, size as u64, "{cold:?}");
@@ -247,17 +266,7 @@ fn a_corrupted_block_on_disk_is_detected_and_fetched_again() {
     raw[middle] ^= 0x5a;
     std::fs::write(victim, &raw).expect("writing the damaged block");
 
-    let mount = Mount::start(&[&prefix.source()], &extra);
-    let (hash, len) = read_hash(&mount.join("f.bin"));
-    assert!(
-        len == size as u64 && hash == sha256(&data),
-        "a damaged cache block must never reach the reader"
-    );
-    let log = {
-        let mut mount = mount;
-        mount.unmount_and_wait_for_exit();
-        mount.log_text()
-    };
+    let log = mount_read_unmount_log(&prefix, &extra, "f.bin", &data);
     let stats = parse_stats(&log);
     eprintln!("after damaging one block: {stats:?}");
     assert_eq!(
@@ -293,7 +302,7 @@ fn a_replaced_object_is_read_new_from_a_shared_cache() {
     let new = pseudo_random(92, size);
     let old_etag = prefix.put("f.bin", old.clone());
     let (_parent, cache) = cache_dir();
-    let extra = ["--cache", cache_arg(&cache)];
+    let extra = cache_options(&cache);
 
     let first = mount_read_unmount(&prefix, &extra, "f.bin", &old);
     assert_eq!(first.cache_miss_blocks, 6, "{first:?}");
@@ -331,7 +340,7 @@ fn a_second_mount_on_the_same_cache_directory_is_refused() {
     prefix.put("f.txt", b"first\n".to_vec());
     prefix.put("other/g.txt", b"second\n".to_vec());
     let (_parent, cache) = cache_dir();
-    let first = Mount::start(&[&prefix.source()], &["--cache", cache_arg(&cache)]);
+    let first = Mount::start(&[&prefix.source()], &cache_options(&cache));
     let holder = first.daemon_pids();
     assert_eq!(holder.len(), 1, "{holder:?}");
 
@@ -343,7 +352,7 @@ fn a_second_mount_on_the_same_cache_directory_is_refused() {
         .arg(format!("{}other/", prefix.source()))
         .arg(&second_point)
         .args(common::endpoint_args())
-        .args(["--cache", cache_arg(&cache)]);
+        .args(cache_options(&cache));
     assert_fails_before_mount(
         command,
         &second_point,
@@ -375,17 +384,7 @@ fn an_unusable_cache_directory_leaves_the_mount_uncached() {
     std::fs::write(&file, b"not a directory\n").expect("creating a file");
     let impossible = file.join("sub");
 
-    let mount = Mount::start(&[&prefix.source()], &["--cache", cache_arg(&impossible)]);
-    let (hash, len) = read_hash(&mount.join("f.bin"));
-    assert!(
-        len == size as u64 && hash == sha256(&data),
-        "reads work without a cache"
-    );
-    let log = {
-        let mut mount = mount;
-        mount.unmount_and_wait_for_exit();
-        mount.log_text()
-    };
+    let log = mount_read_unmount_log(&prefix, &cache_options(&impossible), "f.bin", &data);
     let stats = parse_stats(&log);
     assert_eq!(stats.get_bytes, size as u64, "{stats:?}");
     assert!(
@@ -408,16 +407,16 @@ fn a_cache_smaller_than_a_block_caches_nothing_and_reads_still_work() {
     prefix.put("f.bin", data.clone());
     let (_parent, cache) = cache_dir();
     // A block file is 1 MiB of data plus its header: it never fits in 1 MiB.
-    let extra = ["--cache", cache_arg(&cache), "--cache-size", "1MiB"];
+    let extra = [
+        "--cache",
+        cache_arg(&cache),
+        "--cache-size",
+        "1MiB",
+        "--cache-min-free",
+        "0",
+    ];
 
-    let mount = Mount::start(&[&prefix.source()], &extra);
-    let (hash, len) = read_hash(&mount.join("f.bin"));
-    assert!(len == size as u64 && hash == sha256(&data), "first read");
-    let log = {
-        let mut mount = mount;
-        mount.unmount_and_wait_for_exit();
-        mount.log_text()
-    };
+    let log = mount_read_unmount_log(&prefix, &extra, "f.bin", &data);
     assert!(
         log.lines()
             .any(|line| line.contains("WARN") && line.contains("cannot write to the block cache")),
@@ -442,6 +441,30 @@ fn a_cache_smaller_than_a_block_caches_nothing_and_reads_still_work() {
 }
 
 #[test]
+fn a_free_space_floor_above_the_disk_caches_nothing_and_says_why() {
+    let prefix = TestPrefix::new("cache-floor");
+    let size = 2 * MIB + 9;
+    let data = pseudo_random(10, size);
+    prefix.put("f.bin", data.clone());
+    let (_parent, cache) = cache_dir();
+    // No disk here has an exabyte free: the floor refuses every block.
+    let extra = ["--cache", cache_arg(&cache), "--cache-min-free", "1EiB"];
+
+    let log = mount_read_unmount_log(&prefix, &extra, "f.bin", &data);
+    assert!(
+        log.lines()
+            .any(|line| line.contains("WARN") && line.contains("--cache-min-free")),
+        "the daemon says the floor is why nothing is cached:\n{log}"
+    );
+    let files = block_files(&cache);
+    assert!(
+        files.is_empty(),
+        "nothing may be cached under the floor: {files:?}"
+    );
+    assert_eq!(parse_stats(&log).get_bytes, size as u64, "every byte from S3");
+}
+
+#[test]
 fn cache_directories_and_files_are_private() {
     let prefix = TestPrefix::new("cache-private");
     let size = 2 * MIB + 3;
@@ -456,7 +479,7 @@ fn cache_directories_and_files_are_private() {
     std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o755)).expect("chmod 755");
 
     for cache in [&created, &existing] {
-        mount_read_unmount(&prefix, &["--cache", cache_arg(cache)], "f.bin", &data);
+        mount_read_unmount(&prefix, &cache_options(cache), "f.bin", &data);
         let files = block_files(cache);
         assert_eq!(files.len(), 3, "blocks cached in {}", cache.display());
         let mut dirs = vec![cache.join("blocks"), cache.join("tmp")];
@@ -490,7 +513,7 @@ fn a_random_4k_read_costs_one_block() {
     let data = pseudo_random(64, size);
     prefix.put("big.bin", data.clone());
     let (_parent, cache) = cache_dir();
-    let mount = Mount::start(&[&prefix.source()], &["--cache", cache_arg(&cache)]);
+    let mount = Mount::start(&[&prefix.source()], &cache_options(&cache));
 
     // Inside block 40, far from its edges: the kernel's page-aligned read cannot cross into
     // another block.
@@ -568,7 +591,7 @@ fn concurrent_readers_share_the_fetches(
     let expected = sha256(&data);
     prefix.put("big.bin", data);
     let (_parent, cache) = cache_dir();
-    let mount = Mount::start(&[&prefix.source()], &["--cache", cache_arg(&cache)]);
+    let mount = Mount::start(&[&prefix.source()], &cache_options(&cache));
 
     const READERS: usize = 4;
     let start = Arc::new(Barrier::new(READERS));

@@ -73,6 +73,17 @@ pub struct DiskCacheLimits {
     pub min_free_bytes: u64,
 }
 
+/// Why a block was not stored: the bound it would break, with the figures a user needs to act.
+#[derive(Debug, thiserror::Error)]
+enum FitRefusal {
+    #[error("the cache is bounded at {max_bytes} bytes (--cache-size)")]
+    OverBound { max_bytes: u64 },
+    #[error(
+        "the disk holding the cache has {free_bytes} bytes free, below the {min_free_bytes} bytes it must keep free (--cache-min-free)"
+    )]
+    UnderFloor { free_bytes: u64, min_free_bytes: u64 },
+}
+
 /// Counters, for the stats line and tests.
 #[derive(Debug, Default)]
 pub struct DiskCacheCounters {
@@ -143,7 +154,9 @@ impl DiskCache {
             next_tmp: AtomicU64::new(0),
             counters: DiskCacheCounters::default(),
         };
-        cache.evict_to_fit(0);
+        if let Err(refusal) = cache.evict_to_fit(0) {
+            tracing::warn!(dir = %dir.display(), %refusal, "the block cache cannot store anything now");
+        }
         Ok(cache)
     }
 
@@ -184,11 +197,8 @@ impl DiskCache {
         let file_name = name.file_name();
         let header = header(&name.describe(), data);
         let size = (header.len() + data.len()) as u64;
-        if !self.evict_to_fit(size) {
-            self.note_failure(&io::Error::new(
-                io::ErrorKind::StorageFull,
-                "cache bound or free-space floor",
-            ));
+        if let Err(refusal) = self.evict_to_fit(size) {
+            self.note_failure(&io::Error::new(io::ErrorKind::StorageFull, refusal.to_string()));
             return;
         }
         match self.write_atomically(&file_name, &header, data) {
@@ -230,15 +240,12 @@ impl DiskCache {
     }
 
     /// Evicts until `incoming` more bytes fit under the size bound and above the free-space
-    /// floor. Returns false when they cannot fit even with the cache empty.
-    fn evict_to_fit(&self, incoming: u64) -> bool {
+    /// floor. Fails, saying which bound, when they cannot fit even with the cache empty.
+    fn evict_to_fit(&self, incoming: u64) -> Result<(), FitRefusal> {
         loop {
-            let over_bound = self.lock_index().total_bytes + incoming > self.limits.max_bytes;
-            let under_floor =
-                free_bytes(&self.dir).is_some_and(|free| free < self.limits.min_free_bytes + incoming);
-            if !over_bound && !under_floor {
-                return true;
-            }
+            let Some(refusal) = self.refusal(incoming) else {
+                return Ok(());
+            };
             let victim = {
                 let mut index = self.lock_index();
                 let victim = index.lru.pop_lru();
@@ -248,10 +255,28 @@ impl DiskCache {
                 victim
             };
             let Some((file_name, _)) = victim else {
-                return false;
+                return Err(refusal);
             };
             let _ = fs::remove_file(self.block_path(&file_name));
             self.counters.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Which bound `incoming` more bytes would break now, if any.
+    fn refusal(&self, incoming: u64) -> Option<FitRefusal> {
+        let max_bytes = self.limits.max_bytes;
+        if self.lock_index().total_bytes + incoming > max_bytes {
+            return Some(FitRefusal::OverBound { max_bytes });
+        }
+        let min_free_bytes = self.limits.min_free_bytes;
+        match free_bytes(&self.dir) {
+            Some(free_bytes) if free_bytes < min_free_bytes.saturating_add(incoming) => {
+                Some(FitRefusal::UnderFloor {
+                    free_bytes,
+                    min_free_bytes,
+                })
+            }
+            _ => None,
         }
     }
 
