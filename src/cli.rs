@@ -126,7 +126,9 @@ pub struct Args {
     pub cache_min_free: Option<u64>,
 
     /// Memory for read-ahead buffers of all open files together, e.g. 512MiB, and as much again
-    /// for upload part buffers (default: 1/16 of the machine's memory, between 64 MiB and 192 MiB)
+    /// for writing: upload part buffers get this less 32 MiB for the rest of the daemon, so a
+    /// mount being written stays within it (default: 1/16 of the machine's memory, between 64 MiB
+    /// and 192 MiB)
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_memory: Option<u64>,
 

@@ -11,7 +11,7 @@ use s3mount::logging::{self, LogTarget};
 use s3mount::object::s3::S3Settings;
 use s3mount::prefetch::ReadAheadConfig;
 use s3mount::run::{self, CacheSettings, MountConfig};
-use s3mount::upload::UploadConfig;
+use s3mount::upload::{self, UploadConfig};
 
 /// S3's smallest multipart part: a smaller --part-size still reads in that size, but uploads
 /// in parts of at least this.
@@ -71,7 +71,7 @@ fn start(args: Args) -> anyhow::Result<()> {
                 part_size: args.part_size.max(MIN_UPLOAD_PART),
                 concurrency: usize::from(args.upload_concurrency),
             },
-            upload_memory: memory,
+            upload_memory: upload::part_budget_within(memory),
             max_rename_keys: args.max_rename_keys,
         },
         staging_dir: cache_dir,

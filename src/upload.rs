@@ -123,6 +123,18 @@ pub struct CopySource {
     pub etag: String,
 }
 
+/// What a writing daemon holds besides part buffers (runtime, FUSE request buffers, HTTP
+/// connections, the inode table): peak RSS less the part budget was 22 MiB in `scripts/bench`
+/// W3 (four 1 GiB files written at once).
+pub const DAEMON_BASE_MEMORY: u64 = 32 * MIB;
+
+/// The part-buffer budget that keeps a writing daemon's memory within `max_memory`: what is
+/// left after its base, and never less than one smallest part, so uploads still go, one at a
+/// time, under a tiny budget.
+pub fn part_budget_within(max_memory: u64) -> u64 {
+    max_memory.saturating_sub(DAEMON_BASE_MEMORY).max(MIN_PART)
+}
+
 /// Bytes of part buffers all uploads of a mount may hold at once. Parts wait for room, so four
 /// files of 1 GiB written at once cost no more memory than one.
 #[derive(Clone, Debug)]
@@ -443,6 +455,17 @@ mod tests {
             &UploadBudget::new(64 * MIB),
         )
         .await
+    }
+
+    #[test]
+    fn the_part_budget_leaves_the_daemon_base_and_never_drops_below_one_part() {
+        assert_eq!(part_budget_within(128 * MIB), 96 * MIB);
+        assert_eq!(
+            part_budget_within(32 * MIB),
+            MIN_PART,
+            "no room left: one part at a time"
+        );
+        assert_eq!(part_budget_within(0), MIN_PART);
     }
 
     #[test]
