@@ -59,10 +59,18 @@ fn parse_stats(log: &str) -> Stats {
     }
 }
 
-/// Unmounts, waits for the daemon to exit, and returns what it counted.
+/// Unmounts, waits for the daemon to exit, and returns what it counted. What the daemon warned
+/// of goes to the test's output, shown if the test fails: a cache that stored nothing says why.
 fn unmount_for_stats(mut mount: Mount) -> Stats {
     mount.unmount_and_wait_for_exit();
-    parse_stats(&mount.log_text())
+    let log = mount.log_text();
+    for line in log
+        .lines()
+        .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+    {
+        eprintln!("daemon: {line}");
+    }
+    parse_stats(&log)
 }
 
 /// A temporary directory and, inside it, a cache directory that does not exist yet (the daemon
