@@ -64,7 +64,7 @@ pub struct S3Client {
 
 /// The CRC32C (base64) of each part of the multipart uploads in progress, by upload id and part
 /// number, beside the ETag it was given: CompleteMultipartUpload must repeat them. An upload's
-/// entry goes when it is completed or aborted.
+/// entry goes when it is completed, or when its abort is sent, whether or not that succeeds.
 #[derive(Clone, Debug, Default)]
 struct PartChecksums(Arc<Mutex<HashMap<String, BTreeMap<u32, EtagAndChecksum>>>>);
 
@@ -421,6 +421,9 @@ impl ObjectClient for S3Client {
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), ObjectError> {
+        // An upload being aborted is never completed, even when the abort fails (its callers
+        // log that and move on): its checksums can go now.
+        self.part_checksums.forget(upload_id);
         self.client
             .abort_multipart_upload()
             .bucket(&self.bucket)
@@ -429,7 +432,6 @@ impl ObjectClient for S3Client {
             .send()
             .await
             .map_err(|e| self.map_error(e, key))?;
-        self.part_checksums.forget(upload_id);
         Ok(())
     }
 }
@@ -552,6 +554,24 @@ mod tests {
         checksums.forget("u1");
         assert_eq!(checksums.of("u1", 1, "\"b\""), None);
         assert_eq!(checksums.of("u2", 1, "\"a\"").as_deref(), Some("other"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_abort_still_forgets_the_part_checksums() {
+        // Nothing listens on port 9 of loopback: every request fails to connect.
+        let client = S3Client::new(S3Settings {
+            bucket: "b".to_owned(),
+            region: Some("us-east-1".to_owned()),
+            endpoint_url: Some("http://127.0.0.1:9".to_owned()),
+            force_path_style: true,
+            profile: None,
+            no_sign_request: true,
+        })
+        .await
+        .unwrap();
+        client.part_checksums.record("u1", 1, "\"a\"", "crc".to_owned());
+        assert!(client.abort_multipart("k", "u1").await.is_err());
+        assert_eq!(client.part_checksums.of("u1", 1, "\"a\""), None);
     }
 
     #[test]
