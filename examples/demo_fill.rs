@@ -27,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
         force_path_style: true,
         profile: None,
         no_sign_request: false,
+        request_timeout: None,
     })
     .await
     .context("building the S3 client")?;

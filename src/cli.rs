@@ -142,6 +142,21 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value = "8", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub upload_concurrency: u16,
 
+    /// Attempts of one S3 request before it fails (throttling, 5xx, timeouts and broken
+    /// connections are tried again, with exponential backoff and jitter; other errors are final)
+    #[arg(long, value_name = "N", default_value = "10", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+
+    /// Longest wait for one attempt of an S3 request to answer, and longest silence inside a
+    /// body being sent or received, e.g. 10s. Attempts with a body get one more second per MiB
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    pub request_timeout: Duration,
+
+    /// No new attempt of an S3 request starts this long after its first, e.g. 60s: with
+    /// --request-timeout, the longest a process waits on a request to an endpoint that is down
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub max_retry_time: Duration,
+
     /// Most keys a directory rename moves (one copy and one delete each, not atomic); a larger
     /// directory's rename fails with EXDEV, and `mv` then copies it file by file
     #[arg(long, value_name = "N", default_value = "10000")]
@@ -239,6 +254,14 @@ pub fn parse_part_size(text: &str) -> Result<u64, String> {
     Ok(size)
 }
 
+/// A duration above zero (a timeout of 0 would fail every request).
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("{text:?} must be longer than 0")),
+        duration => Ok(duration),
+    }
+}
+
 /// A duration like `1s`, `500ms`, `5m`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.parse::<u64>() {
@@ -293,6 +316,8 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_positive_duration("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_positive_duration("0").is_err());
         assert_eq!(parse_size("512MiB"), Ok(512 << 20));
         assert_eq!(parse_size("10GiB"), Ok(10 << 30));
         assert_eq!(parse_size("4096"), Ok(4096));

@@ -8,6 +8,7 @@ use clap::Parser;
 use s3mount::cli::{Args, parse_source};
 use s3mount::fs::FsConfig;
 use s3mount::logging::{self, LogTarget};
+use s3mount::object::retry::RetryPolicy;
 use s3mount::object::s3::S3Settings;
 use s3mount::prefetch::ReadAheadConfig;
 use s3mount::run::{self, CacheSettings, MountConfig};
@@ -53,6 +54,12 @@ fn start(args: Args) -> anyhow::Result<()> {
             force_path_style: args.force_path_style,
             profile: args.profile,
             no_sign_request: args.no_sign_request,
+            request_timeout: Some(args.request_timeout),
+        },
+        retry: RetryPolicy {
+            max_attempts: args.max_attempts,
+            request_timeout: args.request_timeout,
+            max_retry_time: args.max_retry_time,
         },
         fs: FsConfig {
             root: source.prefix.clone(),

@@ -1,13 +1,25 @@
 //! The object store as the file system sees it: the [`ObjectClient`] trait, the values it returns
-//! and its typed errors.
+//! and its typed errors, each of which says whether trying again may help.
 //!
-//! Everything above this module (fs, fuse, run) talks to S3 only through this trait, so the file
-//! system can be driven by the in-memory client in tests and by the real SDK client in production.
-//! This module owns the vocabulary (keys, ETags, listing pages); it must not know about inodes,
-//! paths or errno values (the errno mapping lives in `fs/error.rs`).
+//! Everything above this module (fs, fuse, run) talks to S3 only through this trait. The client
+//! is a stack of layers, each an `ObjectClient` wrapping the next:
+//!
+//! - [`retry::RetryClient`]: the one retry policy (attempts, backoff with jitter, a time bound
+//!   on every attempt and on the whole request) for every request of the mount;
+//! - [`s3::S3Client`]: aws-sdk-s3, translating SDK results and errors into this crate's types;
+//! - for tests only (`cfg(test)` or the `test-util` feature, never in the release binary):
+//!   [`memory::MemoryClient`], an in-memory bucket, and [`fault::FaultClient`], which fails,
+//!   delays or stalls any operation of any client.
+//!
+//! This module owns the vocabulary (keys, ETags, listing pages, operation kinds); it must not
+//! know about inodes, paths or errno values (the errno mapping lives in `fs/error.rs`).
 
 pub mod buffers;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fault;
+#[cfg(any(test, feature = "test-util"))]
 pub mod memory;
+pub mod retry;
 pub mod s3;
 
 use std::collections::HashMap;
@@ -60,7 +72,77 @@ pub struct ListRequest {
     pub max_keys: Option<u32>,
 }
 
+/// A kind of request, for retry bounds, counters and fault injection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    List,
+    Head,
+    Get,
+    /// `put` and `put_with`.
+    Put,
+    Delete,
+    Copy,
+    CreateMultipart,
+    UploadPart,
+    UploadPartCopy,
+    CompleteMultipart,
+    AbortMultipart,
+}
+
+impl Op {
+    /// Every kind, in [`Op::index`] order.
+    pub const ALL: [Op; 11] = [
+        Op::List,
+        Op::Head,
+        Op::Get,
+        Op::Put,
+        Op::Delete,
+        Op::Copy,
+        Op::CreateMultipart,
+        Op::UploadPart,
+        Op::UploadPartCopy,
+        Op::CompleteMultipart,
+        Op::AbortMultipart,
+    ];
+
+    /// A dense index from 0, for per-operation tables.
+    pub fn index(self) -> usize {
+        match self {
+            Op::List => 0,
+            Op::Head => 1,
+            Op::Get => 2,
+            Op::Put => 3,
+            Op::Delete => 4,
+            Op::Copy => 5,
+            Op::CreateMultipart => 6,
+            Op::UploadPart => 7,
+            Op::UploadPartCopy => 8,
+            Op::CompleteMultipart => 9,
+            Op::AbortMultipart => 10,
+        }
+    }
+
+    /// The S3 API name, for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::List => "ListObjectsV2",
+            Op::Head => "HeadObject",
+            Op::Get => "GetObject",
+            Op::Put => "PutObject",
+            Op::Delete => "DeleteObject",
+            Op::Copy => "CopyObject",
+            Op::CreateMultipart => "CreateMultipartUpload",
+            Op::UploadPart => "UploadPart",
+            Op::UploadPartCopy => "UploadPartCopy",
+            Op::CompleteMultipart => "CompleteMultipartUpload",
+            Op::AbortMultipart => "AbortMultipartUpload",
+        }
+    }
+}
+
 /// Every way an object request can fail, as far as the file system needs to tell them apart.
+/// [`ObjectError::is_retryable`] splits them into transient failures, worth another attempt,
+/// and final answers.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ObjectError {
     #[error("no such key: {0}")]
@@ -74,12 +156,44 @@ pub enum ObjectError {
     PreconditionFailed(String),
     #[error("requested range not satisfiable for {0}")]
     InvalidRange(String),
-    /// The server could not be reached (connection refused, DNS, TLS, timeout).
+    /// The server could not be reached, or the connection broke (refused, reset, DNS, TLS).
+    /// Retryable.
     #[error("cannot reach the object store: {0}")]
     Unreachable(String),
-    /// Any other error the server answered with (throttling, 5xx, unexpected codes).
+    /// No answer, or no progress of a body, within the time bound of an attempt. Retryable.
+    #[error("the object store did not answer in time: {0}")]
+    TimedOut(String),
+    /// The server answered that it cannot serve now: throttling (SlowDown, 503, 429), an
+    /// internal error (500, 502, 504), S3's RequestTimeout. Retryable.
+    #[error("object store error {code} (transient): {message}")]
+    Transient { code: String, message: String },
+    /// Any other error the server answered with (a 4xx we do not tell apart). Final.
     #[error("object store error {code}: {message}")]
     Service { code: String, message: String },
+}
+
+impl ObjectError {
+    /// Whether the same request may succeed if sent again: the connection or the server failed,
+    /// not the request.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ObjectError::Unreachable(_) | ObjectError::TimedOut(_) | ObjectError::Transient { .. } => true,
+            ObjectError::NoSuchKey(_)
+            | ObjectError::NoSuchBucket(_)
+            | ObjectError::AccessDenied(_)
+            | ObjectError::PreconditionFailed(_)
+            | ObjectError::InvalidRange(_)
+            | ObjectError::Service { .. } => false,
+        }
+    }
+
+    /// The S3 error code, for answers that carry one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ObjectError::Transient { code, .. } | ObjectError::Service { code, .. } => Some(code),
+            _ => None,
+        }
+    }
 }
 
 /// The operations the file system needs from an object store.
@@ -224,5 +338,93 @@ pub(crate) fn conditions_on_create(key: &str) -> ObjectError {
         message: format!(
             "create_multipart({key}): write conditions belong to complete_multipart, where S3 checks them"
         ),
+    }
+}
+
+/// A shared client is a client: layers can wrap an `Arc` of another layer (or of `dyn
+/// ObjectClient`) as well as an owned one.
+#[async_trait]
+impl<T: ObjectClient + ?Sized> ObjectClient for std::sync::Arc<T> {
+    fn bucket(&self) -> &str {
+        (**self).bucket()
+    }
+
+    async fn list(&self, request: &ListRequest) -> Result<ListPage, ObjectError> {
+        (**self).list(request).await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectHead, ObjectError> {
+        (**self).head(key).await
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Bytes, ObjectError> {
+        (**self).get_range(key, range, if_match).await
+    }
+
+    async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<String, ObjectError> {
+        (**self).put_with(key, body, options).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        (**self).delete(key).await
+    }
+
+    async fn copy(
+        &self,
+        source_key: &str,
+        dest_key: &str,
+        if_match: Option<&str>,
+    ) -> Result<String, ObjectError> {
+        (**self).copy(source_key, dest_key, if_match).await
+    }
+
+    async fn create_multipart(&self, key: &str, options: &PutOptions) -> Result<String, ObjectError> {
+        (**self).create_multipart(key, options).await
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<String, ObjectError> {
+        (**self).upload_part(key, upload_id, part_number, body).await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        source_key: &str,
+        source_range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<String, ObjectError> {
+        (**self)
+            .upload_part_copy(key, upload_id, part_number, source_key, source_range, if_match)
+            .await
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        if_match: Option<&str>,
+        if_none_match: bool,
+    ) -> Result<String, ObjectError> {
+        (**self)
+            .complete_multipart(key, upload_id, parts, if_match, if_none_match)
+            .await
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), ObjectError> {
+        (**self).abort_multipart(key, upload_id).await
     }
 }

@@ -16,6 +16,7 @@ use crate::cache::disk::{DiskCache, DiskCacheError, DiskCacheLimits};
 use crate::cli::Source;
 use crate::fs::{FsConfig, S3Fs};
 use crate::fuse::{FuseAdapter, KernelNotifier};
+use crate::object::retry::{RetryClient, RetryPolicy};
 use crate::object::s3::{S3Client, S3Settings};
 use crate::object::{ListRequest, ObjectClient, ObjectError};
 use crate::staging::{Staging, StagingError};
@@ -29,6 +30,8 @@ pub struct MountConfig {
     pub source: Source,
     pub mount_point: PathBuf,
     pub s3: S3Settings,
+    /// How every S3 request is retried and bounded.
+    pub retry: RetryPolicy,
     pub fs: FsConfig,
     pub allow_other: bool,
     /// Where blocks are cached (`None`: not at all), and at most how much (`None`: the default).
@@ -97,8 +100,35 @@ pub fn check_mount_point(path: &Path) -> Result<PathBuf, RunError> {
     std::fs::canonicalize(path).map_err(|e| RunError::MountPointUnusable(path.to_owned(), e))
 }
 
+/// The probe at mount tries a little, not for a minute: a typo in `--endpoint-url` must fail
+/// the mount at once, and a server that is down now is better reported than waited for.
+const PROBE_ATTEMPTS: u32 = 3;
+const PROBE_RETRY_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The object client of a mount: the SDK client behind the retry policy.
+pub async fn object_client(config: MountConfig) -> Result<Arc<dyn ObjectClient>, RunError> {
+    let s3 = S3Settings {
+        request_timeout: Some(config.retry.request_timeout),
+        ..config.s3.clone()
+    };
+    let client = S3Client::new(s3)
+        .await
+        .map_err(|error| probe_error(&config, error))?;
+    Ok(Arc::new(RetryClient::new(client, config.retry)))
+}
+
 /// Mounts and serves until unmounted. `ready` is called once the mount is live.
 pub fn mount(config: MountConfig, ready: impl FnOnce()) -> Result<(), RunError> {
+    mount_with(config, object_client, ready)
+}
+
+/// [`mount`] over the client `make_client` builds (on the mount's runtime): the production stack,
+/// or one with test layers (a fault wrapper, an in-memory bucket) for a test binary.
+pub fn mount_with<F, Fut>(config: MountConfig, make_client: F, ready: impl FnOnce()) -> Result<(), RunError>
+where
+    F: FnOnce(MountConfig) -> Fut,
+    Fut: std::future::Future<Output = Result<Arc<dyn ObjectClient>, RunError>>,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Blocking threads do the cache's disk I/O. Tokio's default of 512 would let bursts of
@@ -108,10 +138,8 @@ pub fn mount(config: MountConfig, ready: impl FnOnce()) -> Result<(), RunError> 
         .build()
         .map_err(RunError::Runtime)?;
     let client = runtime.block_on(async {
-        let client = S3Client::new(config.s3.clone())
-            .await
-            .map_err(|error| probe_error(&config, error))?;
-        probe_bucket(&client, &config).await?;
+        let client = make_client(config.clone()).await?;
+        probe_bucket(client.clone(), &config).await?;
         Ok::<_, RunError>(client)
     })?;
     let disk = open_disk_cache(config.cache.as_ref())?;
@@ -119,7 +147,7 @@ pub fn mount(config: MountConfig, ready: impl FnOnce()) -> Result<(), RunError> 
         true => None,
         false => Some(Staging::open(&config.staging_dir)?),
     };
-    let fs = Arc::new(S3Fs::new(Arc::new(client), config.fs.clone(), disk, staging));
+    let fs = Arc::new(S3Fs::new(client, config.fs.clone(), disk, staging));
     runtime.block_on(recover(&fs, &config.staging_dir));
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     let session = Session::new(adapter, &config.mount_point, &session_config(&config))
@@ -262,15 +290,20 @@ fn widen_kernel_read_ahead(mount_point: &Path) {
 }
 
 /// One listing of the root prefix: proves the endpoint answers, the bucket exists and we may
-/// read it, before the mount is made.
-async fn probe_bucket(client: &S3Client, config: &MountConfig) -> Result<(), RunError> {
+/// read it, before the mount is made. Retried briefly, whatever the mount's policy.
+async fn probe_bucket(client: Arc<dyn ObjectClient>, config: &MountConfig) -> Result<(), RunError> {
     let request = ListRequest {
         prefix: config.source.prefix.as_str().to_owned(),
         delimiter: Some("/".to_owned()),
         continuation_token: None,
         max_keys: Some(1),
     };
-    client
+    let policy = RetryPolicy {
+        max_attempts: PROBE_ATTEMPTS,
+        max_retry_time: PROBE_RETRY_TIME,
+        ..config.retry.clone()
+    };
+    RetryClient::new(client, policy)
         .list(&request)
         .await
         .map(drop)
@@ -282,7 +315,7 @@ fn probe_error(config: &MountConfig, error: ObjectError) -> RunError {
     match error {
         ObjectError::NoSuchBucket(_) => RunError::NoSuchBucket(bucket),
         ObjectError::AccessDenied(detail) => RunError::AccessDenied { bucket, detail },
-        ObjectError::Unreachable(detail) => RunError::Unreachable {
+        ObjectError::Unreachable(detail) | ObjectError::TimedOut(detail) => RunError::Unreachable {
             endpoint: config
                 .s3
                 .endpoint_url

@@ -21,8 +21,14 @@ use crate::lockfile::{LockError, lock_dir};
 use nix::fcntl::Flock;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
-/// First line of every journal; a different format gets a different line.
-const JOURNAL_MAGIC: &str = "s3mount-staged 1";
+/// First line of every journal; a different format gets a different line. Format 2 added the
+/// boot a journal was written in and whether the data had reached the disk.
+const JOURNAL_MAGIC: &str = "s3mount-staged 2";
+/// Format 1, still read: its journals said `closing` only once the data was on disk for a
+/// multipart upload, and recovery uploaded every `closing` file, so they count as synced.
+const JOURNAL_MAGIC_V1: &str = "s3mount-staged 1";
+/// Where Linux says which boot this is: a random UUID, new at every boot.
+const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 /// Bytes escaped in journal values: controls (newlines above all), space and `%`.
 const JOURNAL_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'%');
 
@@ -62,6 +68,35 @@ pub struct JournalRecord {
     pub state: JournalState,
     /// A multipart upload of this file in progress: a crash leaves it open, the recovery aborts it.
     pub upload_id: Option<String>,
+    /// The boot this journal was written in ([`current_boot_id`]; `None` if unknown).
+    pub boot_id: Option<String>,
+    /// The data file was on disk (fsynced) when this was written, and has not changed since.
+    pub synced: bool,
+}
+
+impl JournalRecord {
+    /// Whether a file left `closing` by a dead daemon may be uploaded as it is. Its data is whole
+    /// if it reached the disk, or if the machine has not restarted since (a killed daemon leaves
+    /// the page cache, and so the data, intact). After a power loss, data that was only in the
+    /// page cache may be torn: such a file goes to the recovery folder instead.
+    pub fn close_can_be_trusted(&self) -> bool {
+        self.state == JournalState::Closing
+            && (self.synced || (self.boot_id.is_some() && self.boot_id.as_deref() == current_boot_id()))
+    }
+}
+
+/// This boot's id, read once; `None` where the kernel does not say (then only data that reached
+/// the disk is trusted after a crash).
+pub fn current_boot_id() -> Option<&'static str> {
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            fs::read_to_string(BOOT_ID_PATH)
+                .ok()
+                .map(|id| id.trim().to_owned())
+                .filter(|id| !id.is_empty())
+        })
+        .as_deref()
 }
 
 /// The object version a staged file started from.
@@ -75,7 +110,7 @@ pub struct BaseRecord {
 }
 
 /// A staged data file and its journal.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct StagedFiles {
     pub data: Arc<File>,
     data_path: PathBuf,
@@ -286,8 +321,13 @@ impl StagedFiles {
         Ok(())
     }
 
-    /// Deletes the data file and the journal (the content is in S3, or was never wanted).
+    /// Deletes the data file and the journal (the content is in S3, or was never wanted). The
+    /// data is cut to nothing first, so its space is free at once, even while a task that still
+    /// holds the file open (a part upload being cancelled) has not let go of it yet.
     pub fn remove(&self) {
+        if let Err(error) = self.data.set_len(0) {
+            tracing::debug!(path = %self.data_path.display(), %error, "cannot empty a staged file before removing it");
+        }
         remove_pair(&self.journal_path, &self.data_path);
     }
 }
@@ -410,8 +450,10 @@ fn format_journal(record: &JournalRecord) -> String {
         .map(|r| format!("{}-{}", r.start, r.end))
         .collect();
     let upload = record.upload_id.as_deref().map_or("-".to_owned(), escape);
+    let boot = record.boot_id.as_deref().map_or("-".to_owned(), escape);
+    let synced = if record.synced { "yes" } else { "no" };
     format!(
-        "{JOURNAL_MAGIC}\nkey {}\nbase {base}\nlocal {}\nupload {upload}\nstate {state}\n",
+        "{JOURNAL_MAGIC}\nkey {}\nbase {base}\nlocal {}\nupload {upload}\nstate {state}\nboot {boot}\nsynced {synced}\n",
         escape(&record.key),
         local.join(",")
     )
@@ -419,9 +461,11 @@ fn format_journal(record: &JournalRecord) -> String {
 
 fn parse_journal(text: &str) -> Option<JournalRecord> {
     let mut lines = text.lines();
-    if lines.next()? != JOURNAL_MAGIC {
-        return None;
-    }
+    let (mut boot, mut synced) = match lines.next()? {
+        JOURNAL_MAGIC => (None, None),
+        JOURNAL_MAGIC_V1 => (Some(None), Some(true)),
+        _ => return None,
+    };
     let (mut key, mut base, mut local, mut state, mut upload) = (None, None, None, None, None);
     for line in lines {
         let (name, value) = line.split_once(' ')?;
@@ -432,6 +476,15 @@ fn parse_journal(text: &str) -> Option<JournalRecord> {
             "local" => local = Some(parse_ranges(value)?),
             "upload" if value == "-" => upload = Some(None),
             "upload" => upload = Some(Some(unescape(value)?)),
+            "boot" if value == "-" => boot = Some(None),
+            "boot" => boot = Some(Some(unescape(value)?)),
+            "synced" => {
+                synced = Some(match value {
+                    "yes" => true,
+                    "no" => false,
+                    _ => return None,
+                })
+            }
             "state" => {
                 state = Some(match value {
                     "clean" => JournalState::Clean,
@@ -450,6 +503,8 @@ fn parse_journal(text: &str) -> Option<JournalRecord> {
         local_blocks: local?,
         upload_id: upload?,
         state: state?,
+        boot_id: boot?,
+        synced: synced?,
     })
 }
 
@@ -625,6 +680,8 @@ mod tests {
             local_blocks: vec![0..2, 5..6],
             state,
             upload_id: Some("up load/1".to_owned()),
+            boot_id: current_boot_id().map(str::to_owned),
+            synced: false,
         }
     }
 
@@ -641,8 +698,57 @@ mod tests {
             ..record("k", JournalState::Dirty)
         };
         assert_eq!(parse_journal(&format_journal(&new)), Some(new));
-        assert_eq!(parse_journal("s3mount-staged 1\nkey k\n"), None, "torn journal");
+        assert_eq!(parse_journal("s3mount-staged 2\nkey k\n"), None, "torn journal");
         assert_eq!(parse_journal("other\n"), None);
+    }
+
+    #[test]
+    fn format_1_journals_still_recover_as_synced() {
+        let text = "s3mount-staged 1\nkey a%20b\nbase 10 9 %22e%22\nlocal 0-2\nupload -\nstate closing\n";
+        let record = parse_journal(text).expect("a format 1 journal parses");
+        assert_eq!(record.key, "a b");
+        assert_eq!(record.state, JournalState::Closing);
+        assert_eq!((record.boot_id, record.synced), (None, true));
+        assert!(
+            parse_journal("s3mount-staged 2\nkey k\nbase -\nlocal \nupload -\nstate dirty\n").is_none(),
+            "format 2 must say its boot and whether it was synced"
+        );
+    }
+
+    #[test]
+    fn a_close_is_trusted_when_synced_or_in_the_same_boot() {
+        assert!(current_boot_id().is_some(), "Linux says which boot this is");
+        let closing = record("k", JournalState::Closing);
+        assert!(
+            closing.close_can_be_trusted(),
+            "same boot: the page cache survived a killed daemon"
+        );
+        let other_boot = JournalRecord {
+            boot_id: Some("another-boot".to_owned()),
+            ..closing.clone()
+        };
+        assert!(
+            !other_boot.close_can_be_trusted(),
+            "after a power loss, unsynced data may be torn"
+        );
+        let synced = JournalRecord {
+            synced: true,
+            ..other_boot.clone()
+        };
+        assert!(
+            synced.close_can_be_trusted(),
+            "data on disk survives a power loss"
+        );
+        let dirty = JournalRecord {
+            synced: true,
+            ..record("k", JournalState::Dirty)
+        };
+        assert!(!dirty.close_can_be_trusted(), "no close began");
+        let unknown_boot = JournalRecord {
+            boot_id: None,
+            ..closing
+        };
+        assert!(!unknown_boot.close_can_be_trusted());
     }
 
     #[test]

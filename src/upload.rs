@@ -425,7 +425,12 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-    use crate::object::memory::{MemoryClient, Op};
+    use crate::object::Op;
+    use crate::object::fault::FaultClient;
+    use crate::object::memory::MemoryClient;
+
+    /// The in-memory bucket behind a fault wrapper: the tests inject faults.
+    type Bucket = FaultClient<MemoryClient>;
 
     const CONFIG: UploadConfig = UploadConfig {
         part_size: 8 * MIB,
@@ -441,7 +446,7 @@ mod tests {
 
     /// Uploads the whole staged file as "k" with default options.
     async fn upload(
-        client: &Arc<MemoryClient>,
+        client: &Arc<Bucket>,
         file: &tempfile::NamedTempFile,
         size: u64,
     ) -> Result<String, UploadError> {
@@ -498,7 +503,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_small_file_is_one_put() {
-        let client = Arc::new(MemoryClient::new("b"));
+        let client = Arc::new(Bucket::memory("b"));
         let (file, body) = staged(1000);
         let options = PutOptions {
             content_type: Some("text/plain".into()),
@@ -523,7 +528,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_file_goes_up_in_parts_and_comes_back_whole() {
-        let client = Arc::new(MemoryClient::new("b"));
+        let client = Arc::new(Bucket::memory("b"));
         let size = 21 * MIB + 3;
         let (file, body) = staged(size);
         upload(&client, &file, size).await.unwrap();
@@ -534,7 +539,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_part_aborts_the_upload_and_keeps_the_old_object() {
-        let client = Arc::new(MemoryClient::new("b"));
+        let client = Arc::new(Bucket::memory("b"));
         client.put_object("k", "old");
         let size = 30 * MIB;
         let (file, _) = staged(size);
@@ -557,7 +562,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_completion_aborts_too() {
-        let client = Arc::new(MemoryClient::new("b"));
+        let client = Arc::new(Bucket::memory("b"));
         let size = 12 * MIB;
         let (file, _) = staged(size);
         client.fail_next(Op::CompleteMultipart, 1, ObjectError::Unreachable("reset".into()));
@@ -568,7 +573,7 @@ mod tests {
 
     #[tokio::test]
     async fn untouched_ranges_are_copied_on_the_server() {
-        let client = Arc::new(MemoryClient::new("b"));
+        let client = Arc::new(Bucket::memory("b"));
         let size = 20 * MIB;
         let (file, body) = staged(size);
         let old = client.put_object("src", Bytes::from(body[..16 << 20].to_vec()));
@@ -607,7 +612,7 @@ mod tests {
         // Only the plan is checked at that size: the memory client would need 5 GiB of RAM.
         let parts = plan_parts(6 << 30, 1 << 30).unwrap();
         assert_eq!(parts.len(), 6);
-        let client = Arc::new(MemoryClient::new("b"));
+        let client = Arc::new(Bucket::memory("b"));
         let etag = client.put_object("a", "small");
         let copied = copy_object(
             client.clone(),

@@ -25,6 +25,7 @@ use crate::cache::{BLOCK_SIZE, BlockReader, ObjectVersion};
 use crate::object::{ObjectClient, ObjectError, PutOptions};
 use crate::staging::{
     BaseRecord, JournalRecord, JournalState, Leftover, PageCacheEvictor, StagedFiles, Staging,
+    current_boot_id,
 };
 use crate::upload::{
     self, CopySource, MAX_OBJECT, PlannedPart, UploadBudget, UploadConfig, UploadError, part_range,
@@ -119,6 +120,9 @@ pub struct StagedFile {
     multipart: Option<String>,
     /// Unlinked or replaced while open: kept for its handles, never uploaded.
     deleted: bool,
+    /// The data file is on disk as it is now (fsynced since the last change): a journal saying
+    /// so lets a recovery after a power loss trust it.
+    synced: bool,
 }
 
 impl StagedFile {
@@ -135,6 +139,8 @@ impl StagedFile {
             local_blocks: Vec::new(),
             state: JournalState::Dirty,
             upload_id: None,
+            boot_id: current_boot_id().map(str::to_owned),
+            synced: false,
         })?;
         Ok(Self {
             key,
@@ -150,6 +156,7 @@ impl StagedFile {
             early: None,
             multipart: None,
             deleted: false,
+            synced: false,
         })
     }
 
@@ -175,6 +182,8 @@ impl StagedFile {
             local_blocks: Vec::new(),
             state: JournalState::Clean,
             upload_id: None,
+            boot_id: current_boot_id().map(str::to_owned),
+            synced: false,
         })?;
         files.data.set_len(base.len)?;
         Ok(Self {
@@ -191,6 +200,7 @@ impl StagedFile {
             early: None,
             multipart: None,
             deleted: false,
+            synced: false,
         })
     }
 
@@ -315,13 +325,41 @@ impl StagedFile {
             return Ok(());
         }
         if !self.closing {
+            // At once, before the fsync below (seconds for a large file): a daemon killed from
+            // here on leaves a file the next mount of this boot uploads.
             self.closing = true;
-            self.record_journal(!upload::is_single_put(self.size, &ctx.upload))?;
+            self.record_journal_or_warn(
+                false,
+                "a crash during this close leaves the file to the recovery folder",
+            );
+        }
+        if !self.synced && !upload::is_single_put(self.size, &ctx.upload) {
+            self.sync_to_disk().await;
         }
         let etag = self.send(ctx).await?;
         self.became_object(etag);
-        self.record_journal(false)?;
+        self.record_journal_or_warn(false, "a crash now may upload this content again");
         Ok(())
+    }
+
+    /// Puts the data file and then a journal saying so on disk, so that even a power loss
+    /// during the upload (a multipart one takes a while) leaves a file the next mount uploads.
+    /// Best effort: without it, a recovery in another boot sends the file to the recovery
+    /// folder rather than trust data that may be torn.
+    async fn sync_to_disk(&mut self) {
+        let data = self.files.data.clone();
+        match blocking(move || data.sync_data()).await {
+            Ok(()) => {
+                self.synced = true;
+                let (files, record) = (self.files.clone(), self.journal_record());
+                if let Err(error) = blocking(move || files.record(&record, true)).await {
+                    tracing::warn!(key = %self.key, %error, "cannot record on disk that a close began");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(key = %self.key, %error, "cannot put a staged file on disk before its upload")
+            }
+        }
     }
 
     /// The object is now at `key` with ETag `etag` (a rename copied it there): the file follows.
@@ -347,9 +385,17 @@ impl StagedFile {
     /// upload begun early.
     pub fn discard(&mut self, ctx: &WriteContext) {
         self.files.remove();
-        self.multipart = None;
+        let multipart = self.multipart.take();
         if let Some(early) = self.early.take() {
             tokio::spawn(abort_early(ctx.client.clone(), self.key.clone(), early));
+        } else if let Some(upload_id) = multipart {
+            // A close's upload cut short (the file was unlinked meanwhile): no orphaned parts.
+            let (client, key) = (ctx.client.clone(), self.key.clone());
+            tokio::spawn(async move {
+                if let Err(error) = client.abort_multipart(&key, &upload_id).await {
+                    tracing::warn!(%key, %upload_id, %error, "could not abort a multipart upload cut short");
+                }
+            });
         }
     }
 
@@ -397,6 +443,7 @@ impl StagedFile {
             early: None,
             multipart: None,
             deleted: false,
+            synced: record.synced,
         })
     }
 
@@ -484,7 +531,10 @@ impl StagedFile {
             .create_multipart(&self.key, &self.put_options())
             .await?;
         self.multipart = Some(upload_id.clone());
-        self.record_journal(false)?;
+        self.record_journal_or_warn(
+            false,
+            "a crash leaves this multipart upload open until S3's lifecycle rules end it",
+        );
         Ok(upload_id)
     }
 
@@ -672,6 +722,7 @@ impl StagedFile {
             let start = run.start * BLOCK_SIZE;
             let keep = (data.len() as u64).min(base.len.saturating_sub(start)) as usize;
             let file = self.files.data.clone();
+            self.synced = false;
             blocking(move || file.write_all_at(&data[..keep], start)).await?;
             for block in run {
                 self.local[block as usize] = true;
@@ -684,6 +735,7 @@ impl StagedFile {
     fn changed(&mut self, local_changed: bool) -> Result<(), WriteError> {
         self.mtime = SystemTime::now();
         self.etag = None;
+        self.synced = false;
         let was_dirty = std::mem::replace(&mut self.dirty, true);
         if !was_dirty || local_changed {
             self.record_journal(false)?;
@@ -692,6 +744,19 @@ impl StagedFile {
     }
 
     fn record_journal(&self, durable: bool) -> Result<(), WriteError> {
+        Ok(self.files.record(&self.journal_record(), durable)?)
+    }
+
+    /// [`StagedFile::record_journal`] where a failure must not stop an upload: a full staging
+    /// disk (which cannot take the journal's new copy) must not keep staged files from S3.
+    /// `risk` says what the stale journal means after a crash.
+    fn record_journal_or_warn(&self, durable: bool, risk: &str) {
+        if let Err(error) = self.record_journal(durable) {
+            tracing::warn!(key = %self.key, %error, "cannot rewrite the journal of a staged file; {risk}");
+        }
+    }
+
+    fn journal_record(&self) -> JournalRecord {
         let state = match (self.deleted, self.dirty, self.closing) {
             (true, _, _) => JournalState::Deleted,
             (false, false, _) => JournalState::Clean,
@@ -703,14 +768,15 @@ impl StagedFile {
                 .filter(|&b| self.local[b as usize])
                 .collect::<Vec<_>>(),
         );
-        let record = JournalRecord {
+        JournalRecord {
             key: self.key.clone(),
             base: self.base.as_ref().map(base_record),
             local_blocks,
             state,
             upload_id: self.multipart.clone(),
-        };
-        Ok(self.files.record(&record, durable)?)
+            boot_id: current_boot_id().map(str::to_owned),
+            synced: self.synced,
+        }
     }
 }
 
@@ -770,7 +836,7 @@ pub async fn recover(ctx: &WriteContext) -> io::Result<RecoveryReport> {
                 continue;
             }
         };
-        if record.state == JournalState::Closing && unchanged {
+        if record.close_can_be_trusted() && unchanged {
             match file.upload(ctx).await {
                 Ok(()) => {
                     file.discard(ctx);
@@ -786,10 +852,12 @@ pub async fn recover(ctx: &WriteContext) -> io::Result<RecoveryReport> {
         }
         let whole = unchanged && file.fetch_all(ctx).await.is_ok();
         let moved = ctx.staging.move_to_recovery(&leftover)?;
-        let why = if record.state == JournalState::Closing {
-            "the object changed remotely after its close began"
-        } else {
-            "it was never closed"
+        let why = match record.state {
+            JournalState::Closing if !unchanged => "the object changed remotely after its close began",
+            JournalState::Closing => {
+                "its close began before the machine restarted, and its data had not reached the disk"
+            }
+            _ => "it was never closed",
         };
         tracing::warn!(%key, path = %moved.display(), complete = whole || file.base_etag().is_none(),
             "staged data not uploaded because {why}; moved to the recovery folder");

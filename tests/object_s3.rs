@@ -106,6 +106,7 @@ where
                 force_path_style: true,
                 profile: None,
                 no_sign_request: false,
+                request_timeout: None,
             })
             .await
             .expect("S3 client");

@@ -35,7 +35,12 @@ use s3mount::fs::inode::ROOT_INO;
 use s3mount::fs::names::RootPrefix;
 use s3mount::fs::{Attr, DirEntry, FsConfig, FsError, Kind, S3Fs};
 use s3mount::object::ObjectError;
-use s3mount::object::memory::{MemoryClient, Op};
+use s3mount::object::Op;
+use s3mount::object::fault::FaultClient;
+use s3mount::object::memory::MemoryClient;
+
+/// The in-memory bucket behind a fault wrapper: the tests inject faults.
+type Bucket = FaultClient<MemoryClient>;
 use s3mount::prefetch::ReadAheadConfig;
 use s3mount::staging::Staging;
 use s3mount::upload::UploadConfig;
@@ -556,7 +561,7 @@ async fn list(fs: &S3Fs, ino: u64) -> BTreeMap<String, Kind> {
 }
 
 struct Harness {
-    client: Arc<MemoryClient>,
+    client: Arc<Bucket>,
     cache_dir: TempDir,
     config: FsConfig,
     /// `None` only while remounting: the staging lock must be free before the next mount.
@@ -568,7 +573,7 @@ impl Harness {
     /// A mount on a bucket that is empty, or (`preset`) already holds a file larger than a part
     /// and a directory with a small file, as a bucket in use would.
     fn new(metadata_ttl: Duration, preset: bool) -> Self {
-        let client = Arc::new(MemoryClient::new("write-model"));
+        let client = Arc::new(Bucket::memory("write-model"));
         let mut model = Model::default();
         if preset {
             let objects = [
@@ -1358,7 +1363,7 @@ proptest! {
 // Failure injection
 
 /// A mounted file system over `client` with its staging area in `cache_dir`.
-fn mount(client: &Arc<MemoryClient>, cache_dir: &TempDir) -> S3Fs {
+fn mount(client: &Arc<Bucket>, cache_dir: &TempDir) -> S3Fs {
     let staging = Staging::open(cache_dir.path()).unwrap();
     S3Fs::new(client.clone(), config(Duration::ZERO), None, Some(staging))
 }
@@ -1379,7 +1384,7 @@ async fn write_all(fs: &S3Fs, fh: u64, data: &[u8]) {
 
 #[tokio::test]
 async fn failed_part_aborts_the_upload_and_a_second_flush_succeeds() {
-    let client = Arc::new(MemoryClient::new("faults"));
+    let client = Arc::new(Bucket::memory("faults"));
     client.put_object("big", &b"old contents"[..]);
     let cache_dir = TempDir::new().unwrap();
     let fs = mount(&client, &cache_dir);
@@ -1419,7 +1424,7 @@ async fn failed_part_aborts_the_upload_and_a_second_flush_succeeds() {
 
 #[tokio::test]
 async fn failed_close_is_retried_in_the_background_after_release() {
-    let client = Arc::new(MemoryClient::new("faults"));
+    let client = Arc::new(Bucket::memory("faults"));
     let cache_dir = TempDir::new().unwrap();
     let fs = mount(&client, &cache_dir);
     let (attr, opened) = fs
@@ -1448,7 +1453,7 @@ async fn failed_close_is_retried_in_the_background_after_release() {
 
 #[tokio::test]
 async fn failed_close_is_uploaded_by_the_next_mount() {
-    let client = Arc::new(MemoryClient::new("faults"));
+    let client = Arc::new(Bucket::memory("faults"));
     let cache_dir = TempDir::new().unwrap();
     let fs = mount(&client, &cache_dir);
     let (_, opened) = fs
@@ -1475,7 +1480,7 @@ async fn failed_close_is_uploaded_by_the_next_mount() {
 /// server.
 #[tokio::test]
 async fn appending_to_a_large_file_copies_untouched_parts() {
-    let client = Arc::new(MemoryClient::new("copy"));
+    let client = Arc::new(Bucket::memory("copy"));
     let mut data = pattern(3, (PART + MIB) as usize);
     client.put_object("log", data.clone());
     let cache_dir = TempDir::new().unwrap();
@@ -1508,7 +1513,7 @@ async fn lookup_errno(fs: &S3Fs, name: &str) -> Result<u64, i32> {
 /// staged copy and left the old object `a` in the bucket, where the mount showed it again.)
 #[tokio::test]
 async fn rename_of_a_file_truncated_at_open_removes_the_old_object() {
-    let client = Arc::new(MemoryClient::new("bugs"));
+    let client = Arc::new(Bucket::memory("bugs"));
     client.put_object("a", &b"old"[..]);
     let cache_dir = TempDir::new().unwrap();
     let fs = mount(&client, &cache_dir);
@@ -1533,7 +1538,7 @@ async fn rename_of_a_file_truncated_at_open_removes_the_old_object() {
 /// the staged file, so the replaced `a` reappeared on the mount and stayed in the bucket.)
 #[tokio::test]
 async fn renaming_a_new_file_over_another_and_away_does_not_resurrect_the_replaced_one() {
-    let client = Arc::new(MemoryClient::new("bugs"));
+    let client = Arc::new(Bucket::memory("bugs"));
     client.put_object("a", &b"replaced"[..]);
     let cache_dir = TempDir::new().unwrap();
     let fs = mount(&client, &cache_dir);
@@ -1568,7 +1573,7 @@ async fn renaming_a_new_file_over_another_and_away_does_not_resurrect_the_replac
 /// the read and the partial-block write failed with ENOENT.)
 #[tokio::test]
 async fn open_file_stays_readable_and_writable_after_unlink() {
-    let client = Arc::new(MemoryClient::new("bugs"));
+    let client = Arc::new(Bucket::memory("bugs"));
     client.put_object("b", &b"hello"[..]);
     let cache_dir = TempDir::new().unwrap();
     let fs = mount(&client, &cache_dir);
@@ -1585,7 +1590,7 @@ async fn open_file_stays_readable_and_writable_after_unlink() {
 /// on the replaced object, so reads and writes through the open handle failed with ESTALE.)
 #[tokio::test]
 async fn open_file_stays_readable_and_writable_after_being_replaced_by_rename() {
-    let client = Arc::new(MemoryClient::new("bugs"));
+    let client = Arc::new(Bucket::memory("bugs"));
     client.put_object("b", &b"hello"[..]);
     client.put_object("c", &b"other"[..]);
     let cache_dir = TempDir::new().unwrap();
@@ -1607,7 +1612,7 @@ async fn open_file_stays_readable_and_writable_after_being_replaced_by_rename() 
 /// EBADF.)
 #[tokio::test]
 async fn ftruncate_of_an_open_unlinked_file_succeeds() {
-    let client = Arc::new(MemoryClient::new("bugs"));
+    let client = Arc::new(Bucket::memory("bugs"));
     let cache_dir = TempDir::new().unwrap();
     let fs = mount(&client, &cache_dir);
     let (attr, opened) = fs
@@ -1627,7 +1632,7 @@ async fn ftruncate_of_an_open_unlinked_file_succeeds() {
 /// file still open, at a drain on SIGTERM or a crash, the next mount's recovery uploaded it.)
 #[tokio::test]
 async fn unlinked_file_is_not_uploaded_by_the_next_mount() {
-    let client = Arc::new(MemoryClient::new("bugs"));
+    let client = Arc::new(Bucket::memory("bugs"));
     let cache_dir = TempDir::new().unwrap();
     let fs = mount(&client, &cache_dir);
     let (_, opened) = fs
@@ -1661,7 +1666,7 @@ async fn unlinked_file_is_not_uploaded_by_the_next_mount() {
 /// write. A file never closed lost the write the same way in the copy recovery sets aside.)
 #[tokio::test]
 async fn write_after_a_failed_close_survives_a_crash() {
-    let client = Arc::new(MemoryClient::new("bugs"));
+    let client = Arc::new(Bucket::memory("bugs"));
     let old = pattern(1, (2 * MIB + 100) as usize);
     client.put_object("a", old.clone());
     let cache_dir = TempDir::new().unwrap();

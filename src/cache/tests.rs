@@ -6,13 +6,18 @@ use std::time::Duration;
 
 use super::disk::{DiskCache, DiskCacheLimits};
 use super::*;
-use crate::object::memory::{MemoryClient, Op};
+use crate::object::Op;
+use crate::object::fault::FaultClient;
+use crate::object::memory::MemoryClient;
+
+/// The in-memory bucket behind a fault wrapper: the tests inject faults.
+type Bucket = FaultClient<MemoryClient>;
 use crate::test_support::pattern;
 
 const MIB: u64 = 1 << 20;
 
 struct Bed {
-    client: Arc<MemoryClient>,
+    client: Arc<Bucket>,
     reader: Arc<BlockReader>,
     object: ObjectVersion,
     body: Vec<u8>,
@@ -20,7 +25,7 @@ struct Bed {
 }
 
 fn bed_with_limits(size: u64, limits: DiskCacheLimits) -> Bed {
-    let client = Arc::new(MemoryClient::new("bucket"));
+    let client = Arc::new(Bucket::memory("bucket"));
     let body = pattern(size);
     let etag = client.put_object("obj", body.clone());
     let dir = tempfile::tempdir().unwrap();
@@ -250,7 +255,7 @@ async fn a_changed_object_never_hits_the_old_blocks() {
 
 #[tokio::test]
 async fn without_a_disk_every_read_is_a_get() {
-    let client = Arc::new(MemoryClient::new("bucket"));
+    let client = Arc::new(Bucket::memory("bucket"));
     let etag = client.put_object("obj", pattern(MIB));
     let reader = BlockReader::new(client.clone(), None);
     let object = ObjectVersion {

@@ -87,7 +87,11 @@ fn object_errno(error: &ObjectError) -> i32 {
         // The object was replaced while open: never mix two versions, like NFS after a replace.
         ObjectError::PreconditionFailed(_) => libc::ESTALE,
         ObjectError::InvalidRange(_) => libc::EIO,
+        // What was still failing once the retries gave up (see object::retry).
         ObjectError::Unreachable(_) => libc::EIO,
+        ObjectError::Transient { .. } => libc::EIO,
+        // Says what happened: `cat: f: Connection timed out`, not a vague I/O error.
+        ObjectError::TimedOut(_) => libc::ETIMEDOUT,
         ObjectError::Service { .. } => libc::EIO,
     }
 }
@@ -112,6 +116,15 @@ mod tests {
             FsError::from(ObjectError::Unreachable("x".into())).errno(),
             libc::EIO
         );
+        assert_eq!(
+            FsError::from(ObjectError::TimedOut("x".into())).errno(),
+            libc::ETIMEDOUT
+        );
+        let throttled = ObjectError::Transient {
+            code: "SlowDown".into(),
+            message: "m".into(),
+        };
+        assert_eq!(FsError::from(throttled).errno(), libc::EIO);
         let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
         assert_eq!(FsError::from(WriteError::Staging(full)).errno(), libc::ENOSPC);
         assert_eq!(FsError::from(WriteError::TooLarge(1)).errno(), libc::EFBIG);

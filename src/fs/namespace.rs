@@ -160,7 +160,10 @@ impl S3Fs {
     }
 
     /// Moves every key under a directory: files being written are uploaded first, then each key
-    /// is copied, then the sources deleted (so a failure midway leaves both, never neither).
+    /// is moved on its own (copied, then its source deleted), 16 at a time. Not atomic, but a
+    /// failure midway (the server went away) leaves every key at its old name or at its new one:
+    /// no new move starts after the first failure, and only a key whose copy landed but whose
+    /// delete failed is at both, with the same content. Staged files follow their objects.
     async fn rename_dir(&self, from: &str, to: &str) -> Result<(), FsError> {
         for (path, staged) in self.staged.under(from) {
             let ino = lock(&self.inodes).peek(&path);
@@ -169,42 +172,72 @@ impl S3Fs {
         let from_prefix = self.config.root.dir_prefix(from);
         let to_prefix = self.config.root.dir_prefix(to);
         let objects = self.list_all_under(&from_prefix).await?;
-        let moves: Vec<(ObjectSummary, String)> = objects
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let moves: Vec<_> = objects
             .into_iter()
             .map(|object| {
                 let dest = format!("{to_prefix}{}", &object.key[from_prefix.len()..]);
-                (object, dest)
-            })
-            .collect();
-        let copies: Vec<_> = moves
-            .iter()
-            .map(|(object, dest)| {
-                let (source, dest, size, etag) =
-                    (object.key.clone(), dest.clone(), object.size, object.etag.clone());
+                let failed = &failed;
                 Box::pin(async move {
-                    let etag = self.copy_key(&source, &dest, size, &etag).await?;
-                    Ok::<_, FsError>((dest, etag))
-                }) as BoxedFuture<'_, Result<(String, String), FsError>>
+                    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+                        return None;
+                    }
+                    let moved = self.move_key(&object, &dest).await;
+                    if moved.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Some(moved)
+                })
+                    as BoxedFuture<'_, Option<Result<(String, String), (Option<(String, String)>, FsError)>>>
             })
             .collect();
-        let copied = join_bounded(copies, RENAME_CONCURRENCY).await;
-        let copied: Vec<(String, String)> = copied.into_iter().collect::<Result<_, _>>()?;
-        let deletes: Vec<_> = moves
-            .iter()
-            .map(|(object, _)| {
-                let key = object.key.clone();
-                Box::pin(async move { self.client.delete(&key).await }) as BoxedFuture<'_, Result<(), _>>
-            })
-            .collect();
-        for deleted in join_bounded(deletes, RENAME_CONCURRENCY).await {
-            deleted?;
+        let outcomes = join_bounded(moves, RENAME_CONCURRENCY).await;
+        let mut copied = Vec::new();
+        let mut first_error = None;
+        for outcome in outcomes.into_iter().flatten() {
+            match outcome {
+                Ok(done) => copied.push(done),
+                Err((landed, error)) => {
+                    copied.extend(landed);
+                    first_error.get_or_insert(error);
+                }
+            }
         }
+        // Staged files follow whatever copy of their object landed, even when the rename
+        // failed: a later close must not bring a moved object back under its old name.
         self.move_staged_under(from, to, &copied).await?;
         self.metadata.invalidate_all();
-        Ok(())
+        match first_error {
+            None => Ok(()),
+            Some(error) => {
+                tracing::warn!(%from, %to, moved = copied.len(), %error,
+                    "directory rename failed midway: the keys moved so far are under the new name, the others under the old");
+                Err(error)
+            }
+        }
     }
 
-    /// Staged files under a renamed directory follow it, as the copies of their objects.
+    /// Moves one key: a server-side copy, then a delete of the source. On failure, says whether
+    /// the copy had landed (the destination and its ETag), so its staged file can follow it.
+    async fn move_key(
+        &self,
+        object: &ObjectSummary,
+        dest: &str,
+    ) -> Result<(String, String), (Option<(String, String)>, FsError)> {
+        let etag = self
+            .copy_key(&object.key, dest, object.size, &object.etag)
+            .await
+            .map_err(|error| (None, error))?;
+        let landed = (dest.to_owned(), etag);
+        match self.client.delete(&object.key).await {
+            Ok(()) => Ok(landed),
+            Err(error) => Err((Some(landed), error.into())),
+        }
+    }
+
+    /// Staged files under a renamed directory follow it, as the copies of their objects. After
+    /// a rename that failed midway, only those whose object was copied (or that were never
+    /// uploaded, so have no object to copy) move; the others stay with their object.
     async fn move_staged_under(
         &self,
         from: &str,
@@ -217,8 +250,10 @@ impl S3Fs {
             let mut file = staged.file.lock().await;
             if let Some((_, etag)) = copied.iter().find(|(key, _)| *key == new_key) {
                 file.moved_to(new_key, etag.clone())?;
-            } else {
+            } else if !file.exists_remotely() {
                 file.rekey(new_key, content_type_of(&new_path))?;
+            } else {
+                continue;
             }
             drop(file);
             self.staged.remove(&path);

@@ -6,7 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::object::memory::{MemoryClient, Op};
+use crate::object::Op;
+use crate::object::fault::FaultClient;
+use crate::object::memory::MemoryClient;
+
+/// The in-memory bucket behind a fault wrapper: the tests inject faults.
+type Bucket = FaultClient<MemoryClient>;
 use crate::prefetch::ReadAheadConfig;
 
 fn config(prefix: &str) -> FsConfig {
@@ -30,7 +35,7 @@ fn config(prefix: &str) -> FsConfig {
     }
 }
 
-fn mount(client: &Arc<MemoryClient>, prefix: &str) -> S3Fs {
+fn mount(client: &Arc<Bucket>, prefix: &str) -> S3Fs {
     S3Fs::new(client.clone(), config(prefix), None, None)
 }
 
@@ -83,7 +88,7 @@ async fn read_all(fs: &S3Fs, ino: u64) -> Result<Vec<u8>, FsError> {
 
 #[tokio::test]
 async fn prefixes_are_directories_and_objects_files() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     client.put_object("2021/doc-example-bucket/math/john.txt", "john");
     client.put_object("2021/doc-example-bucket/math/jane.txt", "jane!");
     client.put_object("2021/empty-dir/", "");
@@ -128,7 +133,7 @@ async fn prefixes_are_directories_and_objects_files() {
 
 #[tokio::test]
 async fn a_prefix_becomes_the_root() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     client.put_object("datasets/imagenet/train/0.jpg", "0");
     client.put_object("datasets/imagenet/val.txt", "v");
     client.put_object("datasets/other/x", "x");
@@ -146,7 +151,7 @@ async fn a_prefix_becomes_the_root() {
 
 #[tokio::test]
 async fn file_and_prefix_of_one_name_show_the_directory() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     client.put_object("a", "file");
     client.put_object("a/b", "inner");
     let fs = mount(&client, "");
@@ -160,7 +165,7 @@ async fn file_and_prefix_of_one_name_show_the_directory() {
 
 #[tokio::test]
 async fn bad_names_are_refused_without_a_request() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     let fs = mount(&client, "");
     client.reset_counters();
     let long = "x".repeat(256);
@@ -174,7 +179,7 @@ async fn bad_names_are_refused_without_a_request() {
 
 #[tokio::test]
 async fn ls_l_costs_no_request_per_entry() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     for i in 0..2_500 {
         client.put_object(&format!("big/f{i:05}"), vec![0u8; i % 7]);
     }
@@ -194,7 +199,7 @@ async fn ls_l_costs_no_request_per_entry() {
 
 #[tokio::test]
 async fn a_huge_directory_streams_one_page_at_a_time() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     for i in 0..100_000 {
         client.put_object(&format!("huge/{i:06}"), "");
     }
@@ -230,7 +235,7 @@ async fn a_huge_directory_streams_one_page_at_a_time() {
 
 #[tokio::test]
 async fn forget_releases_inodes_and_numbers_stay_stable() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     for i in 0..500 {
         client.put_object(&format!("f{i}"), "x");
     }
@@ -263,7 +268,7 @@ async fn forget_releases_inodes_and_numbers_stay_stable() {
 #[tokio::test]
 async fn a_replaced_object_fails_the_read_instead_of_mixing_versions() {
     const SIZE: usize = 3 << 20;
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     client.put_object("f", vec![1u8; SIZE]);
     let fs = mount(&client, "");
     let ino = lookup_path(&fs, "f").await.unwrap().ino;
@@ -282,7 +287,7 @@ async fn a_replaced_object_fails_the_read_instead_of_mixing_versions() {
 
 #[tokio::test]
 async fn open_refreshes_size_despite_the_metadata_cache() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     client.put_object("f", "short");
     let fs = mount(&client, "");
     let ino = lookup_path(&fs, "f").await.unwrap().ino;
@@ -312,7 +317,7 @@ impl KernelCache for RecordingKernel {
 
 #[tokio::test]
 async fn open_drops_the_kernels_view_when_the_object_changed_since_it_was_told() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     client.put_object("d/f", "v1");
     let fs = mount(&client, "");
     let kernel = Arc::new(RecordingKernel::default());
@@ -339,7 +344,7 @@ async fn open_drops_the_kernels_view_when_the_object_changed_since_it_was_told()
 
 #[tokio::test]
 async fn a_reopened_unchanged_file_keeps_the_page_cache_and_old_handles_go_stale() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     client.put_object("d/f", "v1");
     let fs = mount(&client, "");
     let d = lookup_path(&fs, "d").await.unwrap();
@@ -362,7 +367,7 @@ async fn a_reopened_unchanged_file_keeps_the_page_cache_and_old_handles_go_stale
 
 #[tokio::test]
 async fn writes_are_refused_for_now() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     client.put_object("f", "x");
     let fs = mount(&client, "");
     let ino = lookup_path(&fs, "f").await.unwrap().ino;
@@ -374,7 +379,7 @@ async fn writes_are_refused_for_now() {
 
 #[tokio::test]
 async fn server_errors_become_errors_not_panics() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     client.put_object("d/f", "x");
     let fs = mount(&client, "");
     client.set_unreachable(true);
@@ -409,7 +414,7 @@ async fn server_errors_become_errors_not_panics() {
 
 #[tokio::test]
 async fn a_slow_read_does_not_block_a_lookup() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     client.put_object("slow", "data");
     client.put_object("other", "x");
     let fs = Arc::new(mount(&client, ""));
@@ -428,7 +433,7 @@ async fn a_slow_read_does_not_block_a_lookup() {
 
 #[test]
 fn statfs_reports_space() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     let fs = mount(&client, "");
     let s = fs.statfs();
     assert!(s.bavail > 0 && s.ffree > 0);
@@ -436,7 +441,7 @@ fn statfs_reports_space() {
 }
 
 /// A writable file system over `client`, staging in `dir`.
-fn writable(client: &Arc<MemoryClient>, dir: &tempfile::TempDir) -> S3Fs {
+fn writable(client: &Arc<Bucket>, dir: &tempfile::TempDir) -> S3Fs {
     let staging = crate::staging::Staging::open(dir.path()).unwrap();
     S3Fs::new(client.clone(), config(""), None, Some(staging))
 }
@@ -452,7 +457,7 @@ async fn create_file(fs: &S3Fs, parent: u64, name: &str, body: &[u8]) -> (u64, u
 
 #[tokio::test]
 async fn a_new_file_is_listed_and_sized_before_its_upload() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     client.put_object("z-existing", "x");
     let dir = tempfile::tempdir().unwrap();
     let fs = writable(&client, &dir);
@@ -479,7 +484,7 @@ async fn a_new_file_is_listed_and_sized_before_its_upload() {
 
 #[tokio::test]
 async fn o_excl_o_append_and_o_trunc_behave_as_posix_says() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     client.put_object("log", "one\n");
     let dir = tempfile::tempdir().unwrap();
     let fs = writable(&client, &dir);
@@ -509,7 +514,7 @@ async fn o_excl_o_append_and_o_trunc_behave_as_posix_says() {
 
 #[tokio::test]
 async fn an_unlinked_open_file_is_never_uploaded() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     let dir = tempfile::tempdir().unwrap();
     let fs = writable(&client, &dir);
     let (ino, handle) = create_file(&fs, ROOT_INO, "tmp", b"scratch").await;
@@ -536,7 +541,7 @@ async fn an_unlinked_open_file_is_never_uploaded() {
 
 #[tokio::test]
 async fn mkdir_rmdir_and_rename_follow_posix() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     let dir = tempfile::tempdir().unwrap();
     let fs = writable(&client, &dir);
     let d = fs.mkdir(ROOT_INO, OsStr::new("d")).await.unwrap();
@@ -581,7 +586,7 @@ async fn mkdir_rmdir_and_rename_follow_posix() {
 
 #[tokio::test]
 async fn a_read_only_mount_refuses_every_change() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     client.put_object("f", "x");
     let fs = mount(&client, "");
     let ino = lookup_path(&fs, "f").await.unwrap().ino;
@@ -604,7 +609,7 @@ async fn a_read_only_mount_refuses_every_change() {
 
 #[tokio::test]
 async fn only_the_opening_process_uploads_on_close() {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     let dir = tempfile::tempdir().unwrap();
     let fs = writable(&client, &dir);
     let flags = libc::O_WRONLY | libc::O_CREAT;
@@ -621,3 +626,180 @@ async fn only_the_opening_process_uploads_on_close() {
     assert_eq!(client.body("ckpt").as_deref(), Some(&b"half and whole"[..]));
     fs.release(opened.handle).await;
 }
+
+/// Every transient failure the retry layer can give up with.
+fn transient_errors() -> Vec<ObjectError> {
+    vec![
+        ObjectError::TimedOut("stalled".into()),
+        ObjectError::Unreachable("reset".into()),
+        ObjectError::Transient {
+            code: "SlowDown".into(),
+            message: "reduce your request rate".into(),
+        },
+        ObjectError::Transient {
+            code: "HTTP 500".into(),
+            message: "internal error".into(),
+        },
+    ]
+}
+
+#[tokio::test]
+async fn a_transient_error_is_never_not_found_nor_a_new_empty_file() {
+    for error in transient_errors() {
+        let errno = FsError::from(error.clone()).errno();
+        assert!(errno == libc::EIO || errno == libc::ETIMEDOUT, "{error:?}");
+        for failing in [Op::Head, Op::List] {
+            let client = Arc::new(Bucket::memory("b"));
+            let etag = client.put_object("data.bin", "precious");
+            let dir = tempfile::tempdir().unwrap();
+            let fs = writable(&client, &dir);
+            // A lookup (stat), an open and a create of an existing file while S3 fails.
+            client.fail_next(failing, 1, error.clone());
+            let looked_up = fs.lookup(ROOT_INO, OsStr::new("data.bin")).await;
+            assert_eq!(
+                looked_up.unwrap_err().errno(),
+                errno,
+                "lookup, {failing:?} failing with {error:?}"
+            );
+            client.fail_next(failing, 1, error.clone());
+            let created = fs
+                .create(ROOT_INO, OsStr::new("data.bin"), libc::O_WRONLY | libc::O_CREAT)
+                .await;
+            assert_eq!(
+                created.unwrap_err().errno(),
+                errno,
+                "create, {failing:?} failing with {error:?}"
+            );
+            assert_eq!(client.counters().put, 0, "nothing was written over the object");
+            // Nothing negative was remembered: the next lookup asks again and finds the file.
+            let ino = fs.lookup(ROOT_INO, OsStr::new("data.bin")).await.unwrap().ino;
+            client.fail_next(Op::Head, 1, error.clone());
+            let opened = fs.open(ino, libc::O_RDWR).await;
+            assert_eq!(
+                opened.unwrap_err().errno(),
+                errno,
+                "open for writing while HEAD fails"
+            );
+            let opened = fs.open(ino, libc::O_RDONLY | libc::O_TRUNC).await.unwrap();
+            fs.release(opened.handle).await;
+            assert_eq!(client.body("data.bin").as_deref(), Some(&b"precious"[..]));
+            assert_eq!(client.head("data.bin").await.unwrap().etag, etag);
+        }
+    }
+}
+
+#[tokio::test]
+async fn unlinking_a_file_whose_upload_keeps_failing_frees_its_space_at_once() {
+    let client = Arc::new(Bucket::memory("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = writable(&client, &dir);
+    let (_, handle) = create_file(&fs, ROOT_INO, "big.bin", &vec![7u8; 3 << 20]).await;
+    client.set_unreachable(true);
+    assert_eq!(fs.flush(handle).await.unwrap_err().errno(), libc::EIO);
+    // The last close: the upload goes on in the background, and keeps failing.
+    fs.release(handle).await;
+    // Disk space the staging area takes: its files, and the files already removed from it
+    // that a descriptor of this process still holds open (their space is not free either).
+    let staging = std::fs::canonicalize(dir.path().join("staging")).unwrap();
+    let staged_bytes = || -> u64 {
+        let listed = std::fs::read_dir(&staging)
+            .unwrap()
+            .filter_map(|entry| Some(entry.ok()?.path()));
+        let held_open = std::fs::read_dir("/proc/self/fd").unwrap().filter_map(|fd| {
+            let fd = fd.ok()?.path();
+            let target = std::fs::read_link(&fd).ok()?;
+            let deleted = target.to_string_lossy().ends_with(" (deleted)");
+            (deleted && target.starts_with(&staging)).then_some(fd)
+        });
+        listed
+            .chain(held_open)
+            .filter_map(|path| std::fs::metadata(path).ok())
+            .map(|metadata| std::os::unix::fs::MetadataExt::blocks(&metadata) * 512)
+            .sum()
+    };
+    assert!(staged_bytes() >= 3 << 20, "staged while it waits for S3");
+    let retries_before = client.calls(Op::Put);
+    // S3 comes back just for the delete, as a user's `rm` would find it.
+    client.set_unreachable(false);
+    client.fail_next(
+        Op::Put,
+        1000,
+        ObjectError::Unreachable("still down for uploads".into()),
+    );
+    fs.unlink(ROOT_INO, OsStr::new("big.bin")).await.unwrap();
+    assert!(
+        staged_bytes() < 64 << 10,
+        "space freed at once: {} bytes",
+        staged_bytes()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        client.calls(Op::Put) <= retries_before + 1,
+        "no retries after the unlink: {} then {}",
+        retries_before,
+        client.calls(Op::Put)
+    );
+    assert!(!client.contains("big.bin"));
+}
+
+#[tokio::test]
+async fn a_directory_rename_cut_midway_leaves_every_key_at_one_name() {
+    let client = Arc::new(Bucket::memory("b"));
+    let names: Vec<String> = (0..40).map(|i| format!("{i:02}")).collect();
+    for name in &names {
+        client.put_object(&format!("src/{name}"), name.clone());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fs = writable(&client, &dir);
+    lookup_path(&fs, "src").await.unwrap();
+    // The server goes away once 16 keys have moved: every later request fails, as a request
+    // does once its retries are spent.
+    client.set_latency(Op::Copy, Duration::from_millis(1));
+    let faults = client.clone();
+    let watcher = tokio::spawn(async move {
+        while faults.counters().delete < 16 {
+            tokio::task::yield_now().await;
+        }
+        faults.set_unreachable(true);
+    });
+    let renamed = fs.rename(ROOT_INO, OsStr::new("src"), ROOT_INO, OsStr::new("dst"), 0).await;
+    watcher.await.unwrap();
+    client.set_unreachable(false);
+    assert_eq!(renamed.unwrap_err().errno(), libc::EIO);
+    let keys = client.keys();
+    let (mut moved, mut left, mut both) = (0, 0, 0);
+    for name in &names {
+        let at_old = keys.contains(&format!("src/{name}"));
+        let at_new = keys.contains(&format!("dst/{name}"));
+        assert!(at_old || at_new, "{name} lost: {keys:?}");
+        if at_new {
+            assert_eq!(client.body(&format!("dst/{name}")).as_deref(), Some(name.as_bytes()));
+        }
+        match (at_old, at_new) {
+            (true, true) => both += 1,
+            (false, true) => moved += 1,
+            _ => left += 1,
+        }
+    }
+    assert!(moved > 0 && left > 0, "cut midway: {moved} moved, {left} left");
+    // Only a move whose copy landed just as the server went away can be at both names.
+    assert!(both <= RENAME_CONCURRENCY_FOR_TESTS, "{both} keys at both names");
+    // Once the server is back, the rest moves with a rename of what is left into place.
+    for name in &names {
+        if keys.contains(&format!("src/{name}")) && keys.contains(&format!("dst/{name}")) {
+            client.delete_object(&format!("src/{name}"));
+        }
+    }
+    let src = lookup_path(&fs, "src").await.unwrap().ino;
+    let dst = lookup_path(&fs, "dst").await.unwrap().ino;
+    for name in &names {
+        if client.contains(&format!("src/{name}")) {
+            fs.rename(src, OsStr::new(name), dst, OsStr::new(name), 0).await.unwrap();
+        }
+    }
+    let expected: Vec<String> = names.iter().map(|n| format!("dst/{n}")).collect();
+    assert_eq!(client.keys(), expected, "every key once, at its new name");
+}
+
+/// Moves of a directory rename in flight at once (namespace.rs).
+const RENAME_CONCURRENCY_FOR_TESTS: usize = 16;

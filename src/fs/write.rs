@@ -9,12 +9,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use moka::sync::Cache;
+use tokio::sync::watch;
 
 use super::names::{check_os_name, join};
 use super::{Attr, Entry, FsError, Handle, Kind, Opened, S3Fs, lock, set_attrs_view};
@@ -63,8 +64,9 @@ pub(super) struct StagedEntry {
     /// What `stat` shows, updated after every change.
     seen: Mutex<Entry>,
     handles: AtomicUsize,
-    /// Unlinked or replaced by a rename: never uploaded again, dropped at the last close.
-    unlinked: AtomicBool,
+    /// Unlinked or replaced by a rename: never uploaded again, dropped at the last close. A
+    /// channel, so that a background upload can be cut short the moment it happens.
+    unlinked: watch::Sender<bool>,
 }
 
 impl StagedEntry {
@@ -75,7 +77,7 @@ impl StagedEntry {
             path: Mutex::new(path),
             seen: Mutex::new(seen),
             handles: AtomicUsize::new(0),
-            unlinked: AtomicBool::new(false),
+            unlinked: watch::Sender::new(false),
         })
     }
 
@@ -96,11 +98,18 @@ impl StagedEntry {
     }
 
     pub(super) fn mark_unlinked(&self) {
-        self.unlinked.store(true, Ordering::SeqCst);
+        self.unlinked.send_replace(true);
     }
 
     fn is_unlinked(&self) -> bool {
-        self.unlinked.load(Ordering::SeqCst)
+        *self.unlinked.borrow()
+    }
+
+    /// Resolves once the file is unlinked (at once if it is already).
+    async fn until_unlinked(&self) {
+        let mut unlinked = self.unlinked.subscribe();
+        // An error means the sender is gone, which `self` rules out.
+        let _ = unlinked.wait_for(|&unlinked| unlinked).await;
     }
 
     pub(super) fn has_handles(&self) -> bool {
@@ -522,7 +531,15 @@ async fn settle(
         return true;
     }
     if file.is_dirty() {
-        let uploaded = file.upload(ctx).await;
+        // An unlink ends the upload at once: a file nobody can name is not worth a minute of
+        // retries, and its staging space must come back now (a full disk waits for it).
+        let uploaded = tokio::select! {
+            uploaded = file.upload(ctx) => uploaded,
+            () = entry.until_unlinked() => {
+                file.discard(ctx);
+                return true;
+            }
+        };
         entry.update_seen(&file);
         if let Err(error) = uploaded {
             tracing::warn!(key = %file.key(), %error, "upload after the last close failed; retrying in the background");
@@ -546,7 +563,11 @@ async fn retry_upload(
 ) {
     let mut pause = RETRY_FIRST;
     loop {
-        tokio::time::sleep(pause).await;
+        // An unlink settles it at once (its staged copy is dropped), without waiting the pause.
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = entry.until_unlinked() => {}
+        }
         if settle(&ctx, &table, &metadata, &entry).await {
             return;
         }

@@ -1,7 +1,9 @@
 //! `MemoryClient`: an in-memory bucket implementing [`ObjectClient`] with S3's semantics
 //! (ListObjectsV2 paging and common prefixes, ranged GET with If-Match, content-derived ETags), plus
-//! what tests need around it: setup helpers that bypass the request path, per-operation request
-//! counters, and fault injection (queued errors, added latency, an unreachable switch).
+//! what tests need around it: setup helpers that bypass the request path and per-operation
+//! request counters. Faults (errors, latency, stalls) are [`super::fault::FaultClient`]'s, which
+//! wraps this client (or any other). Compiled for tests only (`cfg(test)` or the `test-util`
+//! feature), never into the release binary.
 //!
 //! It owns only its own map of objects and its test knobs. It must not know about inodes, paths,
 //! caches or errno values, and it must stay a faithful stand-in for the server: when S3 and the
@@ -27,11 +29,11 @@
 //!   are honoured as S3 does since 2024: If-Match on a missing key is `NoSuchKey` (404).
 //! - CopyObject of a key onto itself (metadata copied) is refused like S3 (`InvalidRequest`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{DefaultHasher, Hasher};
 use std::ops::{Bound, Range};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,8 +41,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectSummary, PutOptions,
-    conditions_on_create,
+    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectSummary, Op,
+    PutOptions, conditions_on_create,
 };
 
 /// S3's page size when MaxKeys is absent, and also the most it returns when asked for more.
@@ -62,42 +64,7 @@ pub const MIN_PART_SIZE: usize = 5 << 20;
 const MAX_PART_NUMBER: u32 = 10_000;
 
 /// Number of [`Op`] variants: the size of the per-operation tables.
-const OP_COUNT: usize = 11;
-
-/// A request kind, for counters, fault injection and latency.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
-    List,
-    Head,
-    Get,
-    /// `put` and `put_with`.
-    Put,
-    Delete,
-    Copy,
-    CreateMultipart,
-    UploadPart,
-    UploadPartCopy,
-    CompleteMultipart,
-    AbortMultipart,
-}
-
-impl Op {
-    fn index(self) -> usize {
-        match self {
-            Op::List => 0,
-            Op::Head => 1,
-            Op::Get => 2,
-            Op::Put => 3,
-            Op::Delete => 4,
-            Op::Copy => 5,
-            Op::CreateMultipart => 6,
-            Op::UploadPart => 7,
-            Op::UploadPartCopy => 8,
-            Op::CompleteMultipart => 9,
-            Op::AbortMultipart => 10,
-        }
-    }
-}
+const OP_COUNT: usize = Op::ALL.len();
 
 /// A snapshot of the request counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -129,13 +96,6 @@ struct MemoryObject {
     user_metadata: HashMap<String, String>,
 }
 
-/// Errors queued for the next calls of one operation.
-#[derive(Debug)]
-struct Fault {
-    remaining: usize,
-    error: ObjectError,
-}
-
 /// One open multipart upload.
 #[derive(Debug)]
 struct Upload {
@@ -161,9 +121,6 @@ pub struct MemoryClient {
     uploads: Mutex<HashMap<String, Upload>>,
     next_upload_id: AtomicU64,
     counters: Counters,
-    faults: Mutex<[VecDeque<Fault>; OP_COUNT]>,
-    latency: Mutex<[Duration; OP_COUNT]>,
-    unreachable: AtomicBool,
 }
 
 impl fmt::Debug for MemoryClient {
@@ -171,7 +128,6 @@ impl fmt::Debug for MemoryClient {
         f.debug_struct("MemoryClient")
             .field("bucket", &self.bucket)
             .field("objects", &self.object_count())
-            .field("unreachable", &self.unreachable.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -320,9 +276,6 @@ impl MemoryClient {
             uploads: Mutex::new(HashMap::new()),
             next_upload_id: AtomicU64::new(1),
             counters: Counters::default(),
-            faults: Mutex::new(Default::default()),
-            latency: Mutex::new([Duration::ZERO; OP_COUNT]),
-            unreachable: AtomicBool::new(false),
         }
     }
 
@@ -425,56 +378,9 @@ impl MemoryClient {
         }
     }
 
-    /// Makes the next `n` calls of `op` fail with `error` (after any errors already queued for
-    /// `op`). The error is chosen when the call starts, so concurrent calls consume it in the
-    /// order they were made.
-    pub fn fail_next(&self, op: Op, n: usize, error: ObjectError) {
-        if n > 0 {
-            lock(&self.faults)[op.index()].push_back(Fault { remaining: n, error });
-        }
-    }
-
-    /// Makes every later call of `op` wait `latency` (a tokio sleep, so other tasks keep running)
-    /// before it answers, whether it then succeeds or fails. `Duration::ZERO` removes the delay.
-    pub fn set_latency(&self, op: Op, latency: Duration) {
-        lock(&self.latency)[op.index()] = latency;
-    }
-
-    /// While `true`, every call fails with [`ObjectError::Unreachable`] (queued faults are left
-    /// for later, not consumed).
-    pub fn set_unreachable(&self, unreachable: bool) {
-        self.unreachable.store(unreachable, Ordering::Relaxed);
-    }
-
-    /// The common start of every request: count it, pick its injected failure if any, wait the
-    /// configured latency, then fail or let the operation run.
-    async fn begin(&self, op: Op) -> Result<(), ObjectError> {
+    /// The common start of every request: count it.
+    fn begin(&self, op: Op) {
         self.counters.requests[op.index()].fetch_add(1, Ordering::Relaxed);
-        let failure = if self.unreachable.load(Ordering::Relaxed) {
-            Some(ObjectError::Unreachable(format!(
-                "memory bucket {:?} is set unreachable",
-                self.bucket
-            )))
-        } else {
-            self.take_fault(op)
-        };
-        let latency = lock(&self.latency)[op.index()];
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        failure.map_or(Ok(()), Err)
-    }
-
-    fn take_fault(&self, op: Op) -> Option<ObjectError> {
-        let mut faults = lock(&self.faults);
-        let queue = &mut faults[op.index()];
-        let fault = queue.front_mut()?;
-        fault.remaining -= 1;
-        let error = fault.error.clone();
-        if fault.remaining == 0 {
-            queue.pop_front();
-        }
-        Some(error)
     }
 
     fn list_page(&self, request: &ListRequest) -> Result<ListPage, ObjectError> {
@@ -610,12 +516,12 @@ impl ObjectClient for MemoryClient {
     }
 
     async fn list(&self, request: &ListRequest) -> Result<ListPage, ObjectError> {
-        self.begin(Op::List).await?;
+        self.begin(Op::List);
         self.list_page(request)
     }
 
     async fn head(&self, key: &str) -> Result<ObjectHead, ObjectError> {
-        self.begin(Op::Head).await?;
+        self.begin(Op::Head);
         self.head_object(key)
     }
 
@@ -625,7 +531,7 @@ impl ObjectClient for MemoryClient {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> Result<Bytes, ObjectError> {
-        self.begin(Op::Get).await?;
+        self.begin(Op::Get);
         let bytes = self.read_range(key, range, if_match)?;
         self.counters
             .get_bytes
@@ -634,7 +540,7 @@ impl ObjectClient for MemoryClient {
     }
 
     async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<String, ObjectError> {
-        self.begin(Op::Put).await?;
+        self.begin(Op::Put);
         let size = body.len() as u64;
         let mut objects = lock(&self.objects);
         check_write_conditions(
@@ -655,7 +561,7 @@ impl ObjectClient for MemoryClient {
     }
 
     async fn delete(&self, key: &str) -> Result<(), ObjectError> {
-        self.begin(Op::Delete).await?;
+        self.begin(Op::Delete);
         lock(&self.objects).remove(key);
         Ok(())
     }
@@ -666,7 +572,7 @@ impl ObjectClient for MemoryClient {
         dest_key: &str,
         if_match: Option<&str>,
     ) -> Result<String, ObjectError> {
-        self.begin(Op::Copy).await?;
+        self.begin(Op::Copy);
         let mut objects = lock(&self.objects);
         let source = objects
             .get(source_key)
@@ -697,7 +603,7 @@ impl ObjectClient for MemoryClient {
     }
 
     async fn create_multipart(&self, key: &str, options: &PutOptions) -> Result<String, ObjectError> {
-        self.begin(Op::CreateMultipart).await?;
+        self.begin(Op::CreateMultipart);
         if options.has_conditions() {
             return Err(conditions_on_create(key));
         }
@@ -727,7 +633,7 @@ impl ObjectClient for MemoryClient {
         part_number: u32,
         body: Bytes,
     ) -> Result<String, ObjectError> {
-        self.begin(Op::UploadPart).await?;
+        self.begin(Op::UploadPart);
         let size = body.len() as u64;
         let etag = self.store_part(key, upload_id, part_number, body)?;
         self.counters.put_bytes.fetch_add(size, Ordering::Relaxed);
@@ -743,7 +649,7 @@ impl ObjectClient for MemoryClient {
         source_range: Range<u64>,
         if_match: Option<&str>,
     ) -> Result<String, ObjectError> {
-        self.begin(Op::UploadPartCopy).await?;
+        self.begin(Op::UploadPartCopy);
         let body = {
             let objects = lock(&self.objects);
             let source = objects
@@ -772,7 +678,7 @@ impl ObjectClient for MemoryClient {
         if_match: Option<&str>,
         if_none_match: bool,
     ) -> Result<String, ObjectError> {
-        self.begin(Op::CompleteMultipart).await?;
+        self.begin(Op::CompleteMultipart);
         let mut uploads = lock(&self.uploads);
         let upload = uploads
             .get(upload_id)
@@ -844,7 +750,7 @@ impl ObjectClient for MemoryClient {
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), ObjectError> {
-        self.begin(Op::AbortMultipart).await?;
+        self.begin(Op::AbortMultipart);
         let mut uploads = lock(&self.uploads);
         match uploads.get(upload_id) {
             Some(upload) if upload.key == key => {
@@ -859,9 +765,9 @@ impl ObjectClient for MemoryClient {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
-    use std::sync::Arc;
 
     use super::*;
+    use crate::object::fault::FaultClient;
 
     /// Ten keys: files at the root, a nested tree, and neighbours of `/` in byte order
     /// (`-` is 0x2d and `0` is 0x30, on either side of `/` at 0x2f).
@@ -1219,112 +1125,6 @@ mod tests {
         assert_eq!(client.counters(), RequestCounts::default());
     }
 
-    #[tokio::test]
-    async fn fail_next_fails_exactly_n_calls_of_one_op_in_order() {
-        let client = tree();
-        let throttled = ObjectError::Service {
-            code: "SlowDown".into(),
-            message: "reduce rate".into(),
-        };
-        client.fail_next(Op::Get, 2, throttled.clone());
-        client.fail_next(Op::Get, 1, ObjectError::AccessDenied("top".into()));
-        assert_eq!(
-            client.head("top").await.unwrap().size,
-            3,
-            "other operations are not affected"
-        );
-        assert_eq!(client.get_range("top", 0..3, None).await, Err(throttled.clone()));
-        assert_eq!(client.get_range("top", 0..3, None).await, Err(throttled));
-        assert_eq!(
-            client.get_range("top", 0..3, None).await,
-            Err(ObjectError::AccessDenied("top".into()))
-        );
-        assert_eq!(client.get_range("top", 0..3, None).await.unwrap(), "top");
-        assert_eq!(client.counters().get, 4);
-        assert_eq!(client.counters().get_bytes, 3);
-
-        client.fail_next(Op::Put, 1, ObjectError::Unreachable("reset".into()));
-        assert!(client.put("p", Bytes::from_static(b"1")).await.is_err());
-        assert!(!client.contains("p"), "a failed put stores nothing");
-        client.put("p", Bytes::from_static(b"1")).await.unwrap();
-        assert!(client.contains("p"));
-
-        client.fail_next(Op::List, 1, ObjectError::NoSuchBucket("test-bucket".into()));
-        assert!(client.list(&request("", None, None)).await.is_err());
-        assert!(client.list(&request("", None, None)).await.is_ok());
-    }
-
-    #[tokio::test]
-    async fn unreachable_fails_everything_until_cleared() {
-        let client = tree();
-        client.fail_next(Op::Head, 1, ObjectError::AccessDenied("top".into()));
-        client.set_unreachable(true);
-        assert!(matches!(
-            client.list(&request("", None, None)).await,
-            Err(ObjectError::Unreachable(_))
-        ));
-        assert!(matches!(
-            client.head("top").await,
-            Err(ObjectError::Unreachable(_))
-        ));
-        assert!(matches!(
-            client.get_range("top", 0..1, None).await,
-            Err(ObjectError::Unreachable(_))
-        ));
-        assert!(matches!(
-            client.put("x", Bytes::new()).await,
-            Err(ObjectError::Unreachable(_))
-        ));
-        assert!(!client.contains("x"));
-        client.set_unreachable(false);
-        // The queued fault was kept for the first call after the outage.
-        assert_eq!(
-            client.head("top").await,
-            Err(ObjectError::AccessDenied("top".into()))
-        );
-        assert!(client.head("top").await.is_ok());
-    }
-
-    #[tokio::test]
-    async fn slow_get_does_not_block_other_requests() {
-        let client = Arc::new(tree());
-        // An hour: far longer than the test, so the GET is certainly still waiting at the end.
-        client.set_latency(Op::Get, Duration::from_secs(3600));
-        let slow = tokio::spawn({
-            let client = Arc::clone(&client);
-            async move { client.get_range("top", 0..3, None).await }
-        });
-        while client.counters().get == 0 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(client.head("top").await.unwrap().size, 3);
-        assert_eq!(
-            client
-                .list(&request("", None, Some(1)))
-                .await
-                .unwrap()
-                .objects
-                .len(),
-            1
-        );
-        client.put("during", Bytes::from_static(b"x")).await.unwrap();
-        assert!(!slow.is_finished());
-        slow.abort();
-        assert!(slow.await.unwrap_err().is_cancelled());
-    }
-
-    #[tokio::test]
-    async fn latency_delays_the_answer() {
-        let client = tree();
-        // Long enough to be measurable, short enough not to slow the suite.
-        let latency = Duration::from_millis(20);
-        client.set_latency(Op::Head, latency);
-        let started = tokio::time::Instant::now();
-        client.head("top").await.unwrap();
-        assert!(started.elapsed() >= latency);
-        assert_eq!(client.counters().head, 1);
-    }
-
     fn options(content_type: Option<&str>, metadata: &[(&str, &str)]) -> PutOptions {
         PutOptions {
             content_type: content_type.map(str::to_owned),
@@ -1420,7 +1220,7 @@ mod tests {
 
     #[tokio::test]
     async fn delete_removes_and_tolerates_missing_keys() {
-        let client = tree();
+        let client = FaultClient::new(tree());
         client.delete("top").await.unwrap();
         assert!(!client.contains("top"));
         client.delete("top").await.unwrap();
@@ -1736,7 +1536,7 @@ mod tests {
 
     #[tokio::test]
     async fn abort_drops_the_upload_and_faults_hit_the_new_ops() {
-        let client = MemoryClient::new("b");
+        let client = FaultClient::new(MemoryClient::new("b"));
         let id = client
             .create_multipart("k", &PutOptions::default())
             .await
@@ -1815,10 +1615,11 @@ mod tests {
         ));
         assert!(client.contains("k"));
         client.set_unreachable(false);
+        // Calls the faults stopped never reached the bucket.
         let counts = client.counters();
-        assert_eq!(counts.abort_multipart, 3);
-        assert_eq!(counts.create_multipart, 3);
-        assert_eq!(counts.complete_multipart, 2);
+        assert_eq!(counts.abort_multipart, 2);
+        assert_eq!(counts.create_multipart, 2);
+        assert_eq!(counts.complete_multipart, 1);
         client.reset_counters();
         assert_eq!(client.counters(), RequestCounts::default());
     }

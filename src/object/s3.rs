@@ -1,8 +1,12 @@
 //! The production [`ObjectClient`]: aws-sdk-s3 bound to one bucket.
 //!
 //! Owns the SDK configuration (region, endpoint, addressing style, credentials provider chain)
-//! and the translation of SDK results and errors into this crate's types. It must not grow any
-//! file-system logic: retries and timeouts are the SDK's, everything else belongs above.
+//! and the translation of SDK results and errors into this crate's types, retryable or final.
+//! It must not grow any file-system logic. The SDK's own retries are off: the one retry policy
+//! is `retry::RetryClient`'s, which bounds every attempt. Below it, this client bounds what only
+//! it can see: a GET's wait for its answer and every silence inside a streamed body
+//! (`request_timeout`, the same bound), and an upload body that stops moving (the SDK's
+//! stalled-stream protection, with that bound as its grace period).
 //!
 //! Integrity of uploads: every PutObject and UploadPart carries the CRC32C of its body
 //! (`x-amz-checksum-crc32c`), which the server checks, in place of a SHA-256 signature of the
@@ -12,12 +16,15 @@
 //! at CompleteMultipartUpload, so the client keeps the checksums of the uploads it has open.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -51,7 +58,13 @@ pub struct S3Settings {
     pub profile: Option<String>,
     /// Send anonymous requests (public buckets).
     pub no_sign_request: bool,
+    /// The longest wait for a GET's answer, and the longest silence inside any body, before
+    /// the attempt fails as timed out (`None`: [`DEFAULT_REQUEST_TIMEOUT`]).
+    pub request_timeout: Option<Duration>,
 }
+
+/// [`S3Settings::request_timeout`] when none is given: the retry policy's default.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// aws-sdk-s3 client for one bucket.
 #[derive(Clone, Debug)]
@@ -60,6 +73,7 @@ pub struct S3Client {
     bucket: String,
     buffers: BufferPool,
     part_checksums: PartChecksums,
+    request_timeout: Duration,
 }
 
 /// The CRC32C (base64) of each part of the multipart uploads in progress, by upload id and part
@@ -101,8 +115,17 @@ fn crc32c_header(body: &[u8]) -> String {
 impl S3Client {
     /// Builds the SDK client. Makes no request: the first call tells whether the bucket is there.
     pub async fn new(settings: S3Settings) -> Result<Self, ObjectError> {
+        let request_timeout = settings.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .timeout_config(TimeoutConfig::builder().connect_timeout(CONNECT_TIMEOUT).build());
+            .timeout_config(TimeoutConfig::builder().connect_timeout(CONNECT_TIMEOUT).build())
+            // One attempt per call: `RetryClient` retries, with one policy for every request.
+            .retry_config(RetryConfig::disabled())
+            // A body that moves no byte for this long fails its attempt (which is retried).
+            .stalled_stream_protection(
+                StalledStreamProtectionConfig::enabled()
+                    .grace_period(request_timeout)
+                    .build(),
+            );
         if let Some(region) = &settings.region {
             loader = loader.region(Region::new(region.clone()));
         }
@@ -132,7 +155,16 @@ impl S3Client {
             bucket: settings.bucket,
             buffers: BufferPool::default(),
             part_checksums: PartChecksums::default(),
+            request_timeout,
         })
+    }
+
+    /// Waits for `future` at most the request timeout: a step of a request that got no answer
+    /// (or no byte of its body) in that time failed, as timed out.
+    async fn bounded<T>(&self, what: &str, future: impl Future<Output = T>) -> Result<T, ObjectError> {
+        tokio::time::timeout(self.request_timeout, future)
+            .await
+            .map_err(|_| ObjectError::TimedOut(format!("{what}: nothing within {:?}", self.request_timeout)))
     }
 }
 
@@ -212,15 +244,17 @@ impl ObjectClient for S3Client {
         }
         // HTTP ranges are inclusive at both ends.
         let header = format!("bytes={}-{}", range.start, range.end - 1);
-        let output = self
+        let request = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .range(header)
             .set_if_match(if_match.map(str::to_owned))
-            .send()
-            .await
+            .send();
+        let output = self
+            .bounded(&format!("GET {key}"), request)
+            .await?
             .map_err(|e| self.map_error(e, key))?;
         // Streamed into one (pooled) buffer of the answer's size: collecting the chunks and
         // joining them would hold every part twice at its peak. The answer, not the request,
@@ -231,9 +265,17 @@ impl ObjectClient for S3Client {
             .min(range.end - range.start);
         let mut body = output.body;
         let mut data = self.buffers.take(usize::try_from(expected).unwrap_or(usize::MAX));
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| ObjectError::Unreachable(format!("reading body of {key}: {e}")))?;
+        let what = format!("body of {key}");
+        while let Some(chunk) = self.bounded(&what, body.next()).await? {
+            let chunk = chunk.map_err(|e| ObjectError::Unreachable(format!("reading {what}: {e}")))?;
             data.extend_from_slice(&chunk);
+        }
+        if (data.len() as u64) < expected {
+            // The connection ended cleanly but early: as good as a reset, and worth a retry.
+            return Err(ObjectError::Unreachable(format!(
+                "{what} ended after {} of {expected} bytes",
+                data.len()
+            )));
         }
         Ok(self.buffers.freeze(data))
     }
@@ -476,10 +518,19 @@ impl S3Client {
                 &self.bucket,
                 key,
             ),
-            SdkError::DispatchFailure(failure) if failure.as_connector_error().is_some() => {
-                ObjectError::Unreachable(described)
-            }
-            SdkError::TimeoutError(_) => ObjectError::Unreachable(described),
+            SdkError::DispatchFailure(failure) => match failure.as_connector_error() {
+                Some(connector) if connector.is_timeout() => ObjectError::TimedOut(described),
+                // A request the SDK could not build or sign will not do better next time.
+                Some(connector) if connector.is_user() => ObjectError::Service {
+                    code: "ClientError".to_owned(),
+                    message: described,
+                },
+                // Refused, reset, DNS, TLS, or a dispatch failure of another kind.
+                _ => ObjectError::Unreachable(described),
+            },
+            SdkError::TimeoutError(_) => ObjectError::TimedOut(described),
+            // The answer broke off or could not be read (a reset mid-body, a stalled stream).
+            SdkError::ResponseError(_) => ObjectError::Unreachable(described),
             _ => ObjectError::Service {
                 code: "ClientError".to_owned(),
                 message: described,
@@ -517,6 +568,12 @@ fn classify_service_error(
         (Some("InvalidRange"), _) | (_, 416) => ObjectError::InvalidRange(key.to_owned()),
         (Some(code), 403) => ObjectError::AccessDenied(format!("{code}: {message}")),
         (None, 403) => ObjectError::AccessDenied(format!("bucket {bucket}")),
+        (code, status) if is_transient(status, code) => ObjectError::Transient {
+            code: code
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("HTTP {status}")),
+            message: message.to_owned(),
+        },
         (code, status) => ObjectError::Service {
             code: code
                 .map(str::to_owned)
@@ -524,6 +581,30 @@ fn classify_service_error(
             message: message.to_owned(),
         },
     }
+}
+
+/// S3 error codes that say "not now" whatever their status: throttling and S3's own timeouts.
+const TRANSIENT_CODES: &[&str] = &[
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "TooManyRequests",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "ServiceUnavailable",
+    "InternalError",
+    // 400 on S3: "Your socket connection to the server was not read from or written to within
+    // the timeout period." The next attempt, on a fresh connection, usually goes through.
+    "RequestTimeout",
+    "RequestTimeoutException",
+];
+
+/// Whether an answer with this status and code is a transient failure of the server: a 5xx,
+/// 429, or a throttling or timeout code.
+fn is_transient(status: u16, code: Option<&str>) -> bool {
+    status >= 500 || status == 429 || code.is_some_and(|code| TRANSIENT_CODES.contains(&code))
 }
 
 fn to_system_time(time: Option<&DateTime>) -> SystemTime {
@@ -566,6 +647,7 @@ mod tests {
             force_path_style: true,
             profile: None,
             no_sign_request: true,
+            request_timeout: None,
         })
         .await
         .unwrap();
@@ -600,7 +682,7 @@ mod tests {
         let e = classify_service_error(503, Some("SlowDown"), "busy", "b", "k");
         assert_eq!(
             e,
-            ObjectError::Service {
+            ObjectError::Transient {
                 code: "SlowDown".into(),
                 message: "busy".into()
             }
@@ -608,10 +690,20 @@ mod tests {
         let e = classify_service_error(500, None, "boom", "b", "k");
         assert_eq!(
             e,
-            ObjectError::Service {
+            ObjectError::Transient {
                 code: "HTTP 500".into(),
                 message: "boom".into()
             }
         );
+        let e = classify_service_error(400, Some("RequestTimeout"), "idle socket", "b", "k");
+        assert!(e.is_retryable(), "{e:?}");
+        let e = classify_service_error(429, None, "slow down", "b", "k");
+        assert!(e.is_retryable(), "{e:?}");
+        for status in [502, 504] {
+            assert!(classify_service_error(status, None, "gateway", "b", "k").is_retryable());
+        }
+        let e = classify_service_error(400, Some("InvalidArgument"), "bad", "b", "k");
+        assert!(!e.is_retryable(), "other 4xx are final: {e:?}");
+        assert!(!classify_service_error(409, Some("BucketNotEmpty"), "m", "b", "k").is_retryable());
     }
 }

@@ -6,14 +6,18 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use super::*;
+use crate::object::fault::FaultClient;
 use crate::object::memory::MemoryClient;
+
+/// The in-memory bucket behind a fault wrapper: the tests inject faults.
+type Bucket = FaultClient<MemoryClient>;
 use crate::test_support::pattern;
 
 const MIB: u64 = 1 << 20;
 const KIB: u64 = 1 << 10;
 
 struct Bed {
-    client: Arc<MemoryClient>,
+    client: Arc<Bucket>,
     reader: Arc<BlockReader>,
     budget: Arc<MemoryBudget>,
     body: Vec<u8>,
@@ -21,7 +25,7 @@ struct Bed {
 }
 
 fn bed(size: u64, budget: u64) -> Bed {
-    let client = Arc::new(MemoryClient::new("bucket"));
+    let client = Arc::new(Bucket::memory("bucket"));
     let body = pattern(size);
     let etag = client.put_object("obj", body.clone());
     let reader = Arc::new(BlockReader::new(client.clone(), None));
@@ -257,7 +261,7 @@ async fn a_failed_part_is_fetched_again_on_the_next_read() {
     let bed = bed(4 * MIB, 64 * MIB);
     let prefetcher = bed.prefetcher();
     bed.client.fail_next(
-        crate::object::memory::Op::Get,
+        crate::object::Op::Get,
         1,
         ObjectError::Unreachable("reset".into()),
     );

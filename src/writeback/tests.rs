@@ -5,13 +5,18 @@ use std::sync::Arc;
 
 use super::*;
 use crate::cache::BlockReader;
-use crate::object::memory::{MemoryClient, Op};
+use crate::object::Op;
+use crate::object::fault::FaultClient;
+use crate::object::memory::MemoryClient;
+
+/// The in-memory bucket behind a fault wrapper: the tests inject faults.
+type Bucket = FaultClient<MemoryClient>;
 use crate::test_support::pattern;
 
 const MIB: u64 = 1 << 20;
 
 struct Setup {
-    client: Arc<MemoryClient>,
+    client: Arc<Bucket>,
     ctx: WriteContext,
     _dir: tempfile::TempDir,
 }
@@ -22,7 +27,7 @@ fn setup() -> Setup {
 }
 
 fn setup_in(dir: tempfile::TempDir) -> Setup {
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     Setup {
         ctx: context(&client, &dir),
         client,
@@ -30,7 +35,7 @@ fn setup_in(dir: tempfile::TempDir) -> Setup {
     }
 }
 
-fn context(client: &Arc<MemoryClient>, dir: &tempfile::TempDir) -> WriteContext {
+fn context(client: &Arc<Bucket>, dir: &tempfile::TempDir) -> WriteContext {
     WriteContext {
         client: client.clone(),
         reader: Arc::new(BlockReader::new(client.clone(), None)),
@@ -185,7 +190,7 @@ async fn a_failed_close_keeps_the_data_and_the_next_close_sends_it() {
 #[tokio::test]
 async fn recovery_uploads_an_interrupted_close_and_sets_aside_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let client = Arc::new(MemoryClient::new("b"));
+    let client = Arc::new(Bucket::memory("b"));
     client.put_object("base", pattern(3 * MIB));
     client.put_object("changed", "old");
     {
@@ -264,4 +269,115 @@ async fn a_file_flushed_empty_then_written_in_order_still_sends_parts_early() {
     file.upload(&s.ctx).await.unwrap();
     assert!(s.client.body("dd").as_deref() == Some(&body[..]));
     assert_eq!(s.client.counters().upload_part, 6, "each part once");
+}
+
+/// The journals in the staging area of `dir`, by path.
+fn journals(dir: &tempfile::TempDir) -> Vec<(std::path::PathBuf, String)> {
+    let mut journals: Vec<_> = std::fs::read_dir(dir.path().join("staging"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "journal"))
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            (path, text)
+        })
+        .collect();
+    journals.sort();
+    journals
+}
+
+/// Closes a small file ("small", one PutObject) and a large one ("large", multipart, written in
+/// order so a part went early) against a server that never answers, and kills the daemon (the
+/// upload tasks are dropped) once both journals say their close began.
+async fn close_then_kill(client: &Arc<Bucket>, dir: &tempfile::TempDir) {
+    let ctx = Arc::new(context(client, dir));
+    let mut small = StagedFile::new_empty(&ctx, "small".into(), None).unwrap();
+    small.write(&ctx, 0, b"small body".to_vec()).await.unwrap();
+    let mut large = StagedFile::new_empty(&ctx, "large".into(), None).unwrap();
+    for offset in (0..12 * MIB).step_by(MIB as usize) {
+        large.write(&ctx, offset, pattern(MIB)).await.unwrap();
+    }
+    client.set_all_stalled(true);
+    let uploads: Vec<_> = [small, large]
+        .into_iter()
+        .map(|mut file| {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { file.upload(&ctx).await })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let journals = journals(dir);
+        let closing = journals
+            .iter()
+            .filter(|(_, t)| t.contains("state closing"))
+            .count();
+        let synced = journals.iter().filter(|(_, t)| t.contains("synced yes")).count();
+        if closing == 2 && synced == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "journals never said closing: {journals:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    for upload in uploads {
+        upload.abort();
+        assert!(upload.await.unwrap_err().is_cancelled());
+    }
+    client.set_all_stalled(false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_cut_by_a_kill_is_uploaded_by_the_next_mount_of_this_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Arc::new(Bucket::memory("b"));
+    close_then_kill(&client, &dir).await;
+    let ctx = context(&client, &dir);
+    let mut report = recover(&ctx).await.unwrap();
+    report.uploaded.sort();
+    assert_eq!(report.uploaded, vec!["large".to_owned(), "small".to_owned()]);
+    assert_eq!(client.body("small").as_deref(), Some(&b"small body"[..]));
+    let expected: Vec<u8> = (0..12).flat_map(|_| pattern(MIB)).collect();
+    assert!(
+        client.body("large").as_deref() == Some(&expected[..]),
+        "the large file is whole"
+    );
+    assert_eq!(
+        client.open_multipart_uploads(),
+        0,
+        "the early upload cut by the kill is aborted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_power_loss_only_a_close_whose_data_reached_the_disk_is_uploaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Arc::new(Bucket::memory("b"));
+    close_then_kill(&client, &dir).await;
+    // The machine restarted: the journals were written in another boot.
+    for (path, text) in journals(&dir) {
+        let boot = crate::staging::current_boot_id().unwrap();
+        std::fs::write(&path, text.replace(boot, "an-earlier-boot")).unwrap();
+    }
+    let ctx = context(&client, &dir);
+    let report = recover(&ctx).await.unwrap();
+    assert_eq!(
+        report.uploaded,
+        vec!["large".to_owned()],
+        "its data was fsynced before its upload"
+    );
+    assert!(
+        !client.contains("small"),
+        "page-cache-only data may be torn after a power loss"
+    );
+    assert_eq!(report.moved.len(), 1);
+    let (key, path) = &report.moved[0];
+    assert_eq!(key.as_deref(), Some("small"));
+    assert_eq!(
+        std::fs::read(path).unwrap(),
+        b"small body",
+        "kept in the recovery folder"
+    );
 }

@@ -118,7 +118,7 @@ fn load_settings() -> Settings {
 }
 
 /// `export NAME=value` lines (values optionally quoted); comments and blank lines ignored.
-fn parse_env_file(text: &str) -> BTreeMap<String, String> {
+pub fn parse_env_file(text: &str) -> BTreeMap<String, String> {
     text.lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
@@ -160,6 +160,7 @@ fn client() -> &'static S3Client {
             force_path_style: true,
             profile: None,
             no_sign_request: false,
+            request_timeout: None,
         };
         runtime()
             .block_on(S3Client::new(settings))
