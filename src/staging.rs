@@ -279,8 +279,7 @@ impl Staging {
         let name = leftover
             .record
             .as_ref()
-            .and_then(|r| r.key.rsplit('/').find(|part| !part.is_empty()))
-            .unwrap_or("unnamed");
+            .map_or_else(|| "unnamed".to_owned(), |r| recovery_name(&r.key));
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -409,6 +408,29 @@ impl PageCacheEvictor {
             }
         }
     }
+}
+
+/// The longest key-derived part of a recovery file's name: with the id before it, the name stays
+/// under NAME_MAX (255 bytes), whatever the key.
+const RECOVERY_NAME_MAX: usize = 200;
+
+/// A recovery file's name for `key`: its last non-empty component, as an admin would look for
+/// it, made safe to be one file name in the recovery folder whatever the key holds. Control
+/// bytes become `_` (a name with a newline or an escape sequence is a trap in a terminal), and
+/// the name is cut at a character boundary to [`RECOVERY_NAME_MAX`]. It has no `/` (it is one
+/// component), and `.` or `..` only ever follow the id (`<id>-..`), so it cannot leave the
+/// folder. The full key is in the journal beside it.
+fn recovery_name(key: &str) -> String {
+    let last = key.rsplit('/').find(|part| !part.is_empty()).unwrap_or("unnamed");
+    let mut name = String::new();
+    for c in last.chars() {
+        let c = if c.is_control() { '_' } else { c };
+        if name.len() + c.len_utf8() > RECOVERY_NAME_MAX {
+            break;
+        }
+        name.push(c);
+    }
+    name
 }
 
 /// Deletes a journal and then its data file (never a journal left naming a missing file).
@@ -795,6 +817,60 @@ mod tests {
         assert!(
             staging.create(&record).is_err(),
             "the error comes with the first write"
+        );
+    }
+
+    #[test]
+    fn hostile_keys_never_take_a_recovery_file_out_of_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        let long = "é".repeat(200);
+        let keys = [
+            "../../x".to_owned(),
+            "a/..".to_owned(),
+            "..".to_owned(),
+            "/".to_owned(),
+            "dir/line\nbreak\u{1b}[31m\u{7}".to_owned(),
+            format!("deep/{long}"),
+            "a/b/".to_owned(),
+        ];
+        for key in &keys {
+            let files = staging.create(&record(key, JournalState::Dirty)).unwrap();
+            (&*files.data).write_all(key.as_bytes()).unwrap();
+        }
+        let recovery = fs::canonicalize(staging.recovery_dir()).unwrap();
+        let mut seen = Vec::new();
+        for leftover in staging.leftovers().unwrap() {
+            let moved = staging.move_to_recovery(&leftover).unwrap();
+            let name = moved.file_name().unwrap().to_string_lossy().into_owned();
+            assert_eq!(
+                fs::canonicalize(&moved).unwrap().parent(),
+                Some(recovery.as_path()),
+                "{moved:?} is in the recovery folder"
+            );
+            assert!(name.len() <= 255, "a valid file name: {} bytes", name.len());
+            assert!(!name.chars().any(char::is_control), "no control bytes: {name:?}");
+            let journal = fs::read_to_string(format!("{}.journal", moved.display())).unwrap();
+            let key = parse_journal(&journal).unwrap().key;
+            assert_eq!(
+                fs::read(&moved).unwrap(),
+                key.as_bytes(),
+                "the data beside its journal"
+            );
+            seen.push(key);
+        }
+        seen.sort();
+        let mut expected = keys.to_vec();
+        expected.sort();
+        assert_eq!(seen, expected, "every file recovered, each named by its key");
+        let outside: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            outside.len(),
+            2,
+            "nothing beside staging/ and recovery/: {outside:?}"
         );
     }
 

@@ -804,9 +804,9 @@ pub async fn recover(ctx: &WriteContext) -> io::Result<RecoveryReport> {
     let mut report = RecoveryReport::default();
     for leftover in ctx.staging.leftovers()? {
         let Some(record) = &leftover.record else {
-            let moved = ctx.staging.move_to_recovery(&leftover)?;
-            tracing::warn!(path = %moved.display(), "staged data of an unknown key moved to the recovery folder");
-            report.moved.push((None, moved));
+            if let Some(moved) = set_aside(ctx, &leftover, None, &mut report) {
+                tracing::warn!(path = %moved.display(), "staged data of an unknown key moved to the recovery folder");
+            }
             continue;
         };
         if let Some(upload_id) = &record.upload_id {
@@ -824,10 +824,19 @@ pub async fn recover(ctx: &WriteContext) -> io::Result<RecoveryReport> {
             ctx.staging.discard(&leftover);
             continue;
         }
-        let Some(mut file) = StagedFile::from_leftover(&leftover, leftover.adopt()?) else {
-            continue;
-        };
         let key = record.key.clone();
+        let adopted = leftover
+            .adopt()
+            .map(|files| StagedFile::from_leftover(&leftover, files));
+        let mut file = match adopted {
+            Ok(Some(file)) => file,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::error!(%key, %error, "cannot open a staged file of an earlier run; left where it is");
+                report.kept.push(key);
+                continue;
+            }
+        };
         let unchanged = match remote_matches_base(ctx, &file).await {
             Ok(unchanged) => unchanged,
             Err(error) => {
@@ -851,7 +860,9 @@ pub async fn recover(ctx: &WriteContext) -> io::Result<RecoveryReport> {
             continue;
         }
         let whole = unchanged && file.fetch_all(ctx).await.is_ok();
-        let moved = ctx.staging.move_to_recovery(&leftover)?;
+        let Some(moved) = set_aside(ctx, &leftover, Some(&key), &mut report) else {
+            continue;
+        };
         let why = match record.state {
             JournalState::Closing if !unchanged => "the object changed remotely after its close began",
             JournalState::Closing => {
@@ -861,9 +872,30 @@ pub async fn recover(ctx: &WriteContext) -> io::Result<RecoveryReport> {
         };
         tracing::warn!(%key, path = %moved.display(), complete = whole || file.base_etag().is_none(),
             "staged data not uploaded because {why}; moved to the recovery folder");
-        report.moved.push((Some(key), moved));
     }
     Ok(report)
+}
+
+/// Moves a leftover to the recovery folder and records it; one that cannot be moved stays
+/// staged (and in the report's `kept`), and the others are still dealt with.
+fn set_aside(
+    ctx: &WriteContext,
+    leftover: &Leftover,
+    key: Option<&str>,
+    report: &mut RecoveryReport,
+) -> Option<std::path::PathBuf> {
+    match ctx.staging.move_to_recovery(leftover) {
+        Ok(moved) => {
+            report.moved.push((key.map(str::to_owned), moved.clone()));
+            Some(moved)
+        }
+        Err(error) => {
+            tracing::error!(key, path = %leftover.data_path.display(), %error,
+                "cannot move staged data to the recovery folder; it stays staged");
+            report.kept.push(key.unwrap_or("(unknown key)").to_owned());
+            None
+        }
+    }
 }
 
 /// Whether the object is still the version the staged file started from (absent if it started

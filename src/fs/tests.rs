@@ -762,7 +762,9 @@ async fn a_directory_rename_cut_midway_leaves_every_key_at_one_name() {
         }
         faults.set_unreachable(true);
     });
-    let renamed = fs.rename(ROOT_INO, OsStr::new("src"), ROOT_INO, OsStr::new("dst"), 0).await;
+    let renamed = fs
+        .rename(ROOT_INO, OsStr::new("src"), ROOT_INO, OsStr::new("dst"), 0)
+        .await;
     watcher.await.unwrap();
     client.set_unreachable(false);
     assert_eq!(renamed.unwrap_err().errno(), libc::EIO);
@@ -773,7 +775,10 @@ async fn a_directory_rename_cut_midway_leaves_every_key_at_one_name() {
         let at_new = keys.contains(&format!("dst/{name}"));
         assert!(at_old || at_new, "{name} lost: {keys:?}");
         if at_new {
-            assert_eq!(client.body(&format!("dst/{name}")).as_deref(), Some(name.as_bytes()));
+            assert_eq!(
+                client.body(&format!("dst/{name}")).as_deref(),
+                Some(name.as_bytes())
+            );
         }
         match (at_old, at_new) {
             (true, true) => both += 1,
@@ -794,7 +799,9 @@ async fn a_directory_rename_cut_midway_leaves_every_key_at_one_name() {
     let dst = lookup_path(&fs, "dst").await.unwrap().ino;
     for name in &names {
         if client.contains(&format!("src/{name}")) {
-            fs.rename(src, OsStr::new(name), dst, OsStr::new(name), 0).await.unwrap();
+            fs.rename(src, OsStr::new(name), dst, OsStr::new(name), 0)
+                .await
+                .unwrap();
         }
     }
     let expected: Vec<String> = names.iter().map(|n| format!("dst/{n}")).collect();

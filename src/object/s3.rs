@@ -29,7 +29,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, MetadataDirective};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, EncodingType, MetadataDirective};
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
@@ -183,15 +183,23 @@ impl ObjectClient for S3Client {
             .set_delimiter(request.delimiter.clone())
             .set_continuation_token(request.continuation_token.clone())
             .set_max_keys(request.max_keys.map(|n| n.min(i32::MAX as u32) as i32))
+            // Keys may hold bytes XML 1.0 cannot carry (ESC, BEL...): one such key would make
+            // the whole page unreadable, and with it the directory. URL-encoded, every key fits.
+            .encoding_type(EncodingType::Url)
             .send()
             .await
             .map_err(|e| self.map_error(e, &request.prefix))?;
+        // A server that ignores the parameter says so by not echoing it: its keys are as stored.
+        let decode = |text: &str| match output.encoding_type() {
+            Some(EncodingType::Url) => decode_listed(text),
+            _ => Some(text.to_owned()),
+        };
         let objects = output
             .contents()
             .iter()
             .filter_map(|object| {
                 Some(ObjectSummary {
-                    key: object.key()?.to_owned(),
+                    key: decode(object.key()?)?,
                     size: object.size().unwrap_or(0).max(0) as u64,
                     last_modified: to_system_time(object.last_modified()),
                     etag: object.e_tag().unwrap_or_default().to_owned(),
@@ -201,7 +209,7 @@ impl ObjectClient for S3Client {
         let common_prefixes = output
             .common_prefixes()
             .iter()
-            .filter_map(|p| p.prefix().map(str::to_owned))
+            .filter_map(|p| decode(p.prefix()?))
             .collect();
         let next_continuation_token = match output.is_truncated() {
             Some(true) => output.next_continuation_token().map(str::to_owned),
@@ -483,6 +491,23 @@ fn metadata(options: &PutOptions) -> Option<std::collections::HashMap<String, St
     (!options.user_metadata.is_empty()).then(|| options.user_metadata.clone())
 }
 
+/// A key or prefix of a listing made with `encoding-type=url`: percent-decoded, with `+` for a
+/// space as AWS writes it (a literal `+` comes as `%2B`; Garage writes `%20` for a space, which
+/// decodes the same). `None` for what does not decode to UTF-8, which no S3 key can be.
+fn decode_listed(text: &str) -> Option<String> {
+    let spaced = text.replace('+', " ");
+    match percent_encoding::percent_decode_str(&spaced).decode_utf8() {
+        Ok(decoded) => Some(decoded.into_owned()),
+        Err(_) => {
+            tracing::warn!(
+                listed = text,
+                "skipping a listed key that is not URL-encoded UTF-8"
+            );
+            None
+        }
+    }
+}
+
 /// S3 part numbers are 1..=10,000; a larger value is sent saturated and refused by the server.
 fn part_number_i32(part_number: u32) -> i32 {
     i32::try_from(part_number).unwrap_or(i32::MAX)
@@ -654,6 +679,23 @@ mod tests {
         client.part_checksums.record("u1", 1, "\"a\"", "crc".to_owned());
         assert!(client.abort_multipart("k", "u1").await.is_err());
         assert_eq!(client.part_checksums.of("u1", 1, "\"a\""), None);
+    }
+
+    #[test]
+    fn listed_keys_are_url_decoded_as_aws_and_garage_encode_them() {
+        // Garage: everything but the unreserved characters, `/` included.
+        assert_eq!(
+            decode_listed("odd2%2Fa%20b%2Bc%25d").as_deref(),
+            Some("odd2/a b+c%d")
+        );
+        assert_eq!(
+            decode_listed("odd2%2Fesc%1B%5B31m").as_deref(),
+            Some("odd2/esc\u{1b}[31m")
+        );
+        assert_eq!(decode_listed("%C3%A9%20%C3%BC").as_deref(), Some("é ü"));
+        // AWS: `+` for a space, `/` left as it is.
+        assert_eq!(decode_listed("dir/a+b%2Bc").as_deref(), Some("dir/a b+c"));
+        assert_eq!(decode_listed("%FF"), None, "not UTF-8");
     }
 
     #[test]

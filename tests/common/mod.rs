@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
+pub mod fault_proxy;
+
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -287,6 +289,16 @@ pub fn endpoint_args() -> Vec<String> {
     ]
 }
 
+/// [`endpoint_args`], unless `extra` names its own `--endpoint-url` (a fault proxy in front of
+/// the server): then only the addressing style and region.
+fn endpoint_args_unless_given(extra: &[&str]) -> Vec<String> {
+    let mut args = endpoint_args();
+    if extra.contains(&"--endpoint-url") {
+        args.drain(..2);
+    }
+    args
+}
+
 /// One line of /proc/self/mountinfo that matters here.
 #[derive(Clone, Debug)]
 pub struct MountInfo {
@@ -443,7 +455,7 @@ impl Mount {
         command
             .args(source)
             .arg(&path)
-            .args(endpoint_args())
+            .args(endpoint_args_unless_given(extra))
             .args([OsStr::new("--log-file"), log.as_os_str()])
             .args(extra)
             .env("XDG_CACHE_HOME", log_dir.path().join("xdg-cache"));
@@ -495,7 +507,7 @@ impl Mount {
         let child = s3mount_command()
             .args(source)
             .arg(&path)
-            .args(endpoint_args())
+            .args(endpoint_args_unless_given(extra))
             .args([
                 OsStr::new("--foreground"),
                 OsStr::new("--log-file"),
