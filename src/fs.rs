@@ -359,6 +359,17 @@ impl S3Fs {
             Handle::Read(file) => file,
             Handle::Staged(staged) => return self.read_staged(&staged, offset, size).await,
         };
+        self.check_pages_still_of(&file).await?;
+        let data = Prefetcher::read(&file.prefetcher, offset, u64::from(size)).await?;
+        // Again once the bytes are here: a newer version opened meanwhile (the GET may take a
+        // while) owns the kernel's pages now, and these must not land among them.
+        self.check_pages_still_of(&file).await?;
+        Ok(data)
+    }
+
+    /// ESTALE once the kernel's pages of the file's inode belong to another version than the
+    /// one `file` reads.
+    async fn check_pages_still_of(&self, file: &OpenFile) -> Result<(), FsError> {
         let pages = lock(&self.inodes)
             .kernel_view(file.ino)
             .and_then(|view| view.pages);
@@ -366,7 +377,15 @@ impl S3Fs {
             let key = file.prefetcher.lock().await.object().key.clone();
             return Err(ObjectError::PreconditionFailed(key).into());
         }
-        Ok(Prefetcher::read(&file.prefetcher, offset, u64::from(size)).await?)
+        Ok(())
+    }
+
+    /// Whether a handle reading a version of `ino` (not a staged file) is open: its reads may be
+    /// in flight, and put that version's pages in the kernel's cache at any moment.
+    fn has_read_handles(&self, ino: u64) -> bool {
+        lock(&self.files)
+            .values()
+            .any(|handle| matches!(handle, Handle::Read(file) if file.ino == ino))
     }
 
     /// Closes a handle. The last handle of a staged file uploads what a failed close left.
@@ -500,10 +519,13 @@ impl S3Fs {
     }
 
     /// Records that the kernel's pages of `ino` will now come from `version`; true when they
-    /// already did (the kernel may keep its page cache).
+    /// already did and nothing else may have slipped in (the kernel may keep its page cache).
     fn note_pages_version(&self, ino: u64, version: u64) -> bool {
         match lock(&self.inodes).kernel_view(ino) {
-            Some(view) => view.pages.replace(version) == Some(version),
+            Some(view) => {
+                let mixed = std::mem::take(&mut view.pages_mixed);
+                view.pages.replace(version) == Some(version) && !mixed
+            }
             None => false,
         }
     }

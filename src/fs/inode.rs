@@ -30,6 +30,10 @@ pub struct KernelView {
     pub attrs: Option<u64>,
     /// The version the kernel's page cache was filled from (the last open).
     pub pages: Option<u64>,
+    /// A read of an older version may have put its pages in the kernel's cache after the cache
+    /// was last emptied (its handle was open when the file was staged): the next open must
+    /// empty it again, whatever version it finds.
+    pub pages_mixed: bool,
 }
 
 /// Path <-> inode number, with lookup counts. Not synchronised: the caller holds it in a mutex.

@@ -810,3 +810,46 @@ async fn a_directory_rename_cut_midway_leaves_every_key_at_one_name() {
 
 /// Moves of a directory rename in flight at once (namespace.rs).
 const RENAME_CONCURRENCY_FOR_TESTS: usize = 16;
+
+#[tokio::test]
+async fn a_read_of_an_older_version_in_flight_never_mixes_its_pages_with_the_new_ones() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("f", "old content");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(writable(&client, &dir));
+    let ino = lookup_path(&fs, "f").await.unwrap().ino;
+    let old = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    // A slow GET: the old handle's read is still on its way while the file is appended to.
+    client.set_latency(Op::Get, Duration::from_millis(300));
+    let reader = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.read(old.handle, 0, 100).await })
+    };
+    while client.calls(Op::Get) == 0 {
+        tokio::task::yield_now().await;
+    }
+    client.set_latency(Op::Get, Duration::ZERO);
+    let append = fs.open(ino, libc::O_WRONLY | libc::O_APPEND).await.unwrap();
+    fs.write(append.handle, 0, b" and more").await.unwrap();
+    fs.flush(append.handle).await.unwrap();
+    fs.release(append.handle).await;
+    let stale = reader.await.unwrap();
+    assert_eq!(
+        stale.map(|data| data.len()).unwrap_err().errno(),
+        libc::ESTALE,
+        "its bytes would land in the kernel's cache of the new version"
+    );
+    fs.release(old.handle).await;
+    let fresh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert!(
+        !fresh.keep_cache,
+        "the kernel's cache may hold the old read: it must be emptied"
+    );
+    assert_eq!(
+        &fs.read(fresh.handle, 0, 100).await.unwrap()[..],
+        b"old content and more"
+    );
+    fs.release(fresh.handle).await;
+    let again = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert!(again.keep_cache, "once emptied, the cache is the new version's");
+}

@@ -306,9 +306,13 @@ impl S3Fs {
             }
         }
         // The kernel's pages now follow the staged file: older read handles get ESTALE rather
-        // than mix their version's pages in.
+        // than mix their version's pages in. One of their reads may be answered just as this
+        // open empties the kernel's cache, and land after it: then the cache is suspect until
+        // the next open empties it again.
+        let reading_older = self.has_read_handles(ino);
         if let Some(view) = lock(&self.inodes).kernel_view(ino) {
             view.pages = Some(STAGED_PAGES);
+            view.pages_mixed |= reading_older;
         }
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let staged = StagedHandle {
@@ -450,7 +454,8 @@ impl S3Fs {
         }
         let seen = entry.seen();
         if let Some(view) = lock(&self.inodes).kernel_view(ino) {
-            // The kernel's pages hold what was written through it: this very version.
+            // The kernel's pages hold what was written through it: this very version, unless a
+            // read of an older one may have slipped in (then the next open empties them).
             view.attrs = Some(seen.fingerprint());
             view.pages = Some(seen.fingerprint());
         }
