@@ -91,6 +91,18 @@ pub enum WriteError {
     TooLarge(u64),
 }
 
+impl WriteError {
+    /// Whether S3 failed (unreachable, timed out, throttled) rather than the request or the disk.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WriteError::Object(error) | WriteError::Upload(UploadError::Object(error)) => {
+                error.is_retryable()
+            }
+            WriteError::Staging(_) | WriteError::Upload(_) | WriteError::TooLarge(_) => false,
+        }
+    }
+}
+
 /// The object a staged file started from.
 #[derive(Clone, Debug)]
 struct Base {

@@ -148,9 +148,10 @@ fn a_stalled_endpoint_fails_reads_and_stats_within_the_bound_and_recovers() {
         "gave up before the first attempt's bound: {took:?}"
     );
     let other = mount.join("other.txt");
-    let (stat, _) = bounded("a stat of a stalled endpoint", BOUND, move || {
+    let (stat, stat_took) = bounded("a stat of a stalled endpoint", BOUND, move || {
         std::fs::metadata(other)
     });
+    eprintln!("figure: stalled endpoint: read failed in {took:?}, stat in {stat_took:?}");
     let error = stat.expect_err("a stat with S3 stalled cannot succeed (metadata TTL 0)");
     assert!(is_retries_exhausted(&error), "stat: {error}");
     assert_ne!(
@@ -224,20 +225,22 @@ fn a_close_while_the_server_is_down_fails_in_bound_and_uploads_when_it_is_back()
     file.write_all(&body).unwrap();
 
     proxy.refuse(true);
-    let (closed, _) = bounded("a close with the server down", BOUND, move || close(file));
+    let (closed, close_took) = bounded("a close with the server down", BOUND, move || close(file));
     let error = closed.expect_err("a close cannot upload while the server is down");
     assert!(is_retries_exhausted(&error), "close: {error}");
     // Reads in flight fail within the bound too.
     let existing = mount.join("existing.txt");
-    let (read, _) = bounded("a read with the server down", BOUND, move || {
+    let (read, read_took) = bounded("a read with the server down", BOUND, move || {
         std::fs::read(existing)
     });
     assert!(is_retries_exhausted(&read.expect_err("no server")));
+    eprintln!("figure: server down: close failed in {close_took:?}, read in {read_took:?}");
     assert!(prefix.get("made-while-down.bin").is_none(), "never a half object");
 
     // Back: the background retry uploads the staged file, whole.
     proxy.refuse(false);
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(90);
     while prefix.head("made-while-down.bin").is_none() {
         assert!(
             Instant::now() < deadline,
@@ -245,6 +248,10 @@ fn a_close_while_the_server_is_down_fails_in_bound_and_uploads_when_it_is_back()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    eprintln!(
+        "figure: server back: uploaded by the background retry {:?} later",
+        back.elapsed()
+    );
     assert_same(
         "uploaded by the background retry",
         &prefix.get("made-while-down.bin").unwrap(),
@@ -299,7 +306,12 @@ fn a_daemon_killed_during_a_large_close_is_uploaded_by_the_next_mount() {
     drop(mount);
 
     // The next mount, straight to the server, with the same cache directory.
+    let remounted = Instant::now();
     let remount = Mount::start(&[&prefix.source()], &["--cache", &cache_arg]);
+    eprintln!(
+        "figure: killed close: recovered and mounted in {:?}",
+        remounted.elapsed()
+    );
     let uploaded = prefix
         .get("big.bin")
         .expect("the next mount uploads a close that had begun");

@@ -853,3 +853,26 @@ async fn a_read_of_an_older_version_in_flight_never_mixes_its_pages_with_the_new
     let again = fs.open(ino, libc::O_RDONLY).await.unwrap();
     assert!(again.keep_cache, "once emptied, the cache is the new version's");
 }
+
+#[tokio::test]
+async fn the_exit_drain_stops_trying_once_s3_is_found_unreachable() {
+    let client = Arc::new(Bucket::memory("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = writable(&client, &dir);
+    for name in ["one", "two", "three"] {
+        create_file(&fs, ROOT_INO, name, name.as_bytes()).await;
+    }
+    client.set_unreachable(true);
+    assert_eq!(fs.drain_uploads().await, 3, "none could be uploaded");
+    assert_eq!(
+        client.calls(Op::Put),
+        1,
+        "one upload found S3 down; the others stay staged untried"
+    );
+    client.set_unreachable(false);
+    assert_eq!(fs.drain_uploads().await, 0, "with S3 back, every one goes");
+    assert_eq!(
+        client.keys(),
+        vec!["one".to_owned(), "three".into(), "two".into()]
+    );
+}

@@ -501,15 +501,25 @@ impl S3Fs {
             return 0;
         };
         let mut failed = 0;
+        let mut server_down = false;
         for entry in self.staged.all() {
             let mut file = entry.file.lock().await;
             if entry.is_unlinked() || !file.is_dirty() {
+                continue;
+            }
+            if server_down {
+                // One upload spent its retries on a server that does not answer: trying each
+                // of the others for as long would keep the exit waiting for minutes.
+                failed += 1;
+                tracing::error!(key = %file.key(),
+                    "not uploaded at exit (S3 is unreachable); the data stays staged and the next mount with this cache directory uploads it");
                 continue;
             }
             match file.upload(&ctx).await {
                 Ok(()) => tracing::info!(key = %file.key(), "uploaded before exit"),
                 Err(error) => {
                     failed += 1;
+                    server_down = error.is_transient();
                     tracing::error!(key = %file.key(), %error,
                         "upload failed at exit; the data stays staged and the next mount with this cache directory uploads it");
                 }

@@ -27,7 +27,8 @@ use super::{CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, Obj
 /// The first pause between attempts; each later one doubles, up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(250);
 /// The longest pause between two attempts. With [`BASE_BACKOFF`], ten attempts wait 36 to 72
-/// seconds in all (equal jitter): Mountpoint's "about a minute".
+/// seconds in all (equal jitter), which the default total bound of 60 s caps: Mountpoint's
+/// "about a minute".
 const MAX_BACKOFF: Duration = Duration::from_secs(20);
 /// The slowest transfer an attempt with a body is allowed before it counts as stalled: the
 /// bound of a GET or PUT grows by one second per MiB, so a slow link is not a dead one.
@@ -457,7 +458,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ten_attempts_back_off_for_about_a_minute() {
-        let client = client(10);
+        // The pauses alone, without the total bound (which may stop the tenth attempt).
+        let bucket = Arc::new(FaultClient::new(MemoryClient::new("b")));
+        let client = RetryClient::new(
+            bucket,
+            RetryPolicy {
+                max_retry_time: Duration::from_secs(3600),
+                ..policy(10)
+            },
+        );
         client.inner().fail_next(Op::Put, 100, throttled());
         let started = Instant::now();
         assert!(client.put("p", Bytes::from_static(b"x")).await.is_err());
@@ -466,6 +475,24 @@ mod tests {
         assert!(
             waited >= Duration::from_secs(35) && waited <= Duration::from_secs(72),
             "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_total_bound_stops_retries_before_the_attempts_run_out() {
+        let client = client(10);
+        client.inner().fail_next(Op::Put, 100, throttled());
+        let started = Instant::now();
+        assert!(client.put("p", Bytes::from_static(b"x")).await.is_err());
+        // No attempt starts 60 s after the first; each fails at once here.
+        assert!(
+            started.elapsed() <= Duration::from_secs(60),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            client.inner().calls(Op::Put) >= 8,
+            "the pauses before the eighth sum to at most 32 s"
         );
     }
 
