@@ -459,6 +459,48 @@ impl StagedFile {
         })
     }
 
+    /// Whether the object at the file's key now holds this very content: the same size, and
+    /// the same bytes wherever the data file holds them (a block of the original object that was
+    /// never fetched cannot be compared, and is taken to match). What a daemon killed after its
+    /// upload completed, and before it could say so, leaves. Compared a part at a time; any
+    /// failure to read either side says no.
+    pub async fn is_what_s3_holds(&self, ctx: &WriteContext) -> bool {
+        let Ok(head) = ctx.client.head(&self.key).await else {
+            return false;
+        };
+        if head.size != self.size {
+            return false;
+        }
+        let local: Vec<u64> = (0..self.size.div_ceil(BLOCK_SIZE))
+            .filter(|&block| !self.needs_fetch(block))
+            .collect();
+        const RUN_BLOCKS: u64 = 8;
+        for run in runs(&local) {
+            let mut start = run.start;
+            while start < run.end {
+                let end = (start + RUN_BLOCKS).min(run.end);
+                let range = start * BLOCK_SIZE..(end * BLOCK_SIZE).min(self.size);
+                let remote = ctx
+                    .client
+                    .get_range(&self.key, range.clone(), Some(&head.etag))
+                    .await;
+                let file = self.files.data.clone();
+                let local = blocking(move || {
+                    let mut buffer = vec![0; (range.end - range.start) as usize];
+                    file.read_exact_at(&mut buffer, range.start)?;
+                    Ok(buffer)
+                })
+                .await;
+                match (remote, local) {
+                    (Ok(remote), Ok(local)) if remote[..] == local[..] => {}
+                    _ => return false,
+                }
+                start = end;
+            }
+        }
+        true
+    }
+
     /// The ETag the file started from (`None`: it started empty).
     pub fn base_etag(&self) -> Option<&str> {
         self.base.as_ref().map(|b| b.version.etag.as_str())
@@ -869,6 +911,13 @@ pub async fn recover(ctx: &WriteContext) -> io::Result<RecoveryReport> {
                     report.kept.push(key);
                 }
             }
+            continue;
+        }
+        if record.close_can_be_trusted() && !unchanged && file.is_what_s3_holds(ctx).await {
+            // The killed daemon's upload had completed; only its last journal was not written.
+            file.discard(ctx);
+            tracing::info!(%key, "a file whose close was interrupted had been uploaded already");
+            report.uploaded.push(key);
             continue;
         }
         let whole = unchanged && file.fetch_all(ctx).await.is_ok();

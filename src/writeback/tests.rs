@@ -381,3 +381,50 @@ async fn after_a_power_loss_only_a_close_whose_data_reached_the_disk_is_uploaded
         "kept in the recovery folder"
     );
 }
+
+#[tokio::test]
+async fn a_close_killed_after_its_upload_landed_is_recognised_not_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Arc::new(Bucket::memory("b"));
+    let large_body: Vec<u8> = (0..12).flat_map(|_| pattern(MIB)).collect();
+    {
+        let ctx = context(&client, &dir);
+        // The server stores each upload, and the answer is lost: the daemon dies before it
+        // hears back, its journals still saying the closes began.
+        let mut small = StagedFile::new_empty(&ctx, "small".into(), None).unwrap();
+        small.write(&ctx, 0, b"landed".to_vec()).await.unwrap();
+        client.fail_next_after_server(Op::Put, 1, ObjectError::Unreachable("reset".into()));
+        assert!(small.upload(&ctx).await.is_err());
+        let mut large = StagedFile::new_empty(&ctx, "large".into(), None).unwrap();
+        large.write(&ctx, 0, large_body.clone()).await.unwrap();
+        client.fail_next_after_server(Op::CompleteMultipart, 1, ObjectError::Unreachable("reset".into()));
+        assert!(large.upload(&ctx).await.is_err());
+        assert!(
+            client.contains("small") && client.contains("large"),
+            "both landed"
+        );
+        std::mem::forget((small, large));
+    }
+    // Another writer's object of the same size: not this content, so it is set aside.
+    {
+        let ctx = context(&client, &dir);
+        let mut other = StagedFile::new_empty(&ctx, "other".into(), None).unwrap();
+        other.write(&ctx, 0, b"mine!".to_vec()).await.unwrap();
+        client.set_unreachable(true);
+        assert!(other.upload(&ctx).await.is_err());
+        client.set_unreachable(false);
+        std::mem::forget(other);
+    }
+    client.put_object("other", "their");
+    let puts_before = client.counters().put;
+    let ctx = context(&client, &dir);
+    let mut report = recover(&ctx).await.unwrap();
+    report.uploaded.sort();
+    assert_eq!(report.uploaded, vec!["large".to_owned(), "small".to_owned()]);
+    assert_eq!(client.counters().put, puts_before, "nothing sent twice");
+    assert_eq!(client.body("small").as_deref(), Some(&b"landed"[..]));
+    assert!(client.body("large").as_deref() == Some(&large_body[..]));
+    assert_eq!(report.moved.len(), 1, "the other writer's object is a conflict");
+    assert_eq!(report.moved[0].0.as_deref(), Some("other"));
+    assert_eq!(client.body("other").as_deref(), Some(&b"their"[..]));
+}
