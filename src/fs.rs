@@ -311,8 +311,10 @@ impl S3Fs {
         if mode.write {
             self.writes()?;
         }
-        if let Some(entry) = self.staged.get(&path) {
-            return self.open_staged(ino, entry, mode).await;
+        if let Some(entry) = self.staged.get(&path)
+            && let Some(opened) = self.open_staged(ino, entry, mode).await?
+        {
+            return Ok(opened);
         }
         if mode.write {
             return self.open_for_write(ino, &path, mode).await;

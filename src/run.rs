@@ -105,7 +105,8 @@ pub fn check_mount_point(path: &Path) -> Result<PathBuf, RunError> {
 const PROBE_ATTEMPTS: u32 = 3;
 const PROBE_RETRY_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The object client of a mount: the SDK client behind the retry policy.
+/// The object client of a mount, below the retry policy (which `mount_with` adds): the SDK
+/// client.
 pub async fn object_client(config: MountConfig) -> Result<Arc<dyn ObjectClient>, RunError> {
     let s3 = S3Settings {
         request_timeout: Some(config.retry.request_timeout),
@@ -114,7 +115,7 @@ pub async fn object_client(config: MountConfig) -> Result<Arc<dyn ObjectClient>,
     let client = S3Client::new(s3)
         .await
         .map_err(|error| probe_error(&config, error))?;
-    Ok(Arc::new(RetryClient::new(client, config.retry)))
+    Ok(Arc::new(client))
 }
 
 /// Mounts and serves until unmounted. `ready` is called once the mount is live.
@@ -122,8 +123,9 @@ pub fn mount(config: MountConfig, ready: impl FnOnce()) -> Result<(), RunError> 
     mount_with(config, object_client, ready)
 }
 
-/// [`mount`] over the client `make_client` builds (on the mount's runtime): the production stack,
-/// or one with test layers (a fault wrapper, an in-memory bucket) for a test binary.
+/// [`mount`] over the client `make_client` builds (on the mount's runtime): the SDK client, or
+/// test layers (a fault wrapper, an in-memory bucket) for a test binary. The retry policy goes on
+/// top here, once: the probe and the file system each get their own over the same client.
 pub fn mount_with<F, Fut>(config: MountConfig, make_client: F, ready: impl FnOnce()) -> Result<(), RunError>
 where
     F: FnOnce(MountConfig) -> Fut,
@@ -140,7 +142,7 @@ where
     let client = runtime.block_on(async {
         let client = make_client(config.clone()).await?;
         probe_bucket(client.clone(), &config).await?;
-        Ok::<_, RunError>(client)
+        Ok::<_, RunError>(Arc::new(RetryClient::new(client, config.retry.clone())))
     })?;
     let disk = open_disk_cache(config.cache.as_ref())?;
     let staging = match config.fs.read_only {

@@ -24,8 +24,10 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_enco
 /// First line of every journal; a different format gets a different line. Format 2 added the
 /// boot a journal was written in and whether the data had reached the disk.
 const JOURNAL_MAGIC: &str = "s3mount-staged 2";
-/// Format 1, still read: its journals said `closing` only once the data was on disk for a
-/// multipart upload, and recovery uploaded every `closing` file, so they count as synced.
+/// Format 1, still read: its journals said `closing` durably for a multipart upload and only
+/// to the page cache for a single PutObject, and recovery uploaded every `closing` file. Such a
+/// journal counts as synced, so a recovery after an upgrade does what the release that wrote it
+/// did (which, for a small file after a power loss, may upload torn data, as it always did).
 const JOURNAL_MAGIC_V1: &str = "s3mount-staged 1";
 /// Where Linux says which boot this is: a random UUID, new at every boot.
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
@@ -115,6 +117,8 @@ pub struct StagedFiles {
     pub data: Arc<File>,
     data_path: PathBuf,
     journal_path: PathBuf,
+    /// Set by [`StagedFiles::remove`]; journal rewrites take it too, so none lands after.
+    removed: Arc<Mutex<bool>>,
 }
 
 /// A staged file left by an earlier run.
@@ -216,6 +220,7 @@ impl Staging {
             data: Arc::new(data),
             data_path,
             journal_path,
+            removed: Arc::default(),
         };
         if let Err(error) = files.record(record, false) {
             files.remove();
@@ -298,7 +303,16 @@ impl Staging {
 impl StagedFiles {
     /// Rewrites the journal atomically. `durable`: the data file and the journal reach the disk
     /// before this returns (a promise that survives power loss), else only the page cache.
+    /// Once the pair is removed, this does nothing: a rewrite still running on a blocking thread
+    /// (its upload was cancelled) must not bring a journal back.
     pub fn record(&self, record: &JournalRecord, durable: bool) -> io::Result<()> {
+        let removed = self
+            .removed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *removed {
+            return Ok(());
+        }
         if durable {
             self.data.sync_data()?;
         }
@@ -323,11 +337,20 @@ impl StagedFiles {
     /// Deletes the data file and the journal (the content is in S3, or was never wanted). The
     /// data is cut to nothing first, so its space is free at once, even while a task that still
     /// holds the file open (a part upload being cancelled) has not let go of it yet.
+    ///
+    /// The journal goes first: a crash midway must never leave a journal (saying `closing`,
+    /// say) beside a data file already emptied, which a recovery would upload.
     pub fn remove(&self) {
+        let mut removed = self
+            .removed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *removed = true;
+        remove_quietly(&self.journal_path);
         if let Err(error) = self.data.set_len(0) {
             tracing::debug!(path = %self.data_path.display(), %error, "cannot empty a staged file before removing it");
         }
-        remove_pair(&self.journal_path, &self.data_path);
+        remove_quietly(&self.data_path);
     }
 }
 
@@ -435,12 +458,16 @@ fn recovery_name(key: &str) -> String {
 
 /// Deletes a journal and then its data file (never a journal left naming a missing file).
 fn remove_pair(journal: &Path, data: &Path) {
-    for path in [journal, data] {
-        if let Err(error) = fs::remove_file(path)
-            && error.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %path.display(), %error, "cannot remove a staged file");
-        }
+    remove_quietly(journal);
+    remove_quietly(data);
+}
+
+/// Deletes a file of the staging area; one already gone is fine, any other failure is logged.
+fn remove_quietly(path: &Path) {
+    if let Err(error) = fs::remove_file(path)
+        && error.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), %error, "cannot remove a staged file");
     }
 }
 
@@ -452,6 +479,7 @@ impl Leftover {
             data: Arc::new(data),
             data_path: self.data_path.clone(),
             journal_path: self.journal_path.clone(),
+            removed: Arc::default(),
         })
     }
 }

@@ -92,11 +92,12 @@ pub enum WriteError {
 }
 
 impl WriteError {
-    /// Whether S3 failed (unreachable, timed out, throttled) rather than the request or the disk.
-    pub fn is_transient(&self) -> bool {
+    /// Whether S3 could not be reached or did not answer in time (not a throttled answer: a
+    /// server that throttles does answer, and the next file may go through).
+    pub fn is_unreachable(&self) -> bool {
         match self {
             WriteError::Object(error) | WriteError::Upload(UploadError::Object(error)) => {
-                error.is_retryable()
+                matches!(error, ObjectError::Unreachable(_) | ObjectError::TimedOut(_))
             }
             WriteError::Staging(_) | WriteError::Upload(_) | WriteError::TooLarge(_) => false,
         }
@@ -789,9 +790,13 @@ impl StagedFile {
     fn changed(&mut self, local_changed: bool) -> Result<(), WriteError> {
         self.mtime = SystemTime::now();
         self.etag = None;
-        self.synced = false;
+        let was_synced = std::mem::replace(&mut self.synced, false);
         let was_dirty = std::mem::replace(&mut self.dirty, true);
-        if !was_dirty || local_changed {
+        // A close whose upload failed promised the content it saw, not this one: the journal
+        // must stop saying `closing` (and `synced`), or a crash would upload a content nobody
+        // closed, or one torn by a power loss.
+        let was_closing = std::mem::replace(&mut self.closing, false);
+        if !was_dirty || local_changed || was_closing || was_synced {
             self.record_journal(false)?;
         }
         Ok(())

@@ -386,17 +386,18 @@ fn stall_holds_new_requests_until_turned_off() {
 #[test]
 fn stall_freezes_connections_already_open() {
     let proxy = start_proxy();
-    // The latency keeps the request inside the proxy long enough to stall it mid-flight.
-    proxy.set_latency(Duration::from_millis(500));
+    // The latency keeps the request inside the proxy long enough to stall it mid-flight, with
+    // room for a loaded machine to be slow to get here.
+    proxy.set_latency(Duration::from_secs(2));
     let mut stream = connect(&proxy);
     stream
         .write_all(&raw_request(&proxy, "GET", "no-such-key", "", b""))
         .expect("sending");
     wait_until("the proxy has taken the request", || proxy.requests() == 1);
     proxy.stall(true);
-    // Unstalled, the answer would come after 2 x 500 ms; frozen, nothing comes at all.
+    // Unstalled, the answer would come after 2 x 2 s; frozen, nothing comes at all.
     stream
-        .set_read_timeout(Some(Duration::from_millis(1000) + SILENCE))
+        .set_read_timeout(Some(Duration::from_secs(4) + SILENCE))
         .expect("timeout");
     let error = stream
         .read(&mut [0u8; 1])

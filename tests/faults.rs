@@ -302,7 +302,10 @@ fn a_daemon_killed_during_a_large_close_is_uploaded_by_the_next_mount() {
         !status.success(),
         "cp cannot have finished its close: the daemon was killed"
     );
-    assert!(prefix.get("big.bin").is_none(), "never a half object");
+    // The kill may come after the last request reached the server: then the object is whole.
+    if let Some(landed) = prefix.get("big.bin") {
+        assert_same("an object that landed before the kill", &landed, &body);
+    }
     drop(mount);
 
     // The next mount, straight to the server, with the same cache directory.
@@ -410,11 +413,11 @@ fn a_full_staging_disk_gives_enospc_and_loses_nothing() {
     // Removing the filler gives its space back at once, and writes work again.
     drop(filler);
     std::fs::remove_file(mount.join("filler.bin")).expect("rm of the filler");
-    assert!(
-        disk.free_bytes() > 20 * MIB as u64,
-        "space back after rm: {} free",
-        disk.free_bytes()
-    );
+    // The kernel sends the filler's RELEASE on its own time, maybe after the unlink: its last
+    // handle lets go of the space then.
+    wait_until("the filler's space is free again after rm", || {
+        disk.free_bytes() > 20 * MIB as u64
+    });
     write_and_close(&mount.join("after.txt"), b"room again").expect("a write after the rm");
     assert_eq!(prefix.get("after.txt").as_deref(), Some(&b"room again"[..]));
     assert!(!mount.daemon_pids().is_empty(), "the daemon lives");

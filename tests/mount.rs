@@ -440,7 +440,15 @@ fn error_unreachable_endpoint() {
         "--region",
         &s.region,
     ]);
+    let started = std::time::Instant::now();
     assert_fails_before_mount(command, &mount_point, &["cannot reach"]);
+    // The probe tries 3 times within 5 s, whatever --max-attempts says: a typo in the endpoint
+    // fails the mount at once, not after a minute of retries.
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "refused, yet the mount took {took:?} to fail"
+    );
 }
 
 #[test]

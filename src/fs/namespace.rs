@@ -173,12 +173,18 @@ impl S3Fs {
         let to_prefix = self.config.root.dir_prefix(to);
         let objects = self.list_all_under(&from_prefix).await?;
         let failed = std::sync::atomic::AtomicBool::new(false);
-        let moves: Vec<_> = objects
+        let moves: Vec<BoxedFuture<'_, Option<MoveOutcome>>> = objects
             .into_iter()
-            .map(|object| {
-                let dest = format!("{to_prefix}{}", &object.key[from_prefix.len()..]);
+            .filter_map(|object| {
+                // A listing of the prefix holds only keys under it; a server that says otherwise
+                // is not followed into a slice out of bounds.
+                let Some(relative) = object.key.strip_prefix(&from_prefix) else {
+                    tracing::warn!(key = %object.key, prefix = %from_prefix, "listed key outside the prefix listed; not renamed");
+                    return None;
+                };
+                let dest = format!("{to_prefix}{relative}");
                 let failed = &failed;
-                Box::pin(async move {
+                let moving: BoxedFuture<'_, Option<MoveOutcome>> = Box::pin(async move {
                     if failed.load(std::sync::atomic::Ordering::SeqCst) {
                         return None;
                     }
@@ -187,8 +193,8 @@ impl S3Fs {
                         failed.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
                     Some(moved)
-                })
-                    as BoxedFuture<'_, Option<Result<(String, String), (Option<(String, String)>, FsError)>>>
+                });
+                Some(moving)
             })
             .collect();
         let outcomes = join_bounded(moves, RENAME_CONCURRENCY).await;
@@ -219,11 +225,7 @@ impl S3Fs {
 
     /// Moves one key: a server-side copy, then a delete of the source. On failure, says whether
     /// the copy had landed (the destination and its ETag), so its staged file can follow it.
-    async fn move_key(
-        &self,
-        object: &ObjectSummary,
-        dest: &str,
-    ) -> Result<(String, String), (Option<(String, String)>, FsError)> {
+    async fn move_key(&self, object: &ObjectSummary, dest: &str) -> MoveOutcome {
         let etag = self
             .copy_key(&object.key, dest, object.size, &object.etag)
             .await
@@ -319,10 +321,10 @@ impl S3Fs {
         let ctx = self.writes()?;
         staged.mark_unlinked();
         let mut file = staged.file.lock().await;
-        if staged.has_handles() {
-            file.mark_deleted(ctx).await?;
-        } else {
+        if staged.drop_unless_held() {
             file.discard(ctx);
+        } else {
+            file.mark_deleted(ctx).await?;
         }
         Ok(())
     }
@@ -337,5 +339,8 @@ impl S3Fs {
 async fn join_bounded<T>(futures: Vec<BoxedFuture<'_, T>>, limit: usize) -> Vec<T> {
     stream::iter(futures).buffer_unordered(limit).collect().await
 }
+
+/// A key moved (its new key and ETag), or why not, with the copy if it had landed.
+type MoveOutcome = Result<(String, String), (Option<(String, String)>, FsError)>;
 
 type BoxedFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

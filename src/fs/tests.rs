@@ -876,3 +876,37 @@ async fn the_exit_drain_stops_trying_once_s3_is_found_unreachable() {
         vec!["one".to_owned(), "three".into(), "two".into()]
     );
 }
+
+#[tokio::test]
+async fn a_file_reopened_while_its_last_close_uploads_keeps_its_content() {
+    let client = Arc::new(Bucket::memory("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(writable(&client, &dir));
+    let (ino, handle) = create_file(&fs, ROOT_INO, "f", b"first").await;
+    // The last close's upload is slow: the file is opened again, and appended to, meanwhile.
+    client.set_latency(Op::Put, Duration::from_millis(300));
+    let closing = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.release(handle).await })
+    };
+    while client.calls(Op::Put) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let again = fs.open(ino, libc::O_WRONLY | libc::O_APPEND).await.unwrap();
+    fs.write(again.handle, 0, b" and more").await.unwrap();
+    closing.await.unwrap();
+    client.set_latency(Op::Put, Duration::ZERO);
+    assert_eq!(
+        client.body("f").as_deref(),
+        Some(&b"first"[..]),
+        "the first close's upload"
+    );
+    fs.flush(again.handle).await.unwrap();
+    fs.release(again.handle).await;
+    assert_eq!(client.body("f").as_deref(), Some(&b"first and more"[..]));
+    let read = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(
+        &fs.read(read.handle, 0, 100).await.unwrap()[..],
+        b"first and more"
+    );
+}

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,10 @@ use crate::writeback::{self, RecoveryReport, StagedFile, WriteContext};
 /// [`RETRY_MAX`] while it keeps failing (the server may be down for a while).
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// How many times an open for writing stages a path whose staged file other writers keep
+/// uploading and dropping under it (each time is a new HEAD); in practice once or twice.
+const STAGE_ATTEMPTS: usize = 4;
 
 /// The kernel view's page version while a file is staged: no object version has this value.
 const STAGED_PAGES: u64 = u64::MAX;
@@ -63,7 +67,7 @@ pub(super) struct StagedEntry {
     path: Mutex<Arc<str>>,
     /// What `stat` shows, updated after every change.
     seen: Mutex<Entry>,
-    handles: AtomicUsize,
+    handles: Mutex<Holders>,
     /// Unlinked or replaced by a rename: never uploaded again, dropped at the last close. A
     /// channel, so that a background upload can be cut short the moment it happens.
     unlinked: watch::Sender<bool>,
@@ -76,7 +80,7 @@ impl StagedEntry {
             file: tokio::sync::Mutex::new(file),
             path: Mutex::new(path),
             seen: Mutex::new(seen),
-            handles: AtomicUsize::new(0),
+            handles: Mutex::new(Holders::default()),
             unlinked: watch::Sender::new(false),
         })
     }
@@ -113,7 +117,35 @@ impl StagedEntry {
     }
 
     pub(super) fn has_handles(&self) -> bool {
-        self.handles.load(Ordering::SeqCst) > 0
+        lock(&self.handles).count > 0
+    }
+
+    /// Adds a handle, unless the entry was dropped for good (its staged copy is gone: the
+    /// caller opens the path afresh).
+    fn acquire_handle(&self) -> bool {
+        let mut holders = lock(&self.handles);
+        if holders.dropped {
+            return false;
+        }
+        holders.count += 1;
+        true
+    }
+
+    /// Removes a handle; true when it was the last.
+    fn release_handle(&self) -> bool {
+        let mut holders = lock(&self.handles);
+        holders.count = holders.count.saturating_sub(1);
+        holders.count == 0
+    }
+
+    /// Marks the entry dropped for good if no handle holds it, so that none can be added once
+    /// its staged copy is discarded; false when a handle holds it (its close settles it). The
+    /// one place that decides, so an open racing a background upload either gets its handle
+    /// on a file that stays, or finds the entry gone.
+    pub(super) fn drop_unless_held(&self) -> bool {
+        let mut holders = lock(&self.handles);
+        holders.dropped |= holders.count == 0;
+        holders.dropped
     }
 }
 
@@ -124,6 +156,13 @@ fn entry_of(file: &StagedFile) -> Entry {
         mtime: file.mtime(),
         etag: file.etag().map(str::to_owned),
     }
+}
+
+/// The handles of a staged entry, and whether it was dropped for good.
+#[derive(Debug, Default)]
+pub(super) struct Holders {
+    count: usize,
+    dropped: bool,
 }
 
 /// A handle on a staged file.
@@ -242,7 +281,12 @@ impl S3Fs {
         }
         self.metadata.invalidate(&*path);
         let ino = lock(&self.inodes).remember(&path);
-        let opened = self.open_staged(ino, stored.clone(), mode).await?;
+        let Some(opened) = self.open_staged(ino, stored.clone(), mode).await? else {
+            // The file of a create that won the race was uploaded and dropped just now: it
+            // exists in S3, and opens as any existing file.
+            let opened = self.open_as(ino, flags, opener).await?;
+            return Ok((self.getattr(ino).await?, opened));
+        };
         let seen = stored.seen();
         set_attrs_view(&mut lock(&self.inodes), ino, &seen);
         Ok((self.attr(ino, &seen), opened))
@@ -265,35 +309,47 @@ impl S3Fs {
     ) -> Result<Opened, FsError> {
         let ctx = self.writes()?.clone();
         let key = self.config.root.file_key(path);
-        let head = self.head_for_open(path, &key).await?;
-        let object = ObjectVersion {
-            key,
-            etag: head.etag,
-            size: head.size,
-        };
-        let file = StagedFile::from_object(
-            &ctx,
-            object,
-            head.last_modified,
-            mode.truncate,
-            content_type_of(path),
-        )?;
-        let entry = StagedEntry::new(file, path.clone());
-        let stored = self.staged.insert_or_get(path.clone(), entry.clone());
-        if !Arc::ptr_eq(&stored, &entry) {
-            entry.file.lock().await.discard(&ctx);
+        // Another writer on this mount may stage the path at the same time, and its file may be
+        // uploaded and dropped before we get a handle on it: then stage the version it made.
+        for _ in 0..STAGE_ATTEMPTS {
+            let head = self.head_for_open(path, &key).await?;
+            let object = ObjectVersion {
+                key: key.clone(),
+                etag: head.etag,
+                size: head.size,
+            };
+            let file = StagedFile::from_object(
+                &ctx,
+                object,
+                head.last_modified,
+                mode.truncate,
+                content_type_of(path),
+            )?;
+            let entry = StagedEntry::new(file, path.clone());
+            let stored = self.staged.insert_or_get(path.clone(), entry.clone());
+            if !Arc::ptr_eq(&stored, &entry) {
+                entry.file.lock().await.discard(&ctx);
+            }
+            if let Some(opened) = self.open_staged(ino, stored.clone(), mode).await? {
+                return Ok(opened);
+            }
+            self.staged.remove_if(path, &stored);
         }
-        self.open_staged(ino, stored, mode).await
+        tracing::warn!(%key, "gave up staging a file that other writers kept replacing");
+        Err(FsError::BadHandle)
     }
 
-    /// A new handle on a staged file.
+    /// A new handle on a staged file; `None` when the entry was dropped meanwhile (its upload
+    /// settled): the caller opens the path afresh.
     pub(super) async fn open_staged(
         &self,
         ino: u64,
         entry: Arc<StagedEntry>,
         mode: OpenMode,
-    ) -> Result<Opened, FsError> {
-        entry.handles.fetch_add(1, Ordering::SeqCst);
+    ) -> Result<Option<Opened>, FsError> {
+        if !entry.acquire_handle() {
+            return Ok(None);
+        }
         if mode.truncate {
             let ctx = self.writes()?;
             let mut file = entry.file.lock().await;
@@ -301,7 +357,9 @@ impl S3Fs {
             entry.update_seen(&file);
             if let Err(error) = truncated {
                 drop(file);
-                self.release_staged_entry(ctx.clone(), entry).await;
+                if entry.release_handle() {
+                    self.release_staged_entry(ctx.clone(), entry).await;
+                }
                 return Err(error.into());
             }
         }
@@ -323,10 +381,10 @@ impl S3Fs {
             opener: mode.opener,
         };
         lock(&self.files).insert(handle, Handle::Staged(Arc::new(staged)));
-        Ok(Opened {
+        Ok(Some(Opened {
             handle,
             keep_cache: false,
-        })
+        }))
     }
 
     pub(super) async fn read_staged(
@@ -466,7 +524,7 @@ impl S3Fs {
         let Some(ctx) = self.writes.clone() else {
             return;
         };
-        if staged.entry.handles.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if staged.entry.release_handle() {
             self.release_staged_entry(ctx, staged.entry.clone()).await;
         }
     }
@@ -519,7 +577,7 @@ impl S3Fs {
                 Ok(()) => tracing::info!(key = %file.key(), "uploaded before exit"),
                 Err(error) => {
                     failed += 1;
-                    server_down = error.is_transient();
+                    server_down = error.is_unreachable();
                     tracing::error!(key = %file.key(), %error,
                         "upload failed at exit; the data stays staged and the next mount with this cache directory uploads it");
                 }
@@ -542,7 +600,10 @@ async fn settle(
         return true; // Reopened meanwhile: its own close settles it.
     }
     if entry.is_unlinked() {
-        file.discard(ctx);
+        // A handle opened since is the unlink's to keep (`drop_staged` marks it deleted).
+        if entry.drop_unless_held() {
+            file.discard(ctx);
+        }
         return true;
     }
     if file.is_dirty() {
@@ -551,7 +612,9 @@ async fn settle(
         let uploaded = tokio::select! {
             uploaded = file.upload(ctx) => uploaded,
             () = entry.until_unlinked() => {
-                file.discard(ctx);
+                if entry.drop_unless_held() {
+                    file.discard(ctx);
+                }
                 return true;
             }
         };
@@ -560,6 +623,9 @@ async fn settle(
             tracing::warn!(key = %file.key(), %error, "upload after the last close failed; retrying in the background");
             return false;
         }
+    }
+    if !entry.drop_unless_held() {
+        return true; // Reopened during the upload: the file stays, clean, for that handle.
     }
     let path = entry.path();
     table.remove_if(&path, entry);

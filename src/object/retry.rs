@@ -37,6 +37,9 @@ const MIN_TRANSFER_BYTES_PER_SECOND: u64 = 1 << 20;
 /// large (S3 documents minutes for big completions) while the client only waits: their
 /// attempts get this long, at least.
 const SERVER_WORK_TIMEOUT: Duration = Duration::from_secs(300);
+/// How far the server's Last-Modified of a completion may seem to lie before our first attempt
+/// (its whole seconds, and the clocks' difference) and still be taken as that completion's.
+const COMPLETION_CLOCK_MARGIN: Duration = Duration::from_secs(5);
 /// How fast UploadPartCopy is assumed to copy at worst on the server, for its attempt bound.
 const MIN_SERVER_COPY_BYTES_PER_SECOND: u64 = 16 << 20;
 
@@ -68,8 +71,10 @@ impl RetryPolicy {
         let base = self.request_timeout;
         match op {
             Op::List | Op::Head | Op::Delete | Op::CreateMultipart | Op::AbortMultipart => base,
-            Op::Get | Op::Put | Op::UploadPart => base + transfer_time(bytes, MIN_TRANSFER_BYTES_PER_SECOND),
-            Op::UploadPartCopy => base + transfer_time(bytes, MIN_SERVER_COPY_BYTES_PER_SECOND),
+            Op::Get | Op::Put | Op::UploadPart => {
+                base.saturating_add(transfer_time(bytes, MIN_TRANSFER_BYTES_PER_SECOND))
+            }
+            Op::UploadPartCopy => base.saturating_add(transfer_time(bytes, MIN_SERVER_COPY_BYTES_PER_SECOND)),
             Op::Copy | Op::CompleteMultipart => base.max(SERVER_WORK_TIMEOUT),
         }
     }
@@ -325,6 +330,7 @@ impl<C: ObjectClient> ObjectClient for RetryClient<C> {
             key,
             bytes: 0,
         };
+        let first_sent = std::time::SystemTime::now();
         let completed = self
             .run(what, || {
                 self.inner
@@ -334,7 +340,8 @@ impl<C: ObjectClient> ObjectClient for RetryClient<C> {
         match completed {
             Ok(etag) => Ok(etag),
             Err(failure) if is_no_such_upload(&failure) => {
-                self.completed_earlier(key, parts.len(), failure).await
+                self.completed_earlier(key, parts.len(), first_sent, failure)
+                    .await
             }
             Err(failure) => Err(failure.error),
         }
@@ -361,16 +368,21 @@ impl<C: ObjectClient> ObjectClient for RetryClient<C> {
 impl<C: ObjectClient> RetryClient<C> {
     /// A completion retried after an attempt whose answer was lost finds the upload gone: the
     /// lost attempt completed it if the key now holds an object of that many parts (S3's
-    /// multipart ETag ends in `-<parts>`). Otherwise the upload really is unknown.
+    /// multipart ETag ends in `-<parts>`) made since the first attempt was sent (so not the
+    /// version it replaces, which may have as many parts). Otherwise the upload really is
+    /// unknown (aborted meanwhile, say), and the error stands: the caller keeps its data.
     async fn completed_earlier(
         &self,
         key: &str,
         parts: usize,
+        first_sent: std::time::SystemTime,
         failure: Failure,
     ) -> Result<String, ObjectError> {
         let suffix = format!("-{parts}\"");
+        // Last-Modified has whole seconds, and the server's clock is not ours.
+        let made_since = |modified: std::time::SystemTime| modified + COMPLETION_CLOCK_MARGIN >= first_sent;
         match self.head(key).await {
-            Ok(head) if head.etag.ends_with(&suffix) => {
+            Ok(head) if head.etag.ends_with(&suffix) && made_since(head.last_modified) => {
                 tracing::info!(key, etag = %head.etag, "a multipart completion whose answer was lost had succeeded");
                 Ok(head.etag)
             }
@@ -584,6 +596,19 @@ mod tests {
         assert_eq!(etag, client.head("big").await.unwrap().etag);
         assert!(etag.ends_with("-2\""));
         assert_eq!(faults.calls(Op::CompleteMultipart), 2);
+
+        // An upload that vanished (aborted by a lifecycle rule, say) is not taken as completed
+        // because the key holds an older object with as many parts.
+        let id = client
+            .create_multipart("big", &PutOptions::default())
+            .await
+            .unwrap();
+        client.inner().abort_multipart("big", &id).await.unwrap();
+        let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        faults.set_last_modified("big", an_hour_ago);
+        faults.fail_next(Op::CompleteMultipart, 1, ObjectError::Unreachable("reset".into()));
+        let vanished = client.complete_multipart("big", &id, &parts, None, false).await;
+        assert_eq!(vanished.unwrap_err().code(), Some("NoSuchUpload"));
 
         // An abort whose answer was lost: the retry finds nothing to abort, and that is success.
         let id = client

@@ -629,7 +629,9 @@ const TRANSIENT_CODES: &[&str] = &[
 /// Whether an answer with this status and code is a transient failure of the server: a 5xx,
 /// 429, or a throttling or timeout code.
 fn is_transient(status: u16, code: Option<&str>) -> bool {
-    status >= 500 || status == 429 || code.is_some_and(|code| TRANSIENT_CODES.contains(&code))
+    // 501 Not Implemented and 505 HTTP Version Not Supported will say the same next time.
+    let server_failed = status >= 500 && !matches!(status, 501 | 505);
+    server_failed || status == 429 || code.is_some_and(|code| TRANSIENT_CODES.contains(&code))
 }
 
 fn to_system_time(time: Option<&DateTime>) -> SystemTime {
@@ -747,5 +749,6 @@ mod tests {
         let e = classify_service_error(400, Some("InvalidArgument"), "bad", "b", "k");
         assert!(!e.is_retryable(), "other 4xx are final: {e:?}");
         assert!(!classify_service_error(409, Some("BucketNotEmpty"), "m", "b", "k").is_retryable());
+        assert!(!classify_service_error(501, Some("NotImplemented"), "m", "b", "k").is_retryable());
     }
 }

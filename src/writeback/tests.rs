@@ -428,3 +428,34 @@ async fn a_close_killed_after_its_upload_landed_is_recognised_not_set_aside() {
     assert_eq!(report.moved[0].0.as_deref(), Some("other"));
     assert_eq!(client.body("other").as_deref(), Some(&b"their"[..]));
 }
+
+#[tokio::test]
+async fn a_write_after_a_failed_close_takes_back_the_promise_of_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Arc::new(Bucket::memory("b"));
+    let ctx = context(&client, &dir);
+    let mut file = StagedFile::new_empty(&ctx, "k".into(), None).unwrap();
+    file.write(&ctx, 0, pattern(12 * MIB)).await.unwrap();
+    client.set_unreachable(true);
+    assert!(file.upload(&ctx).await.is_err());
+    let (_, text) = journals(&dir).pop().unwrap();
+    assert!(
+        text.contains("state closing") && text.contains("synced yes"),
+        "{text}"
+    );
+    // Written again before any close: this content was never closed, nor synced.
+    file.write(&ctx, 0, b"changed".to_vec()).await.unwrap();
+    let (_, text) = journals(&dir).pop().unwrap();
+    assert!(
+        text.contains("state dirty") && text.contains("synced no"),
+        "{text}"
+    );
+    client.set_unreachable(false);
+    // The daemon dies here.
+    std::mem::forget(file);
+    drop(ctx);
+    let ctx = context(&client, &dir);
+    let report = recover(&ctx).await.unwrap();
+    assert!(report.uploaded.is_empty(), "never closed: not uploaded");
+    assert_eq!(report.moved.len(), 1, "kept in the recovery folder");
+}
