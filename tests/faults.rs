@@ -211,6 +211,11 @@ fn throttling_storms_server_errors_and_resets_are_ridden_out() {
     assert_eq!(prefix.get("second.txt").as_deref(), Some(&b"second"[..]));
     let log = mount.log_text();
     assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
+    assert_eq!(
+        prefix.open_multipart_uploads(),
+        Vec::<String>::new(),
+        "no orphaned parts"
+    );
 }
 
 #[test]
@@ -258,6 +263,11 @@ fn a_close_while_the_server_is_down_fails_in_bound_and_uploads_when_it_is_back()
         &body,
     );
     assert_same("read back", &std::fs::read(&path).unwrap(), &body);
+    assert_eq!(
+        prefix.open_multipart_uploads(),
+        Vec::<String>::new(),
+        "no orphaned parts"
+    );
 }
 
 #[test]
@@ -323,6 +333,11 @@ fn a_daemon_killed_during_a_large_close_is_uploaded_by_the_next_mount() {
         "read back",
         &std::fs::read(remount.join("big.bin")).unwrap(),
         &body,
+    );
+    assert_eq!(
+        prefix.open_multipart_uploads(),
+        Vec::<String>::new(),
+        "the upload the kill cut short is aborted"
     );
     // Recovered by the next mount, or (when the kill came just after the last request) found
     // already complete in S3: either way said so, never set aside as a conflict.
@@ -422,6 +437,11 @@ fn a_full_staging_disk_gives_enospc_and_loses_nothing() {
     assert_eq!(prefix.get("after.txt").as_deref(), Some(&b"room again"[..]));
     assert!(!mount.daemon_pids().is_empty(), "the daemon lives");
     assert!(!mount.log_text().contains("panicked"));
+    assert_eq!(
+        prefix.open_multipart_uploads(),
+        Vec::<String>::new(),
+        "no orphaned parts"
+    );
 }
 
 #[test]

@@ -170,6 +170,33 @@ fn client() -> &'static S3Client {
     })
 }
 
+/// A raw SDK client of the test bucket, for what the crate's client does not offer
+/// (ListMultipartUploads).
+fn raw_client() -> &'static aws_sdk_s3::Client {
+    static RAW: OnceLock<aws_sdk_s3::Client> = OnceLock::new();
+    RAW.get_or_init(|| {
+        let s = settings();
+        let config = runtime().block_on(
+            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .region(aws_sdk_s3::config::Region::new(s.region.clone()))
+                .endpoint_url(&s.endpoint_url)
+                .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                    &s.access_key_id,
+                    &s.secret_access_key,
+                    None,
+                    None,
+                    "s3mount-test",
+                ))
+                .load(),
+        );
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&config)
+                .force_path_style(true)
+                .build(),
+        )
+    })
+}
+
 /// A key prefix of the test bucket that belongs to one test only, so tests run in parallel and
 /// never see each other's objects (nor those of earlier runs).
 pub struct TestPrefix {
@@ -225,6 +252,25 @@ impl TestPrefix {
     ) -> Result<String, s3mount::object::ObjectError> {
         let key = self.key(relative);
         runtime().block_on(client().put(&key, body.into()))
+    }
+
+    /// The keys (relative to the prefix) of multipart uploads still open under it: after a
+    /// failure, there must be none (orphaned parts are stored, and billed, for ever).
+    pub fn open_multipart_uploads(&self) -> Vec<String> {
+        let output = runtime()
+            .block_on(
+                raw_client()
+                    .list_multipart_uploads()
+                    .bucket(&settings().bucket)
+                    .prefix(&self.prefix)
+                    .send(),
+            )
+            .expect("ListMultipartUploads");
+        output
+            .uploads()
+            .iter()
+            .filter_map(|upload| Some(upload.key()?[self.prefix.len()..].to_owned()))
+            .collect()
     }
 
     /// Every key stored under the prefix, relative to it (no delimiter, all pages).
