@@ -790,13 +790,13 @@ impl StagedFile {
     fn changed(&mut self, local_changed: bool) -> Result<(), WriteError> {
         self.mtime = SystemTime::now();
         self.etag = None;
+        // After a close whose upload failed, the file stays promised to S3 (`closing`: a crash
+        // uploads it, with what was written since, as the next close would), but what reached
+        // the disk is no longer the content: the journal must stop saying `synced`, or a
+        // recovery after a power loss would trust data it cannot.
         let was_synced = std::mem::replace(&mut self.synced, false);
         let was_dirty = std::mem::replace(&mut self.dirty, true);
-        // A close whose upload failed promised the content it saw, not this one: the journal
-        // must stop saying `closing` (and `synced`), or a crash would upload a content nobody
-        // closed, or one torn by a power loss.
-        let was_closing = std::mem::replace(&mut self.closing, false);
-        if !was_dirty || local_changed || was_closing || was_synced {
+        if !was_dirty || local_changed || was_synced {
             self.record_journal(false)?;
         }
         Ok(())

@@ -430,7 +430,7 @@ async fn a_close_killed_after_its_upload_landed_is_recognised_not_set_aside() {
 }
 
 #[tokio::test]
-async fn a_write_after_a_failed_close_takes_back_the_promise_of_the_journal() {
+async fn a_write_after_a_failed_close_is_no_longer_trusted_after_a_power_loss() {
     let dir = tempfile::tempdir().unwrap();
     let client = Arc::new(Bucket::memory("b"));
     let ctx = context(&client, &dir);
@@ -443,19 +443,26 @@ async fn a_write_after_a_failed_close_takes_back_the_promise_of_the_journal() {
         text.contains("state closing") && text.contains("synced yes"),
         "{text}"
     );
-    // Written again before any close: this content was never closed, nor synced.
+    // Written again: still promised to S3 (the next close would send it all), but what is on
+    // disk is not this content any more.
     file.write(&ctx, 0, b"changed".to_vec()).await.unwrap();
-    let (_, text) = journals(&dir).pop().unwrap();
+    let (path, text) = journals(&dir).pop().unwrap();
     assert!(
-        text.contains("state dirty") && text.contains("synced no"),
+        text.contains("state closing") && text.contains("synced no"),
         "{text}"
     );
     client.set_unreachable(false);
-    // The daemon dies here.
+    // The machine loses power here.
     std::mem::forget(file);
     drop(ctx);
+    let boot = crate::staging::current_boot_id().unwrap();
+    std::fs::write(&path, text.replace(boot, "an-earlier-boot")).unwrap();
     let ctx = context(&client, &dir);
     let report = recover(&ctx).await.unwrap();
-    assert!(report.uploaded.is_empty(), "never closed: not uploaded");
+    assert!(
+        report.uploaded.is_empty(),
+        "unsynced data after a power loss: not uploaded"
+    );
     assert_eq!(report.moved.len(), 1, "kept in the recovery folder");
+    assert!(!client.contains("k"));
 }
