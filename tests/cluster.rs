@@ -277,17 +277,7 @@ fn s3_requests_succeed_with_one_node_of_three_down() {
 /// multipart file written and closed (each close checked: it is where the upload happens).
 fn check_the_mount_with_a_node_down(mount: &common::Mount, before: &[u8], big: &[u8]) {
     use std::io::Write;
-    use std::os::fd::IntoRawFd;
-    let close = |file: std::fs::File| {
-        // SAFETY: the File has just given up its descriptor, which nothing else closes.
-        let closed = unsafe { libc::close(file.into_raw_fd()) };
-        assert_eq!(
-            closed,
-            0,
-            "close (the upload): {}",
-            std::io::Error::last_os_error()
-        );
-    };
+    let close = |file: std::fs::File| common::close(file).expect("close (the upload)");
     assert_eq!(common::names(mount.path()), vec!["before.txt".to_owned()]);
     assert_eq!(
         std::fs::read(mount.join("before.txt")).expect("read with a node down"),

@@ -14,7 +14,6 @@ mod common;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::IntoRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -22,7 +21,9 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use common::fault_proxy::FaultProxy;
-use common::{Mount, TestPrefix, process_alive, pseudo_random, settings, wait_until};
+use common::{
+    Mount, TestPrefix, assert_same_bytes, close, process_alive, pseudo_random, settings, wait_until,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -68,17 +69,6 @@ fn mount_through_with(proxy: &FaultProxy, prefix: &TestPrefix, bounds: &[&str], 
     Mount::start(&[&prefix.source()], &args)
 }
 
-/// Closes `file` and returns what close(2) said (where the upload happens).
-fn close(file: File) -> io::Result<()> {
-    let fd = file.into_raw_fd();
-    // SAFETY: the File has just given up `fd`, so it is open and nothing else will close it.
-    if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 fn write_and_close(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut file = File::create(path)?;
     file.write_all(data)?;
@@ -107,17 +97,6 @@ fn bounded<T: Send + 'static>(
 /// Whether `error` is what a request that exhausted its retries gives: EIO or ETIMEDOUT.
 fn is_retries_exhausted(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::EIO) | Some(libc::ETIMEDOUT))
-}
-
-fn assert_same(what: &str, actual: &[u8], expected: &[u8]) {
-    if actual != expected {
-        let at = actual.iter().zip(expected).position(|(a, b)| a != b);
-        panic!(
-            "{what}: {} bytes, expected {}; first difference at {at:?}",
-            actual.len(),
-            expected.len()
-        );
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -165,7 +144,7 @@ fn a_stalled_endpoint_fails_reads_and_stats_within_the_bound_and_recovers() {
     opened
         .read_to_end(&mut read_back)
         .expect("the same handle reads once S3 is back");
-    assert_same("read after the stall", &read_back, &body);
+    assert_same_bytes(&read_back, &body, "read after the stall");
     assert_eq!(std::fs::read(mount.join("other.txt")).unwrap(), b"other");
 }
 
@@ -183,10 +162,10 @@ fn throttling_storms_server_errors_and_resets_are_ridden_out() {
     proxy.fail_next(6, 503, "SlowDown");
     let names = common::names(mount.path());
     assert_eq!(names, vec!["data.bin".to_owned(), "reset.bin".to_owned()]);
-    assert_same(
-        "read through a SlowDown storm",
+    assert_same_bytes(
         &std::fs::read(mount.join("data.bin")).unwrap(),
         &body,
+        "read through a SlowDown storm",
     );
     write_and_close(&mount.join("new.txt"), b"written through a storm").expect("write and close");
     assert_eq!(proxy.failed_requests(), 6, "the storm was met");
@@ -197,7 +176,7 @@ fn throttling_storms_server_errors_and_resets_are_ridden_out() {
     assert_eq!(proxy.failed_requests(), 9);
     proxy.reset_after(3, 100_000);
     let other_copy = std::fs::read(mount.join("reset.bin")).expect("read through resets");
-    assert_same("read through resets mid-body", &other_copy, &body);
+    assert_same_bytes(&other_copy, &body, "read through resets mid-body");
     let log = mount.log_text();
     assert!(
         log.contains("trying again"),
@@ -257,12 +236,12 @@ fn a_close_while_the_server_is_down_fails_in_bound_and_uploads_when_it_is_back()
         "figure: server back: uploaded by the background retry {:?} later",
         back.elapsed()
     );
-    assert_same(
-        "uploaded by the background retry",
+    assert_same_bytes(
         &prefix.get("made-while-down.bin").unwrap(),
         &body,
+        "uploaded by the background retry",
     );
-    assert_same("read back", &std::fs::read(&path).unwrap(), &body);
+    assert_same_bytes(&std::fs::read(&path).unwrap(), &body, "read back");
     assert_eq!(
         prefix.open_multipart_uploads(),
         Vec::<String>::new(),
@@ -314,7 +293,7 @@ fn a_daemon_killed_during_a_large_close_is_uploaded_by_the_next_mount() {
     );
     // The kill may come after the last request reached the server: then the object is whole.
     if let Some(landed) = prefix.get("big.bin") {
-        assert_same("an object that landed before the kill", &landed, &body);
+        assert_same_bytes(&landed, &body, "an object that landed before the kill");
     }
     drop(mount);
 
@@ -328,11 +307,11 @@ fn a_daemon_killed_during_a_large_close_is_uploaded_by_the_next_mount() {
     let uploaded = prefix
         .get("big.bin")
         .expect("the next mount uploads a close that had begun");
-    assert_same("recovered upload", &uploaded, &body);
-    assert_same(
-        "read back",
+    assert_same_bytes(&uploaded, &body, "recovered upload");
+    assert_same_bytes(
         &std::fs::read(remount.join("big.bin")).unwrap(),
         &body,
+        "read back",
     );
     assert_eq!(
         prefix.open_multipart_uploads(),
@@ -419,10 +398,10 @@ fn a_full_staging_disk_gives_enospc_and_loses_nothing() {
 
     // The file already staged still uploads, whole, on a disk with no room left.
     close(staged).expect("the close of a file staged before the disk filled");
-    assert_same(
-        "uploaded with the disk full",
+    assert_same_bytes(
         &prefix.get("staged-first.bin").unwrap(),
         &staged_body,
+        "uploaded with the disk full",
     );
 
     // Removing the filler gives its space back at once, and writes work again.
@@ -458,25 +437,25 @@ fn reads_go_on_when_the_cache_directory_is_removed_under_a_live_mount() {
         &[&prefix.source()],
         &["--cache", &cache_arg, "--cache-min-free", "0"],
     );
-    assert_same(
-        "first read",
+    assert_same_bytes(
         &std::fs::read(mount.join("first.bin")).unwrap(),
         &first,
+        "first read",
     );
     wait_until("blocks reach the cache", || cache_dir.join("blocks").is_dir());
 
     std::fs::remove_dir_all(&cache_dir).expect("rm -rf of the live cache directory");
     // Reopen (a new open re-reads, and the kernel's pages are dropped by the fadvise below).
     drop_page_cache(&mount.join("first.bin"));
-    assert_same(
-        "cached file re-read",
+    assert_same_bytes(
         &std::fs::read(mount.join("first.bin")).unwrap(),
         &first,
+        "cached file re-read",
     );
-    assert_same(
-        "uncached file read",
+    assert_same_bytes(
         &std::fs::read(mount.join("second.bin")).unwrap(),
         &second,
+        "uncached file read",
     );
     assert!(!mount.daemon_pids().is_empty(), "the daemon lives");
     assert!(!mount.log_text().contains("panicked"));

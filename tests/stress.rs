@@ -16,13 +16,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::fd::IntoRawFd;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Mount, TestPrefix, pseudo_random};
+use common::{Mount, TestPrefix, close, pseudo_random};
 
 const WORKERS: usize = 6;
 const NAMES_PER_WORKER: usize = 4;
@@ -51,16 +50,6 @@ impl Rng {
 
 /// What one worker's files are: name -> (directory, content).
 type Model = BTreeMap<String, (&'static str, Vec<u8>)>;
-
-fn close(file: File) -> io::Result<()> {
-    let fd = file.into_raw_fd();
-    // SAFETY: the File has just given up `fd`, so it is open and nothing else will close it.
-    if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
 
 /// The content of a write: mostly small files, now and then one large enough for a multipart
 /// upload, every one different.

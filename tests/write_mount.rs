@@ -19,7 +19,6 @@ use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::IntoRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -29,25 +28,16 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use common::{Mount, TestPrefix, names, process_alive, pseudo_random, settings, tree, wait_until};
+use common::{
+    Mount, TestPrefix, assert_same_bytes, close, names, process_alive, pseudo_random, settings, tree,
+    wait_until,
+};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// Closes `file` and returns what close(2) said. Dropping a `File` throws that away, and close is
-/// where the daemon uploads.
-fn close(file: File) -> io::Result<()> {
-    let fd = file.into_raw_fd();
-    // SAFETY: the File has just given up `fd`, so it is open and nothing else will close it.
-    if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
 
 /// Creates (or truncates) `path`, writes `data` and closes it, failing the test on any error.
 fn write_file(path: &Path, data: &[u8]) {
@@ -75,26 +65,6 @@ fn assert_errno<T: std::fmt::Debug>(what: &str, result: io::Result<T>, errno: i3
             io::Error::from_raw_os_error(errno)
         ),
     }
-}
-
-/// Compares bytes, saying where they first differ rather than printing megabytes.
-fn assert_same_bytes(got: &[u8], expected: &[u8], what: &str) {
-    if got == expected {
-        return;
-    }
-    if got.len() <= 200 && expected.len() <= 200 {
-        panic!(
-            "{what}: got {:?}, expected {:?}",
-            String::from_utf8_lossy(got),
-            String::from_utf8_lossy(expected)
-        );
-    }
-    let first = got.iter().zip(expected).position(|(a, b)| a != b);
-    panic!(
-        "{what}: {} bytes, expected {}; first differing byte at {first:?}",
-        got.len(),
-        expected.len()
-    );
 }
 
 /// The bucket itself (not the mount) holds exactly `expected` at PREFIX/`relative`.

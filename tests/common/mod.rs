@@ -722,6 +722,39 @@ pub fn run_bounded(mut command: Command) -> Output {
     }
 }
 
+/// Closes `file` and returns what close(2) said. Dropping a `File` throws that away, and close is
+/// where the daemon uploads.
+pub fn close(file: std::fs::File) -> io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = file.into_raw_fd();
+    // SAFETY: the File has just given up `fd`, so it is open and nothing else will close it.
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Compares bytes, saying where they first differ rather than printing megabytes.
+pub fn assert_same_bytes(got: &[u8], expected: &[u8], what: &str) {
+    if got == expected {
+        return;
+    }
+    if got.len() <= 200 && expected.len() <= 200 {
+        panic!(
+            "{what}: got {:?}, expected {:?}",
+            String::from_utf8_lossy(got),
+            String::from_utf8_lossy(expected)
+        );
+    }
+    let first = got.iter().zip(expected).position(|(a, b)| a != b);
+    panic!(
+        "{what}: {} bytes, expected {}; first differing byte at {first:?}",
+        got.len(),
+        expected.len()
+    );
+}
+
 /// Deterministic, incompressible bytes (xorshift64*), so large objects are not all zeros.
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     let mut state = seed ^ 0x2545_F491_4F6C_DD1D;
