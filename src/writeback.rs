@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::cache::{BLOCK_SIZE, BlockReader, ObjectVersion};
-use crate::object::{ObjectClient, ObjectError, PutOptions};
+use crate::object::{ObjectClient, ObjectError, ObjectHead, PutOptions};
 use crate::staging::{
     BaseRecord, JournalRecord, JournalState, Leftover, PageCacheEvictor, StagedFiles, Staging,
     current_boot_id,
@@ -360,18 +360,12 @@ impl StagedFile {
     /// Best effort: without it, a recovery in another boot sends the file to the recovery
     /// folder rather than trust data that may be torn.
     async fn sync_to_disk(&mut self) {
-        let data = self.files.data.clone();
-        match blocking(move || data.sync_data()).await {
-            Ok(()) => {
-                self.synced = true;
-                let (files, record) = (self.files.clone(), self.journal_record());
-                if let Err(error) = blocking(move || files.record(&record, true)).await {
-                    tracing::warn!(key = %self.key, %error, "cannot record on disk that a close began");
-                }
-            }
-            Err(error) => {
-                tracing::warn!(key = %self.key, %error, "cannot put a staged file on disk before its upload")
-            }
+        // A durable record fsyncs the data file before it writes the journal saying so.
+        self.synced = true;
+        let (files, record) = (self.files.clone(), self.journal_record());
+        if let Err(error) = blocking(move || files.record(&record, true)).await {
+            self.synced = false;
+            tracing::warn!(key = %self.key, %error, "cannot put a staged file and its journal on disk before its upload");
         }
     }
 
@@ -460,15 +454,12 @@ impl StagedFile {
         })
     }
 
-    /// Whether the object at the file's key now holds this very content: the same size, and
+    /// Whether the object at the file's key now (`head`) holds this very content: the same size, and
     /// the same bytes wherever the data file holds them (a block of the original object that was
     /// never fetched cannot be compared, and is taken to match). What a daemon killed after its
     /// upload completed, and before it could say so, leaves. Compared a part at a time; any
     /// failure to read either side says no.
-    pub async fn is_what_s3_holds(&self, ctx: &WriteContext) -> bool {
-        let Ok(head) = ctx.client.head(&self.key).await else {
-            return false;
-        };
+    pub async fn is_what_s3_holds(&self, ctx: &WriteContext, head: &ObjectHead) -> bool {
         if head.size != self.size {
             return false;
         }
@@ -896,14 +887,15 @@ pub async fn recover(ctx: &WriteContext) -> io::Result<RecoveryReport> {
                 continue;
             }
         };
-        let unchanged = match remote_matches_base(ctx, &file).await {
-            Ok(unchanged) => unchanged,
+        let remote = match remote_object(ctx, &file).await {
+            Ok(remote) => remote,
             Err(error) => {
                 tracing::error!(%key, %error, "cannot check the object of a staged file; kept for the next mount");
                 report.kept.push(key);
                 continue;
             }
         };
+        let unchanged = remote_matches_base(remote.as_ref(), &file);
         if record.close_can_be_trusted() && unchanged {
             match file.upload(ctx).await {
                 Ok(()) => {
@@ -918,7 +910,13 @@ pub async fn recover(ctx: &WriteContext) -> io::Result<RecoveryReport> {
             }
             continue;
         }
-        if record.close_can_be_trusted() && !unchanged && file.is_what_s3_holds(ctx).await {
+        let landed = match &remote {
+            Some(head) if record.close_can_be_trusted() && !unchanged => {
+                file.is_what_s3_holds(ctx, head).await
+            }
+            _ => false,
+        };
+        if landed {
             // The killed daemon's upload had completed; only its last journal was not written.
             file.discard(ctx);
             tracing::info!(%key, "a file whose close was interrupted had been uploaded already");
@@ -964,14 +962,22 @@ fn set_aside(
     }
 }
 
-/// Whether the object is still the version the staged file started from (absent if it started
+/// The object at the staged file's key now (`None`: there is none).
+async fn remote_object(ctx: &WriteContext, file: &StagedFile) -> Result<Option<ObjectHead>, ObjectError> {
+    match ctx.client.head(file.key()).await {
+        Ok(head) => Ok(Some(head)),
+        Err(ObjectError::NoSuchKey(_)) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether `remote` is still the version the staged file started from (absent if it started
 /// empty).
-async fn remote_matches_base(ctx: &WriteContext, file: &StagedFile) -> Result<bool, ObjectError> {
-    match (ctx.client.head(file.key()).await, file.base_etag()) {
-        (Ok(head), Some(etag)) => Ok(head.etag == etag),
-        (Ok(_), None) => Ok(false),
-        (Err(ObjectError::NoSuchKey(_)), base) => Ok(base.is_none()),
-        (Err(error), _) => Err(error),
+fn remote_matches_base(remote: Option<&ObjectHead>, file: &StagedFile) -> bool {
+    match (remote, file.base_etag()) {
+        (Some(head), Some(etag)) => head.etag == etag,
+        (Some(_), None) => false,
+        (None, base) => base.is_none(),
     }
 }
 
