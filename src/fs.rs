@@ -13,6 +13,7 @@
 pub mod dir;
 pub mod error;
 pub mod inode;
+mod metadata;
 pub mod names;
 mod namespace;
 mod write;
@@ -37,17 +38,13 @@ use crate::writeback::WriteContext;
 use dir::{DirStream, Hidden, Listed, ListedKind};
 pub use error::FsError;
 use inode::{InodeTable, ROOT_INO};
+use metadata::{MetadataCache, Stamp};
 use names::{RootPrefix, check_os_name, join};
 
-/// How many paths the metadata cache holds at most; about 200 bytes each, so ~13 MiB at the cap.
-const METADATA_CACHE_ENTRIES: u64 = 65_536;
 /// How many distinct hidden keys we remember having warned about, so each is logged once.
 const WARNED_KEYS: u64 = 10_000;
 /// `st_blksize`: the I/O size we advise. Reads are served in ranged GETs, so bigger is better.
 const BLOCK_SIZE: u32 = 1 << 20;
-/// Longest time a "does not exist" answer is trusted, whatever the metadata TTL: a file another
-/// writer creates should appear within a second, as NFS's default negative caching allows.
-const NEGATIVE_TTL_CAP: Duration = Duration::from_secs(1);
 
 /// What the file system may ask of the kernel: drop its cached attributes and pages of an inode
 /// (the object changed under it). Implemented by the FUSE adapter; absent in unit tests.
@@ -187,8 +184,8 @@ pub struct S3Fs {
     client: Arc<dyn ObjectClient>,
     config: FsConfig,
     inodes: Mutex<InodeTable>,
-    /// path -> what S3 said about it (`None`: it does not exist), for `metadata_ttl`.
-    metadata: Cache<String, Option<Entry>>,
+    /// path -> what is there (`None`: nothing), for `metadata_ttl`.
+    metadata: MetadataCache,
     files: Mutex<HashMap<u64, Handle>>,
     /// Files being written on this mount, by path: every handle on a path shares one.
     staged: write::StagedTable,
@@ -216,13 +213,7 @@ impl S3Fs {
         disk: Option<Arc<DiskCache>>,
         staging: Option<Staging>,
     ) -> Self {
-        let expiry = MetadataExpiry {
-            positive: config.metadata_ttl,
-        };
-        let metadata = Cache::builder()
-            .max_capacity(METADATA_CACHE_ENTRIES)
-            .expire_after(expiry)
-            .build();
+        let metadata = MetadataCache::new(config.metadata_ttl);
         let reader = Arc::new(BlockReader::new(client.clone(), disk));
         let writes = staging.filter(|_| !config.read_only).map(|staging| {
             Arc::new(WriteContext {
@@ -326,12 +317,13 @@ impl S3Fs {
     /// cache says, and pins the handle to that ETag.
     async fn open_for_read(&self, ino: u64, path: &Arc<str>) -> Result<Opened, FsError> {
         let key = self.config.root.file_key(path);
+        let sent = self.metadata.stamp();
         let head = self.head_for_open(path, &key).await?;
         let fresh = file_entry_from_head(&head);
         let version = fresh.fingerprint();
         self.forget_stale_kernel_view(ino, &fresh);
         let keep_cache = self.note_pages_version(ino, version);
-        self.metadata.insert(path.to_string(), Some(fresh));
+        self.metadata.remember_answer(path.to_string(), Some(fresh), sent);
         let object = ObjectVersion {
             key,
             etag: head.etag,
@@ -403,7 +395,7 @@ impl S3Fs {
         match self.client.head(key).await {
             Ok(head) => Ok(head),
             Err(ObjectError::NoSuchKey(_)) => {
-                self.metadata.invalidate(path);
+                self.metadata.forget(path);
                 Err(FsError::NotFound)
             }
             Err(error) => Err(error.into()),
@@ -480,8 +472,9 @@ impl S3Fs {
             if stream.is_exhausted() {
                 return Ok(());
             }
+            let sent = self.metadata.stamp();
             let outcome = stream.fetch_page(self.client.as_ref()).await?;
-            self.remember_listing(&dir.path, &outcome.added);
+            self.remember_listing(&dir.path, &outcome.added, sent);
             self.warn_hidden(&outcome.hidden);
         }
     }
@@ -576,6 +569,7 @@ impl S3Fs {
             continuation_token: None,
             max_keys: Some(1),
         };
+        let sent = self.metadata.stamp();
         let (head, listing) = tokio::join!(self.client.head(&key), self.client.list(&list));
         let listing = listing?;
         let entry = if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
@@ -587,13 +581,15 @@ impl S3Fs {
                 Err(error) => return Err(error.into()),
             }
         };
-        self.metadata.insert(path.to_owned(), entry.clone());
+        self.metadata
+            .remember_answer(path.to_owned(), entry.clone(), sent);
         Ok(entry)
     }
 
-    /// Caches what a listing page told about each entry, so `ls -l` costs no request per entry.
-    fn remember_listing(&self, dir_path: &str, added: &[Listed]) {
-        for listed in added {
+    /// Caches what a listing page (requested at `sent`) told about each entry, so `ls -l` costs
+    /// no request per entry.
+    fn remember_listing(&self, dir_path: &str, added: &[Listed], sent: Stamp) {
+        let answers = added.iter().filter_map(|listed| {
             let entry = match &listed.kind {
                 ListedKind::File(object) => Entry {
                     kind: Kind::File,
@@ -603,11 +599,11 @@ impl S3Fs {
                 },
                 ListedKind::Dir => Entry::dir(self.mount_time),
                 // Staged here, not in S3: `resolve` asks the staged file.
-                ListedKind::Local => continue,
+                ListedKind::Local => return None,
             };
-            self.metadata
-                .insert(dir::listed_path(dir_path, listed), Some(entry));
-        }
+            Some((dir::listed_path(dir_path, listed), Some(entry)))
+        });
+        self.metadata.remember_answers(answers, sent);
     }
 
     fn warn_hidden(&self, hidden: &[Hidden]) {
@@ -635,42 +631,6 @@ impl S3Fs {
             nlink,
             blksize: BLOCK_SIZE,
         }
-    }
-}
-
-/// Positive entries live for the metadata TTL, negative ones for at most [`NEGATIVE_TTL_CAP`];
-/// every insert restarts the clock.
-struct MetadataExpiry {
-    positive: Duration,
-}
-
-impl MetadataExpiry {
-    fn ttl(&self, entry: &Option<Entry>) -> Duration {
-        match entry {
-            Some(_) => self.positive,
-            None => self.positive.min(NEGATIVE_TTL_CAP),
-        }
-    }
-}
-
-impl moka::Expiry<String, Option<Entry>> for MetadataExpiry {
-    fn expire_after_create(
-        &self,
-        _: &String,
-        entry: &Option<Entry>,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(self.ttl(entry))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        entry: &Option<Entry>,
-        _: std::time::Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(self.ttl(entry))
     }
 }
 

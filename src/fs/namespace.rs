@@ -38,7 +38,7 @@ impl S3Fs {
             self.drop_staged(&staged).await?;
         }
         self.client.delete(&self.config.root.file_key(&path)).await?;
-        self.metadata.insert(path, None);
+        self.metadata.changed_to(path, None);
         Ok(())
     }
 
@@ -54,7 +54,7 @@ impl S3Fs {
             .put_with(&marker, bytes::Bytes::new(), &PutOptions::default())
             .await?;
         let entry = Entry::dir(std::time::SystemTime::now());
-        self.metadata.insert(path.clone(), Some(entry.clone()));
+        self.metadata.changed_to(path.clone(), Some(entry.clone()));
         let mut inodes = lock(&self.inodes);
         let ino = inodes.remember(&path);
         super::set_attrs_view(&mut inodes, ino, &entry);
@@ -73,7 +73,7 @@ impl S3Fs {
             return Err(FsError::NotEmpty);
         }
         self.client.delete(&self.config.root.dir_prefix(&path)).await?;
-        self.metadata.insert(path, None);
+        self.metadata.changed_to(path, None);
         Ok(())
     }
 
@@ -154,8 +154,8 @@ impl S3Fs {
             self.copy_key(&from_key, &to_key, head.size, &head.etag).await?;
             self.client.delete(&from_key).await?;
         }
-        self.metadata.insert(from.to_owned(), None);
-        self.metadata.invalidate(to);
+        self.metadata.changed_to(from.to_owned(), None);
+        self.metadata.changed_unknown(to);
         Ok(())
     }
 
@@ -212,7 +212,7 @@ impl S3Fs {
         // Staged files follow whatever copy of their object landed, even when the rename
         // failed: a later close must not bring a moved object back under its old name.
         self.move_staged_under(from, to, &copied).await?;
-        self.metadata.invalidate_all();
+        self.metadata.changed_everything();
         match first_error {
             None => Ok(()),
             Some(error) => {

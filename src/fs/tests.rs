@@ -910,3 +910,41 @@ async fn a_file_reopened_while_its_last_close_uploads_keeps_its_content() {
         b"first and more"
     );
 }
+
+#[tokio::test]
+async fn a_listing_sent_before_an_unlink_does_not_bring_the_file_back() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("d/f", "x");
+    client.put_object("d/g", "y");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(writable(&client, &dir));
+    let d = lookup_path(&fs, "d").await.unwrap().ino;
+    lookup_path(&fs, "d/f").await.unwrap();
+    // A readdir's page, read from the bucket before the unlink, is still on its way after it.
+    client.set_answer_latency(Op::List, Duration::from_millis(300));
+    let listed_before = client.counters().list;
+    let lister = {
+        let fs = fs.clone();
+        tokio::spawn(async move { list_names(&fs, d).await })
+    };
+    while client.counters().list == listed_before {
+        tokio::task::yield_now().await;
+    }
+    client.set_answer_latency(Op::List, Duration::ZERO);
+    fs.unlink(d, OsStr::new("f")).await.unwrap();
+    let listed = lister.await.unwrap();
+    assert!(
+        listed.iter().any(|(name, _)| name == "f"),
+        "the page predates the unlink: {listed:?}"
+    );
+    assert_eq!(
+        fs.lookup(d, OsStr::new("f")).await.unwrap_err().errno(),
+        libc::ENOENT,
+        "the older page must not have cached the file again"
+    );
+    assert_eq!(
+        lookup_path(&fs, "d/g").await.unwrap().size,
+        1,
+        "its other entries are kept"
+    );
+}

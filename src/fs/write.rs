@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use moka::sync::Cache;
 use tokio::sync::watch;
 
+use super::metadata::MetadataCache;
 use super::names::{check_os_name, join};
 use super::{Attr, Entry, FsError, Handle, Kind, Opened, S3Fs, lock, set_attrs_view};
 use crate::cache::ObjectVersion;
@@ -279,7 +279,7 @@ impl S3Fs {
                 return Err(FsError::Exists);
             }
         }
-        self.metadata.invalidate(&*path);
+        self.metadata.changed_unknown(&path);
         let ino = lock(&self.inodes).remember(&path);
         let Some(opened) = self.open_staged(ino, stored.clone(), mode).await? else {
             // The file of a create that won the race was uploaded and dropped just now: it
@@ -592,7 +592,7 @@ impl S3Fs {
 async fn settle(
     ctx: &WriteContext,
     table: &StagedTable,
-    metadata: &Cache<String, Option<Entry>>,
+    metadata: &MetadataCache,
     entry: &Arc<StagedEntry>,
 ) -> bool {
     let mut file = entry.file.lock().await;
@@ -629,7 +629,7 @@ async fn settle(
     }
     let path = entry.path();
     table.remove_if(&path, entry);
-    metadata.insert(path.to_string(), Some(entry.seen()));
+    metadata.changed_to(path.to_string(), Some(entry.seen()));
     file.discard(ctx);
     true
 }
@@ -639,7 +639,7 @@ async fn settle(
 async fn retry_upload(
     ctx: Arc<WriteContext>,
     table: StagedTable,
-    metadata: Cache<String, Option<Entry>>,
+    metadata: MetadataCache,
     entry: Arc<StagedEntry>,
 ) {
     let mut pause = RETRY_FIRST;

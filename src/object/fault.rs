@@ -43,6 +43,7 @@ pub struct FaultClient<C> {
     inner: C,
     faults: Mutex<[VecDeque<Fault>; OP_COUNT]>,
     latency: Mutex<[Duration; OP_COUNT]>,
+    answer_latency: Mutex<[Duration; OP_COUNT]>,
     unreachable: AtomicBool,
     /// Stalled operations, as a bit set by [`Op::index`]; waiters watch it change.
     stalled: watch::Sender<u16>,
@@ -60,6 +61,7 @@ impl<C> FaultClient<C> {
             inner,
             faults: Mutex::new(Default::default()),
             latency: Mutex::new([Duration::ZERO; OP_COUNT]),
+            answer_latency: Mutex::new([Duration::ZERO; OP_COUNT]),
             unreachable: AtomicBool::new(false),
             stalled: watch::Sender::new(0),
             calls: Default::default(),
@@ -97,6 +99,12 @@ impl<C> FaultClient<C> {
     /// before it is sent. `Duration::ZERO` removes the delay.
     pub fn set_latency(&self, op: Op, latency: Duration) {
         lock(&self.latency)[op.index()] = latency;
+    }
+
+    /// Makes every later call of `op` wait `latency` after the server acted, before its answer
+    /// arrives: the answer describes the bucket as it was before the wait.
+    pub fn set_answer_latency(&self, op: Op, latency: Duration) {
+        lock(&self.answer_latency)[op.index()] = latency;
     }
 
     /// While `true`, every call fails with [`ObjectError::Unreachable`] (queued faults are left
@@ -183,11 +191,23 @@ impl<C> Deref for FaultClient<C> {
     }
 }
 
-/// The answer of a call that reached the server, unless its answer is to be lost.
-fn answer<T>(result: Result<T, ObjectError>, lost: Option<ObjectError>) -> Result<T, ObjectError> {
-    match lost {
-        Some(error) => Err(error),
-        None => result,
+impl<C> FaultClient<C> {
+    /// The answer of a call of `op` that reached the server, after its answer latency, unless
+    /// the answer is to be lost.
+    async fn answer<T>(
+        &self,
+        op: Op,
+        result: Result<T, ObjectError>,
+        lost: Option<ObjectError>,
+    ) -> Result<T, ObjectError> {
+        let latency = lock(&self.answer_latency)[op.index()];
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        match lost {
+            Some(error) => Err(error),
+            None => result,
+        }
     }
 }
 
@@ -199,12 +219,12 @@ impl<C: ObjectClient> ObjectClient for FaultClient<C> {
 
     async fn list(&self, request: &ListRequest) -> Result<ListPage, ObjectError> {
         let lost = self.begin(Op::List).await?;
-        answer(self.inner.list(request).await, lost)
+        self.answer(Op::List, self.inner.list(request).await, lost).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectHead, ObjectError> {
         let lost = self.begin(Op::Head).await?;
-        answer(self.inner.head(key).await, lost)
+        self.answer(Op::Head, self.inner.head(key).await, lost).await
     }
 
     async fn get_range(
@@ -214,17 +234,19 @@ impl<C: ObjectClient> ObjectClient for FaultClient<C> {
         if_match: Option<&str>,
     ) -> Result<Bytes, ObjectError> {
         let lost = self.begin(Op::Get).await?;
-        answer(self.inner.get_range(key, range, if_match).await, lost)
+        self.answer(Op::Get, self.inner.get_range(key, range, if_match).await, lost)
+            .await
     }
 
     async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<String, ObjectError> {
         let lost = self.begin(Op::Put).await?;
-        answer(self.inner.put_with(key, body, options).await, lost)
+        self.answer(Op::Put, self.inner.put_with(key, body, options).await, lost)
+            .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), ObjectError> {
         let lost = self.begin(Op::Delete).await?;
-        answer(self.inner.delete(key).await, lost)
+        self.answer(Op::Delete, self.inner.delete(key).await, lost).await
     }
 
     async fn copy(
@@ -234,12 +256,22 @@ impl<C: ObjectClient> ObjectClient for FaultClient<C> {
         if_match: Option<&str>,
     ) -> Result<String, ObjectError> {
         let lost = self.begin(Op::Copy).await?;
-        answer(self.inner.copy(source_key, dest_key, if_match).await, lost)
+        self.answer(
+            Op::Copy,
+            self.inner.copy(source_key, dest_key, if_match).await,
+            lost,
+        )
+        .await
     }
 
     async fn create_multipart(&self, key: &str, options: &PutOptions) -> Result<String, ObjectError> {
         let lost = self.begin(Op::CreateMultipart).await?;
-        answer(self.inner.create_multipart(key, options).await, lost)
+        self.answer(
+            Op::CreateMultipart,
+            self.inner.create_multipart(key, options).await,
+            lost,
+        )
+        .await
     }
 
     async fn upload_part(
@@ -250,10 +282,8 @@ impl<C: ObjectClient> ObjectClient for FaultClient<C> {
         body: Bytes,
     ) -> Result<String, ObjectError> {
         let lost = self.begin(Op::UploadPart).await?;
-        answer(
-            self.inner.upload_part(key, upload_id, part_number, body).await,
-            lost,
-        )
+        let uploaded = self.inner.upload_part(key, upload_id, part_number, body).await;
+        self.answer(Op::UploadPart, uploaded, lost).await
     }
 
     async fn upload_part_copy(
@@ -270,7 +300,7 @@ impl<C: ObjectClient> ObjectClient for FaultClient<C> {
             .inner
             .upload_part_copy(key, upload_id, part_number, source_key, source_range, if_match)
             .await;
-        answer(copied, lost)
+        self.answer(Op::UploadPartCopy, copied, lost).await
     }
 
     async fn complete_multipart(
@@ -286,12 +316,17 @@ impl<C: ObjectClient> ObjectClient for FaultClient<C> {
             .inner
             .complete_multipart(key, upload_id, parts, if_match, if_none_match)
             .await;
-        answer(completed, lost)
+        self.answer(Op::CompleteMultipart, completed, lost).await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), ObjectError> {
         let lost = self.begin(Op::AbortMultipart).await?;
-        answer(self.inner.abort_multipart(key, upload_id).await, lost)
+        self.answer(
+            Op::AbortMultipart,
+            self.inner.abort_multipart(key, upload_id).await,
+            lost,
+        )
+        .await
     }
 }
 
@@ -409,6 +444,25 @@ mod tests {
         assert_eq!(client.counters().get, 0, "it never reached the server");
         client.set_stalled(Op::Get, false);
         assert_eq!(stalled.await.unwrap().unwrap(), "top");
+    }
+
+    #[tokio::test]
+    async fn an_answer_delayed_describes_the_bucket_before_the_delay() {
+        let client = Arc::new(bucket());
+        client.set_answer_latency(Op::Head, Duration::from_millis(100));
+        let head = tokio::spawn({
+            let client = client.clone();
+            async move { client.head("top").await }
+        });
+        while client.counters().head == 0 {
+            tokio::task::yield_now().await;
+        }
+        client.delete_object("top");
+        assert_eq!(
+            head.await.unwrap().unwrap().size,
+            3,
+            "the server answered before the delete"
+        );
     }
 
     #[tokio::test]
