@@ -7,8 +7,8 @@
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use s3mount::object::ObjectClient;
 use s3mount::object::s3::{S3Client, S3Settings};
+use s3mount::object::{ObjectClient, ObjectMetadata, PutOptions};
 
 /// Size of each dataset shard: big enough that reading one takes several ranged GETs.
 const SHARD_BYTES: usize = 4 * 1024 * 1024;
@@ -37,7 +37,8 @@ async fn main() -> anyhow::Result<()> {
             "README.txt".into(),
             Bytes::from_static(
                 b"This bucket is mounted by s3mount.\n\
-                  Prefixes are directories; objects are files; x-amz-meta-* is in user.* xattrs.\n",
+                  Prefixes are directories; objects are files; x-amz-meta-* is in user.* xattrs:\n\
+                  try `getfattr -d -m - README.txt images/cat.json`.\n",
             ),
         ),
         (
@@ -71,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
     for (key, body) in objects {
         let len = body.len();
         client
-            .put(&key, body)
+            .put_with(&key, body, &demo_metadata(&key))
             .await
             .with_context(|| format!("uploading s3://{bucket}/{key}"))?;
         println!("{len:>9}  s3://{bucket}/{key}");
@@ -93,4 +94,27 @@ fn pseudo_random(seed: u64, len: usize) -> Bytes {
     }
     out.truncate(len);
     Bytes::from(out)
+}
+
+/// A content type for every object and a little user metadata on some, so that `getfattr` has
+/// something to show.
+fn demo_metadata(key: &str) -> PutOptions {
+    let content_type = match key.rsplit_once('.').map(|(_, extension)| extension) {
+        Some("txt") => "text/plain",
+        Some("md") => "text/markdown",
+        Some("json") => "application/json",
+        _ => "application/octet-stream",
+    };
+    let mut metadata = ObjectMetadata::with_content_type(Some(content_type.to_owned()));
+    if key == "README.txt" {
+        metadata.user.insert("purpose".into(), "demo".into());
+    }
+    if let Some(name) = key.strip_prefix("images/") {
+        metadata.user.insert("source".into(), "camera-7".into());
+        metadata.user.insert("label-file".into(), name.into());
+    }
+    PutOptions {
+        metadata,
+        ..PutOptions::default()
+    }
 }

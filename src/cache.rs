@@ -32,6 +32,9 @@ pub struct ObjectVersion {
     pub key: String,
     pub etag: String,
     pub size: u64,
+    /// On a versioned bucket, the version: every GET names it, so a handle reads the version it
+    /// opened whatever is written since (`None`: the current one, checked by its ETag).
+    pub version_id: Option<String>,
 }
 
 /// Counters for the stats line, benchmarks and tests.
@@ -202,7 +205,12 @@ impl BlockReader {
         self.counters.get_requests.fetch_add(1, Ordering::Relaxed);
         let fetched = self
             .client
-            .get_range(&object.key, range.clone(), Some(&object.etag))
+            .get_version_range(
+                &object.key,
+                object.version_id.as_deref(),
+                range.clone(),
+                Some(&object.etag),
+            )
             .await;
         let data = match fetched {
             Ok(data) if data.len() as u64 == range.end - range.start => data,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::fs::PosixMetadata;
 use crate::fs::names::RootPrefix;
 
 /// Default metadata TTL. Long enough that `ls -l` on a directory of 100,000 names is served from
@@ -67,6 +68,12 @@ pub struct Args {
     #[arg(long)]
     pub read_only: bool,
 
+    /// Mount the bucket as it was at TIME (RFC 3339, e.g. 2026-11-30T12:00:00Z, or a Unix
+    /// time), read-only, from its versions: for reproducible training inputs. The bucket must
+    /// keep versions
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub version_at: Option<std::time::SystemTime>,
+
     /// Owner of every file and directory (default: the user who mounts)
     #[arg(long, value_name = "UID")]
     pub uid: Option<u32>,
@@ -82,6 +89,39 @@ pub struct Args {
     /// Permission bits of directories, in octal
     #[arg(long, value_name = "MODE", default_value = "0755", value_parser = parse_mode)]
     pub dir_mode: u16,
+
+    /// Modes, owners and times kept in x-amz-meta-mode/uid/gid/mtime (as s3fs keeps them):
+    /// `lazy` reads them when a file is looked at closely, so `ls -l` costs only the listing
+    /// and shows the defaults above for what it listed; `exact` HEADs every entry a lookup
+    /// meets, so `stat` and permission checks always see them; `off` ignores them and accepts
+    /// chmod, chown and touch without keeping them. Default: exact with --allow-other (other
+    /// users' access depends on them), else lazy
+    #[arg(long, value_name = "MODE", value_parser = parse_posix_metadata)]
+    pub posix_metadata: Option<PosixMetadata>,
+
+    /// Server-side encryption of the objects this mount writes: AES256, aws:kms or aws:kms:dsse
+    /// (default: the bucket's). A rewritten object keeps its own
+    #[arg(long, value_name = "ALGORITHM", value_parser = ["AES256", "aws:kms", "aws:kms:dsse"])]
+    pub sse: Option<String>,
+
+    /// The KMS key of --sse aws:kms (default: the bucket's or the account's)
+    #[arg(long, value_name = "KEY_ID", requires = "sse")]
+    pub sse_kms_key_id: Option<String>,
+
+    /// Storage class of the objects this mount writes, e.g. STANDARD_IA or INTELLIGENT_TIERING
+    /// (default: STANDARD). A rewritten object keeps its own
+    #[arg(long, value_name = "CLASS", value_parser = [
+        "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+        "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "EXPRESS_ONEZONE", "OUTPOSTS", "SNOW",
+    ])]
+    pub storage_class: Option<String>,
+
+    /// Canned ACL of every object this mount writes or copies (default: none sent)
+    #[arg(long, value_name = "ACL", value_parser = [
+        "private", "public-read", "public-read-write", "authenticated-read", "aws-exec-read",
+        "bucket-owner-read", "bucket-owner-full-control",
+    ])]
+    pub acl: Option<String>,
 
     /// Let users other than the one who mounts use the mount (needs user_allow_other in
     /// /etc/fuse.conf unless root)
@@ -235,6 +275,55 @@ pub fn parse_mode(text: &str) -> Result<u16, String> {
     Ok(mode)
 }
 
+impl Args {
+    /// The options for what the mount writes must have something to apply to, and agree.
+    pub fn check_write_options(&self) -> Result<(), String> {
+        let write_options = [
+            ("--sse", self.sse.is_some()),
+            ("--storage-class", self.storage_class.is_some()),
+            ("--acl", self.acl.is_some()),
+        ];
+        if let Some((name, _)) = write_options.iter().find(|(_, given)| *given) {
+            if self.read_only {
+                return Err(format!(
+                    "{name} sets how objects are written, and --read-only writes none"
+                ));
+            }
+            if self.version_at.is_some() {
+                return Err(format!(
+                    "{name} sets how objects are written, and a --version-at mount writes none"
+                ));
+            }
+        }
+        if self.sse_kms_key_id.is_some() && !self.sse.as_deref().is_some_and(|sse| sse.starts_with("aws:kms"))
+        {
+            return Err("--sse-kms-key-id needs --sse aws:kms or aws:kms:dsse".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// `--version-at`: RFC 3339 (`2026-11-30T12:00:00Z`, fractions and offsets allowed) or Unix
+/// seconds.
+pub fn parse_time(text: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(std::time::UNIX_EPOCH + Duration::from_secs(seconds));
+    }
+    humantime::parse_rfc3339_weak(text).map_err(|e| {
+        format!("{text:?} is not an RFC 3339 time like 2026-11-30T12:00:00Z or a Unix time: {e}")
+    })
+}
+
+/// `--posix-metadata`: lazy, exact or off.
+pub fn parse_posix_metadata(text: &str) -> Result<PosixMetadata, String> {
+    match text {
+        "lazy" => Ok(PosixMetadata::Lazy),
+        "exact" => Ok(PosixMetadata::Exact),
+        "off" => Ok(PosixMetadata::Off),
+        _ => Err(format!("{text:?} is not one of lazy, exact, off")),
+    }
+}
+
 /// A size like `512MiB`, `10GiB`, `8MB` or a number of bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     text.trim()
@@ -306,6 +395,14 @@ mod tests {
 
     #[test]
     fn modes_and_durations() {
+        assert_eq!(
+            parse_time("1700000000"),
+            Ok(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), parse_time("1700000000"));
+        assert!(parse_time("yesterday").is_err());
+        assert_eq!(parse_posix_metadata("exact"), Ok(PosixMetadata::Exact));
+        assert!(parse_posix_metadata("Exact").is_err());
         assert_eq!(parse_mode("0644"), Ok(0o644));
         assert_eq!(parse_mode("755"), Ok(0o755));
         assert_eq!(parse_mode("0o600"), Ok(0o600));

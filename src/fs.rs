@@ -12,11 +12,14 @@
 
 pub mod dir;
 pub mod error;
+mod headers;
 pub mod inode;
 mod metadata;
 pub mod names;
 mod namespace;
+pub mod posix;
 mod write;
+pub mod xattr;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -30,7 +33,7 @@ use moka::sync::Cache;
 
 use crate::cache::disk::DiskCache;
 use crate::cache::{BlockReader, ObjectVersion, ReadCounters};
-use crate::object::{ListRequest, ObjectClient, ObjectError, ObjectHead};
+use crate::object::{ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata, WriteSettings};
 use crate::prefetch::{MemoryBudget, Prefetcher, ReadAheadConfig};
 use crate::staging::Staging;
 use crate::upload::{UploadBudget, UploadConfig};
@@ -76,12 +79,43 @@ pub struct FsConfig {
     /// A directory rename moves at most this many keys; beyond, it fails with EXDEV (and `mv`
     /// falls back to copying file by file).
     pub max_rename_keys: usize,
+    /// Whether modes, owners and times are kept in `x-amz-meta-*` (s3fs's headers), and how
+    /// they reach `stat`.
+    pub posix_metadata: PosixMetadata,
+    /// Encryption and storage class of the objects this mount creates (the S3 client adds the
+    /// ACL); recorded in their metadata like any header, so the system attributes show them.
+    pub write: WriteSettings,
+}
+
+/// How POSIX attributes kept in object metadata are used. A listing carries no metadata, so
+/// this is the choice between `ls -l` at the speed of the listing and `stat` exact after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PosixMetadata {
+    /// Kept, and read whenever the object is looked at closely (a lookup S3 answers, an open, an
+    /// xattr): an entry a listing just showed has the mount's defaults (and a symlink another
+    /// tool wrote shows as a file) until then. No request per listed entry.
+    Lazy,
+    /// Kept, and a lookup never takes an entry from a listing alone: one HEAD per entry (cached
+    /// for the metadata TTL), so modes, owners, times and symlinks are always right, and
+    /// permission checks (`default_permissions`) always see the stored mode.
+    Exact,
+    /// Not read (every object shows the mount's defaults), and chmod, chown and utimensat are
+    /// accepted and not kept. Symlinks still work.
+    Off,
+}
+
+impl PosixMetadata {
+    pub fn is_kept(self) -> bool {
+        self != PosixMetadata::Off
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     File,
     Dir,
+    /// An object whose body is the link's target (s3fs's form) or that names one in a header.
+    Symlink,
 }
 
 /// What we know of one path.
@@ -89,8 +123,21 @@ pub enum Kind {
 pub struct Entry {
     pub kind: Kind,
     pub size: u64,
+    /// The object's Last-Modified: its last write or metadata change (the change time); for a
+    /// file being written, its last write; for a directory without marker, the mount time.
     pub mtime: SystemTime,
     pub etag: Option<String>,
+    /// What a HEAD told besides size and ETag; `None` when only a listing has been seen (a
+    /// listing carries no metadata) or the directory has no marker object.
+    pub details: Option<Arc<Details>>,
+}
+
+/// An object's metadata as a HEAD (or this mount's own write) tells it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Details {
+    pub metadata: crate::object::ObjectMetadata,
+    pub version_id: Option<String>,
+    pub checksum_crc32c: Option<String>,
 }
 
 impl Entry {
@@ -100,7 +147,16 @@ impl Entry {
             size: 0,
             mtime,
             etag: None,
+            details: None,
         }
+    }
+
+    /// The POSIX attributes the object's metadata states (none for a listed entry).
+    fn posix(&self) -> posix::Posix {
+        self.details
+            .as_ref()
+            .map(|details| posix::Posix::from_user(&details.metadata.user))
+            .unwrap_or_default()
     }
 
     /// Identifies this version of the path: equal fingerprints, same kind, size and object. The
@@ -120,11 +176,66 @@ pub struct Attr {
     pub kind: Kind,
     pub size: u64,
     pub mtime: SystemTime,
+    pub atime: SystemTime,
+    pub ctime: SystemTime,
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
     pub nlink: u32,
     pub blksize: u32,
+}
+
+/// Who creates a file, directory or symlink, and the permission bits asked for (umask applied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Creator {
+    pub uid: u32,
+    pub gid: u32,
+    pub perm: u32,
+}
+
+/// What chmod, chown and utimensat ask to change (`None`: unchanged).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttrChange {
+    /// Permission bits (the type bits are the file's own).
+    pub perm: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<SystemTime>,
+    pub mtime: Option<SystemTime>,
+}
+
+impl AttrChange {
+    pub fn is_empty(&self) -> bool {
+        *self == AttrChange::default()
+    }
+
+    /// Writes the change into an object's user metadata (type bits from the mode it keeps, or
+    /// from `kind` through the caller's default).
+    fn apply_to(&self, metadata: &mut ObjectMetadata, type_bits: u32) {
+        let user = &mut metadata.user;
+        if let Some(perm) = self.perm {
+            posix::set_mode(user, type_bits | (perm & 0o7777));
+        }
+        posix::set_owner(user, self.uid, self.gid);
+        if let Some(atime) = self.atime {
+            posix::set_time(user, crate::object::metadata::posix_headers::ATIME, atime);
+        }
+        if let Some(mtime) = self.mtime {
+            posix::set_time(user, crate::object::metadata::posix_headers::MTIME, mtime);
+        }
+    }
+
+    /// [`AttrChange::apply_to`] with the type bits of `kind`.
+    pub(crate) fn apply(&self, metadata: &mut ObjectMetadata, kind: Kind) -> Result<(), FsError> {
+        let (type_bits, change) = match kind {
+            Kind::File => (posix::S_IFREG, *self),
+            Kind::Dir => (posix::S_IFDIR, *self),
+            // A link's own mode is always 0777 (chmod follows links); owner and times are its own.
+            Kind::Symlink => (posix::S_IFLNK, AttrChange { perm: None, ..*self }),
+        };
+        change.apply_to(metadata, type_bits);
+        Ok(())
+    }
 }
 
 /// One readdir entry as handed to the adapter.
@@ -328,6 +439,7 @@ impl S3Fs {
             key,
             etag: head.etag,
             size: head.size,
+            version_id: head.version_id,
         };
         let prefetcher = Prefetcher::new(
             self.reader.clone(),
@@ -539,6 +651,8 @@ impl S3Fs {
     fn dir_entry(&self, dir_path: &str, listed: &Listed) -> DirEntry {
         let ino = lock(&self.inodes).peek(&dir::listed_path(dir_path, listed));
         let kind = match listed.kind {
+            // A symlink another tool wrote shows as a file until it is looked up (a listing
+            // carries no metadata); see docs/SEMANTICS.md.
             ListedKind::File(_) | ListedKind::Local => Kind::File,
             ListedKind::Dir => Kind::Dir,
         };
@@ -560,7 +674,18 @@ impl S3Fs {
             return Ok(Some(entry.seen()));
         }
         if let Some(entry) = self.metadata.get(path) {
-            return Ok(entry);
+            return match entry {
+                // Listed, never looked at closely: with exact POSIX attributes, looked at now.
+                Some(entry)
+                    if entry.details.is_none() && self.config.posix_metadata == PosixMetadata::Exact =>
+                {
+                    match self.with_details(path, entry).await {
+                        Err(FsError::NotFound) => Ok(None),
+                        detailed => detailed.map(Some),
+                    }
+                }
+                entry => Ok(entry),
+            };
         }
         let key = self.config.root.file_key(path);
         let list = ListRequest {
@@ -573,7 +698,8 @@ impl S3Fs {
         let (head, listing) = tokio::join!(self.client.head(&key), self.client.list(&list));
         let listing = listing?;
         let entry = if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
-            Some(Entry::dir(self.mount_time))
+            let has_marker = listing.objects.first().is_some_and(|o| o.key == list.prefix);
+            Some(self.dir_entry_with_marker(&list.prefix, has_marker).await?)
         } else {
             match head {
                 Ok(head) => Some(file_entry_from_head(&head)),
@@ -586,6 +712,70 @@ impl S3Fs {
         Ok(entry)
     }
 
+    /// The key that holds `path`'s metadata: its object, or a directory's marker.
+    fn key_of(&self, path: &str, kind: Kind) -> String {
+        match kind {
+            Kind::Dir => self.config.root.dir_prefix(path),
+            Kind::File | Kind::Symlink => self.config.root.file_key(path),
+        }
+    }
+
+    /// `entry` with its metadata: as it is when it has it, else from a HEAD of its key (cached).
+    /// A directory without marker has nothing to add; a listed file gone meanwhile is NotFound.
+    async fn with_details(&self, path: &str, entry: Entry) -> Result<Entry, FsError> {
+        let key = self.key_of(path, entry.kind);
+        if entry.details.is_some() {
+            return Ok(entry);
+        }
+        if key.is_empty() {
+            // The bucket's root: no object.
+            return Ok(Entry {
+                details: Some(Arc::default()),
+                ..entry
+            });
+        }
+        let sent = self.metadata.stamp();
+        let detailed = match (entry.kind, self.client.head(&key).await) {
+            (Kind::Dir, Ok(head)) => Entry {
+                kind: Kind::Dir,
+                ..file_entry_from_head(&head)
+            },
+            (Kind::Dir, Err(ObjectError::NoSuchKey(_))) => Entry {
+                details: Some(Arc::default()),
+                ..entry
+            },
+            (_, Ok(head)) => file_entry_from_head(&head),
+            (_, Err(ObjectError::NoSuchKey(_))) => {
+                self.metadata.forget(path);
+                return Err(FsError::NotFound);
+            }
+            (_, Err(error)) => return Err(error.into()),
+        };
+        if !path.is_empty() {
+            self.metadata
+                .remember_answer(path.to_owned(), Some(detailed.clone()), sent);
+        }
+        Ok(detailed)
+    }
+
+    /// A directory, with its marker object's metadata (its mode, owner and attributes) when it
+    /// has one: one more HEAD, only for a directory with a marker, only when not cached.
+    async fn dir_entry_with_marker(&self, marker: &str, has_marker: bool) -> Result<Entry, FsError> {
+        if !has_marker {
+            return Ok(Entry::dir(self.mount_time));
+        }
+        match self.client.head(marker).await {
+            Ok(head) => Ok(Entry {
+                kind: Kind::Dir,
+                size: 0,
+                etag: Some(head.etag.clone()),
+                ..file_entry_from_head(&head)
+            }),
+            Err(ObjectError::NoSuchKey(_)) => Ok(Entry::dir(self.mount_time)),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Caches what a listing page (requested at `sent`) told about each entry, so `ls -l` costs
     /// no request per entry.
     fn remember_listing(&self, dir_path: &str, added: &[Listed], sent: Stamp) {
@@ -596,6 +786,7 @@ impl S3Fs {
                     size: object.size,
                     mtime: object.last_modified,
                     etag: Some(object.etag.clone()),
+                    details: None,
                 },
                 ListedKind::Dir => Entry::dir(self.mount_time),
                 // Staged here, not in S3: `resolve` asks the staged file.
@@ -615,19 +806,68 @@ impl S3Fs {
         }
     }
 
+    /// The metadata of a new object: its content type, and the creator's mode and owner where
+    /// they differ from the mount's defaults (so an object written as the mount's own user
+    /// carries no extra header). A symlink always says it is one.
+    fn creation_metadata(
+        &self,
+        creator: Option<Creator>,
+        kind: Kind,
+        content_type: Option<String>,
+    ) -> ObjectMetadata {
+        let mut metadata = self
+            .config
+            .write
+            .complete(&ObjectMetadata::with_content_type(content_type));
+        let user = &mut metadata.user;
+        if kind == Kind::Symlink {
+            posix::set_mode(user, posix::S_IFLNK | 0o777);
+        }
+        let Some(creator) = creator.filter(|_| self.config.posix_metadata.is_kept()) else {
+            return metadata;
+        };
+        let (type_bits, default_perm) = match kind {
+            Kind::File => (posix::S_IFREG, self.config.file_mode),
+            Kind::Dir => (posix::S_IFDIR, self.config.dir_mode),
+            Kind::Symlink => (posix::S_IFLNK, 0o777),
+        };
+        let perm = creator.perm & 0o7777;
+        if kind != Kind::Symlink && perm != u32::from(default_perm) {
+            posix::set_mode(user, type_bits | perm);
+        }
+        let uid = (creator.uid != self.config.uid).then_some(creator.uid);
+        let gid = (creator.gid != self.config.gid).then_some(creator.gid);
+        posix::set_owner(user, uid, gid);
+        metadata
+    }
+
+    /// `stat`'s view of `entry`: the POSIX attributes its metadata keeps, the mount's defaults
+    /// for the others (and for all of them with `posix_metadata` off).
     fn attr(&self, ino: u64, entry: &Entry) -> Attr {
-        let (perm, nlink) = match entry.kind {
+        let (default_perm, nlink) = match entry.kind {
             Kind::File => (self.config.file_mode, 1),
             Kind::Dir => (self.config.dir_mode, 2),
+            Kind::Symlink => (0o777, 1),
         };
+        let kept = if self.config.posix_metadata.is_kept() {
+            entry.posix()
+        } else {
+            posix::Posix::default()
+        };
+        let mtime = kept.mtime.unwrap_or(entry.mtime);
         Attr {
             ino,
             kind: entry.kind,
             size: entry.size,
-            mtime: entry.mtime,
-            perm,
-            uid: self.config.uid,
-            gid: self.config.gid,
+            mtime,
+            atime: kept.atime.unwrap_or(mtime),
+            ctime: entry.mtime,
+            perm: match entry.kind {
+                Kind::Symlink => 0o777,
+                Kind::File | Kind::Dir => kept.perm().unwrap_or(default_perm),
+            },
+            uid: kept.uid.unwrap_or(self.config.uid),
+            gid: kept.gid.unwrap_or(self.config.gid),
             nlink,
             blksize: BLOCK_SIZE,
         }
@@ -642,11 +882,21 @@ fn set_attrs_view(inodes: &mut InodeTable, ino: u64, entry: &Entry) {
 }
 
 fn file_entry_from_head(head: &ObjectHead) -> Entry {
+    let kind = if posix::is_symlink(&head.metadata.user) {
+        Kind::Symlink
+    } else {
+        Kind::File
+    };
     Entry {
-        kind: Kind::File,
+        kind,
         size: head.size,
         mtime: head.last_modified,
         etag: Some(head.etag.clone()),
+        details: Some(Arc::new(Details {
+            metadata: head.metadata.clone(),
+            version_id: head.version_id.clone(),
+            checksum_crc32c: head.checksum_crc32c.clone(),
+        })),
     }
 }
 
@@ -658,3 +908,5 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_metadata;

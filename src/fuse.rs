@@ -3,7 +3,8 @@
 //! Every request that may touch the network is handed to the tokio runtime and answered from
 //! its task, so a slow GET never blocks a `stat` or another read. This module only converts
 //! between fuser types and the file system's; it holds no state and makes no decision of its own
-//! beyond which operations S3 cannot do at all (links, device nodes).
+//! beyond which operations S3 cannot do at all (hard links, device nodes) and which attribute
+//! namespaces do not exist here (answered at once, without a request).
 
 use std::ffi::OsStr;
 use std::future::Future;
@@ -19,7 +20,8 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::fs::{Attr, FsError, KernelCache, Kind, Opened, S3Fs};
+use crate::fs::xattr::Name;
+use crate::fs::{Attr, AttrChange, Creator, FsError, KernelCache, Kind, Opened, S3Fs};
 
 pub struct FuseAdapter {
     fs: Arc<S3Fs>,
@@ -139,6 +141,28 @@ impl Respond<()> for ReplyEmpty {
     }
 }
 
+/// An attribute value or name list, for a buffer of `size` bytes (0: the caller asks the size).
+struct XattrReply {
+    reply: fuser::ReplyXattr,
+    size: u32,
+}
+
+impl Respond<Vec<u8>> for XattrReply {
+    fn respond(self, value: Vec<u8>, _: Duration) {
+        let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+        if self.size == 0 {
+            self.reply.size(len);
+        } else if len > self.size {
+            self.reply.error(Errno::ERANGE);
+        } else {
+            self.reply.data(&value);
+        }
+    }
+    fn fail(self, errno: Errno) {
+        self.reply.error(errno);
+    }
+}
+
 impl Respond<()> for ReplyDirectory {
     fn respond(self, _: (), _: Duration) {
         self.ok();
@@ -161,9 +185,9 @@ fn file_attr(attr: &Attr) -> FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
         blocks: attr.size.div_ceil(512),
-        atime: attr.mtime,
+        atime: attr.atime,
         mtime: attr.mtime,
-        ctime: attr.mtime,
+        ctime: attr.ctime,
         crtime: attr.mtime,
         kind: file_type(attr.kind),
         perm: attr.perm,
@@ -180,6 +204,23 @@ fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+/// The creator of a new node: the caller, and the mode it asked for with its umask applied.
+fn creator(req: &Request, mode: u32, umask: u32) -> Option<Creator> {
+    Some(Creator {
+        uid: req.uid(),
+        gid: req.gid(),
+        perm: mode & !umask & 0o7777,
+    })
+}
+
+fn time_of(time: TimeOrNow) -> SystemTime {
+    match time {
+        TimeOrNow::SpecificTime(time) => time,
+        TimeOrNow::Now => SystemTime::now(),
     }
 }
 
@@ -195,6 +236,16 @@ impl Filesystem for FuseAdapter {
         }
         if let Err(nearest) = config.set_max_write(MAX_IO) {
             let _ = config.set_max_write(nearest);
+        }
+        // O_TRUNC arrives with the open instead of as a separate truncate to 0 after it, which
+        // would upload an empty object at once (and leave it so if the writer then dies).
+        if config
+            .add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC)
+            .is_err()
+        {
+            tracing::warn!(
+                "the kernel cannot pass O_TRUNC with open: a truncating open empties the object at once"
+            );
         }
         Ok(())
     }
@@ -300,28 +351,68 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    // Extended attributes come later; say so plainly (and without fuser's per-call warning).
+    // Extended attributes: only `user.` exists. The kernel asks for `security.capability` on
+    // writes and `ls` for ACLs and SELinux labels: answered here, with no request to S3.
 
-    fn getxattr(&self, _: &Request, _: INodeNo, _: &OsStr, _: u32, reply: fuser::ReplyXattr) {
-        reply.error(Errno::ENOTSUP);
+    fn getxattr(&self, _: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
+        use std::os::unix::ffi::OsStrExt;
+        if Name::is_foreign(name.as_bytes()) {
+            reply.error(Errno::ENODATA);
+            return;
+        }
+        let name = name.to_owned();
+        let reply = XattrReply { reply, size };
+        self.serve(reply, |fs| async move { fs.getxattr(ino.0, &name).await });
     }
 
-    fn listxattr(&self, _: &Request, _: INodeNo, _: u32, reply: fuser::ReplyXattr) {
-        reply.error(Errno::ENOTSUP);
+    fn listxattr(&self, _: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        let reply = XattrReply { reply, size };
+        self.serve(reply, |fs| async move { fs.listxattr(ino.0).await });
     }
 
-    // Changes. Mode, owner and times are accepted but not kept (S3 has nowhere to put them yet).
+    fn setxattr(
+        &self,
+        _: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        use std::os::unix::ffi::OsStrExt;
+        if Name::is_foreign(name.as_bytes()) {
+            reply.error(Errno::ENOTSUP);
+            return;
+        }
+        let (name, value) = (name.to_owned(), value.to_vec());
+        self.serve(reply, |fs| async move {
+            fs.setxattr(ino.0, &name, &value, flags).await
+        });
+    }
+
+    fn removexattr(&self, _: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        use std::os::unix::ffi::OsStrExt;
+        if Name::is_foreign(name.as_bytes()) {
+            reply.error(Errno::ENODATA);
+            return;
+        }
+        let name = name.to_owned();
+        self.serve(reply, |fs| async move { fs.removexattr(ino.0, &name).await });
+    }
+
+    // Changes. Mode, owner and times are kept in the object's metadata (see fs::headers).
 
     fn setattr(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -331,7 +422,16 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let fh = fh.map(|fh| fh.0);
-        self.serve(reply, |fs| async move { fs.setattr(ino.0, size, fh).await });
+        let change = AttrChange {
+            perm: mode.map(|mode| mode & 0o7777),
+            uid,
+            gid,
+            atime: atime.map(time_of),
+            mtime: mtime.map(time_of),
+        };
+        self.serve(reply, |fs| async move {
+            fs.setattr_all(ino.0, size, &change, fh).await
+        });
     }
 
     fn create(
@@ -339,25 +439,26 @@ impl Filesystem for FuseAdapter {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let name = name.to_owned();
         let opener = process_of(req.pid());
+        let creator = creator(req, mode, umask);
         self.serve(reply, |fs| async move {
-            fs.create_as(parent.0, &name, flags, opener).await
+            fs.create_as(parent.0, &name, flags, opener, creator).await
         });
     }
 
     fn mknod(
         &self,
-        _: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _: u32,
+        umask: u32,
         _: u32,
         reply: ReplyEntry,
     ) {
@@ -367,7 +468,10 @@ impl Filesystem for FuseAdapter {
             return;
         }
         let name = name.to_owned();
-        self.serve(reply, |fs| async move { fs.mknod_file(parent.0, &name).await });
+        let creator = creator(req, mode, umask);
+        self.serve(reply, |fs| async move {
+            fs.mknod_file(parent.0, &name, creator).await
+        });
     }
 
     fn write(
@@ -389,9 +493,13 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn mkdir(&self, _: &Request, parent: INodeNo, name: &OsStr, _: u32, _: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let name = name.to_owned();
-        self.serve(reply, |fs| async move { fs.mkdir(parent.0, &name).await });
+        let creator = creator(req, mode, umask);
+        self.serve(
+            reply,
+            |fs| async move { fs.mkdir_as(parent.0, &name, creator).await },
+        );
     }
 
     fn unlink(&self, _: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -421,11 +529,23 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    // S3 has no links: EPERM is what Linux answers for a file system without them.
-
-    fn symlink(&self, _: &Request, _: INodeNo, _: &OsStr, _: &Path, reply: ReplyEntry) {
-        reply.error(Errno::EPERM);
+    fn symlink(&self, req: &Request, parent: INodeNo, name: &OsStr, target: &Path, reply: ReplyEntry) {
+        use std::os::unix::ffi::OsStrExt;
+        let (name, target) = (name.to_owned(), target.as_os_str().as_bytes().to_vec());
+        let creator = creator(req, 0o777, 0);
+        self.serve(reply, |fs| async move {
+            fs.symlink(parent.0, &name, &target, creator).await
+        });
     }
+
+    fn readlink(&self, _: &Request, ino: INodeNo, reply: ReplyData) {
+        self.serve(
+            reply,
+            |fs| async move { fs.readlink(ino.0).await.map(Bytes::from) },
+        );
+    }
+
+    // S3 has no hard links: EPERM is what Linux answers for a file system without them.
 
     fn link(&self, _: &Request, _: INodeNo, _: INodeNo, _: &OsStr, reply: ReplyEntry) {
         reply.error(Errno::EPERM);

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use s3mount::cli::{Args, parse_source};
-use s3mount::fs::FsConfig;
+use s3mount::fs::{FsConfig, PosixMetadata};
 use s3mount::logging::{self, LogTarget};
+use s3mount::object::WriteSettings;
 use s3mount::object::retry::RetryPolicy;
 use s3mount::object::s3::S3Settings;
 use s3mount::prefetch::ReadAheadConfig;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
 }
 
 fn start(args: Args) -> anyhow::Result<()> {
+    args.check_write_options().map_err(anyhow::Error::msg)?;
     let source = parse_source(&args.source, args.prefix.as_deref())?;
     let filter = logging::filter(&args.log_level)?;
     let mount_point = run::check_mount_point(&args.mount_point)?;
@@ -46,6 +48,12 @@ fn start(args: Args) -> anyhow::Result<()> {
     let memory = args.max_memory.unwrap_or_else(run::default_read_ahead_memory);
     // SAFETY: geteuid/getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let write = WriteSettings {
+        sse: args.sse.clone(),
+        sse_kms_key_id: args.sse_kms_key_id.clone(),
+        storage_class: args.storage_class.clone(),
+        acl: args.acl.clone(),
+    };
     let config = MountConfig {
         s3: S3Settings {
             bucket: source.bucket.clone(),
@@ -56,6 +64,8 @@ fn start(args: Args) -> anyhow::Result<()> {
             no_sign_request: args.no_sign_request,
             request_timeout: Some(args.request_timeout),
         },
+        write: write.clone(),
+        version_at: args.version_at,
         retry: RetryPolicy {
             max_attempts: args.max_attempts,
             request_timeout: args.request_timeout,
@@ -68,7 +78,7 @@ fn start(args: Args) -> anyhow::Result<()> {
             file_mode: args.file_mode,
             dir_mode: args.dir_mode,
             metadata_ttl: args.metadata_ttl,
-            read_only: args.read_only,
+            read_only: args.read_only || args.version_at.is_some(),
             list_page_size: None,
             read_ahead: ReadAheadConfig {
                 part_size: args.part_size,
@@ -80,6 +90,12 @@ fn start(args: Args) -> anyhow::Result<()> {
             },
             upload_memory: upload::part_budget_within(memory),
             max_rename_keys: args.max_rename_keys,
+            write: write.clone(),
+            posix_metadata: args.posix_metadata.unwrap_or(if args.allow_other {
+                PosixMetadata::Exact
+            } else {
+                PosixMetadata::Lazy
+            }),
         },
         staging_dir: cache_dir,
         cache: cache.map(|dir| CacheSettings {

@@ -19,15 +19,18 @@ pub mod buffers;
 pub mod fault;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
+pub mod metadata;
 pub mod retry;
 pub mod s3;
+pub mod snapshot;
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+
+pub use metadata::{MAX_USER_METADATA_BYTES, ObjectMetadata, WriteSettings};
 
 /// One object as a listing reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,10 +59,11 @@ pub struct ObjectHead {
     pub size: u64,
     pub last_modified: SystemTime,
     pub etag: String,
-    pub content_type: Option<String>,
     pub version_id: Option<String>,
-    /// User-defined metadata (`x-amz-meta-*`), keys without the prefix, lower-case as S3 stores them.
-    pub user_metadata: HashMap<String, String>,
+    /// The headers and user metadata (`x-amz-meta-*`) stored with the object.
+    pub metadata: ObjectMetadata,
+    /// The object's CRC32C (base64), when the server keeps one and says so.
+    pub checksum_crc32c: Option<String>,
 }
 
 /// A listing request: the prefix to list, the delimiter (usually `/`), and paging.
@@ -70,6 +74,41 @@ pub struct ListRequest {
     pub continuation_token: Option<String>,
     /// At most this many objects and prefixes in the page; `None` lets the server choose (1000 on S3).
     pub max_keys: Option<u32>,
+}
+
+/// One version (or delete marker) as ListObjectVersions reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionSummary {
+    pub key: String,
+    /// `"null"` for a version written while the bucket was not versioned.
+    pub version_id: String,
+    pub last_modified: SystemTime,
+    /// A delete marker: the key did not exist from this time on (until a later version).
+    pub is_delete_marker: bool,
+    /// The key's current version (or marker).
+    pub is_latest: bool,
+    pub size: u64,
+    pub etag: String,
+}
+
+/// A ListObjectVersions request: as [`ListRequest`], paged by key and version markers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VersionListRequest {
+    pub prefix: String,
+    pub delimiter: Option<String>,
+    pub key_marker: Option<String>,
+    pub version_id_marker: Option<String>,
+    pub max_keys: Option<u32>,
+}
+
+/// One page of ListObjectVersions: versions of each key newest first, keys in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VersionPage {
+    pub versions: Vec<VersionSummary>,
+    pub common_prefixes: Vec<String>,
+    /// Where the next page starts; `None` when this was the last.
+    pub next_key_marker: Option<String>,
+    pub next_version_id_marker: Option<String>,
 }
 
 /// A kind of request, for retry bounds, counters and fault injection.
@@ -207,8 +246,13 @@ pub trait ObjectClient: Send + Sync + 'static {
     /// One ListObjectsV2 page.
     async fn list(&self, request: &ListRequest) -> Result<ListPage, ObjectError>;
 
-    /// HeadObject.
-    async fn head(&self, key: &str) -> Result<ObjectHead, ObjectError>;
+    /// HeadObject of the current version.
+    async fn head(&self, key: &str) -> Result<ObjectHead, ObjectError> {
+        self.head_version(key, None).await
+    }
+
+    /// HeadObject, of the version `version_id` when given (versioned buckets).
+    async fn head_version(&self, key: &str, version_id: Option<&str>) -> Result<ObjectHead, ObjectError>;
 
     /// GetObject of `range` (end exclusive, clamped by the server to the object size), optionally
     /// with `If-Match: etag` so a replaced object fails with [`ObjectError::PreconditionFailed`]
@@ -218,7 +262,22 @@ pub trait ObjectClient: Send + Sync + 'static {
         key: &str,
         range: Range<u64>,
         if_match: Option<&str>,
+    ) -> Result<Bytes, ObjectError> {
+        self.get_version_range(key, None, range, if_match).await
+    }
+
+    /// [`ObjectClient::get_range`] of the version `version_id` when given: on a versioned
+    /// bucket, the bytes of that version whatever was written since.
+    async fn get_version_range(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        range: Range<u64>,
+        if_match: Option<&str>,
     ) -> Result<Bytes, ObjectError>;
+
+    /// One ListObjectVersions page.
+    async fn list_versions(&self, request: &VersionListRequest) -> Result<VersionPage, ObjectError>;
 
     /// PutObject of a whole body with S3's defaults (no content type, no metadata, no
     /// condition). Returns the new ETag.
@@ -226,7 +285,7 @@ pub trait ObjectClient: Send + Sync + 'static {
         self.put_with(key, body, &PutOptions::default()).await
     }
 
-    /// PutObject of a whole body with a content type, user metadata and write conditions.
+    /// PutObject of a whole body with metadata and write conditions.
     /// Returns the new ETag. A failed condition is [`ObjectError::PreconditionFailed`].
     ///
     /// Garage (2.5) ignores `If-None-Match` and `If-Match` on PutObject: there the put always
@@ -236,7 +295,10 @@ pub trait ObjectClient: Send + Sync + 'static {
     /// DeleteObject. Deleting a key that does not exist succeeds, as on S3.
     async fn delete(&self, key: &str) -> Result<(), ObjectError>;
 
-    /// Server-side CopyObject within the bucket, metadata and content type copied. With
+    /// Server-side CopyObject within the bucket: with `metadata` `None` the source's metadata is
+    /// copied (`MetadataDirective=COPY`), else the destination gets `metadata` in its place
+    /// (`REPLACE`; the only way to copy a key onto itself, which changes its metadata and not
+    /// its bytes). With
     /// `if_match`, the copy happens only if the *source* still has that ETag
     /// (`x-amz-copy-source-if-match`), else [`ObjectError::PreconditionFailed`]. A missing source
     /// is [`ObjectError::NoSuchKey`]. Returns the destination's new ETag. Objects over 5 GiB
@@ -246,9 +308,10 @@ pub trait ObjectClient: Send + Sync + 'static {
         source_key: &str,
         dest_key: &str,
         if_match: Option<&str>,
+        metadata: Option<&ObjectMetadata>,
     ) -> Result<String, ObjectError>;
 
-    /// CreateMultipartUpload with the content type and user metadata of `options`. Returns the
+    /// CreateMultipartUpload with the metadata of `options`. Returns the
     /// upload id. Write conditions belong to [`ObjectClient::complete_multipart`] (S3 checks them
     /// when the object appears): `options` with `if_match` or `if_none_match` set is refused
     /// with `Service { code: "InvalidArgument" }`.
@@ -305,10 +368,8 @@ pub trait ObjectClient: Send + Sync + 'static {
 /// What a PutObject (or CreateMultipartUpload) carries besides the body.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PutOptions {
-    /// `None`: the server's default (`binary/octet-stream` on S3, Garage alike).
-    pub content_type: Option<String>,
-    /// `x-amz-meta-*` entries, keys without the prefix (S3 stores them lower-cased).
-    pub user_metadata: HashMap<String, String>,
+    /// The headers and user metadata the object gets.
+    pub metadata: ObjectMetadata,
     /// `If-None-Match: *`: fail with [`ObjectError::PreconditionFailed`] when the key exists.
     pub if_none_match: bool,
     /// `If-Match: etag`: fail with [`ObjectError::PreconditionFailed`] unless the key exists
@@ -353,17 +414,22 @@ impl<T: ObjectClient + ?Sized> ObjectClient for std::sync::Arc<T> {
         (**self).list(request).await
     }
 
-    async fn head(&self, key: &str) -> Result<ObjectHead, ObjectError> {
-        (**self).head(key).await
+    async fn head_version(&self, key: &str, version_id: Option<&str>) -> Result<ObjectHead, ObjectError> {
+        (**self).head_version(key, version_id).await
     }
 
-    async fn get_range(
+    async fn get_version_range(
         &self,
         key: &str,
+        version_id: Option<&str>,
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> Result<Bytes, ObjectError> {
-        (**self).get_range(key, range, if_match).await
+        (**self).get_version_range(key, version_id, range, if_match).await
+    }
+
+    async fn list_versions(&self, request: &VersionListRequest) -> Result<VersionPage, ObjectError> {
+        (**self).list_versions(request).await
     }
 
     async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<String, ObjectError> {
@@ -379,8 +445,9 @@ impl<T: ObjectClient + ?Sized> ObjectClient for std::sync::Arc<T> {
         source_key: &str,
         dest_key: &str,
         if_match: Option<&str>,
+        metadata: Option<&ObjectMetadata>,
     ) -> Result<String, ObjectError> {
-        (**self).copy(source_key, dest_key, if_match).await
+        (**self).copy(source_key, dest_key, if_match, metadata).await
     }
 
     async fn create_multipart(&self, key: &str, options: &PutOptions) -> Result<String, ObjectError> {

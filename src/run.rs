@@ -16,8 +16,10 @@ use crate::cache::disk::{DiskCache, DiskCacheError, DiskCacheLimits};
 use crate::cli::Source;
 use crate::fs::{FsConfig, S3Fs};
 use crate::fuse::{FuseAdapter, KernelNotifier};
+use crate::object::WriteSettings;
 use crate::object::retry::{RetryClient, RetryPolicy};
 use crate::object::s3::{S3Client, S3Settings};
+use crate::object::snapshot::SnapshotClient;
 use crate::object::{ListRequest, ObjectClient, ObjectError};
 use crate::staging::{Staging, StagingError};
 
@@ -30,6 +32,10 @@ pub struct MountConfig {
     pub source: Source,
     pub mount_point: PathBuf,
     pub s3: S3Settings,
+    /// What every write adds (encryption, storage class, ACL).
+    pub write: WriteSettings,
+    /// Mount the bucket as it was then (read-only, from its versions).
+    pub version_at: Option<std::time::SystemTime>,
     /// How every S3 request is retried and bounded.
     pub retry: RetryPolicy,
     pub fs: FsConfig,
@@ -51,6 +57,8 @@ pub struct CacheSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("bucket {0:?} keeps no versions (versioning was never enabled): --version-at needs them")]
+    NoVersioning(String),
     #[error("mount point {0} does not exist")]
     MountPointMissing(PathBuf),
     #[error("mount point {0} is not a directory")]
@@ -114,8 +122,16 @@ pub async fn object_client(config: MountConfig) -> Result<Arc<dyn ObjectClient>,
     };
     let client = S3Client::new(s3)
         .await
-        .map_err(|error| probe_error(&config, error))?;
-    Ok(Arc::new(client))
+        .map_err(|error| probe_error(&config, error))?
+        .with_write_settings(config.write.clone());
+    let Some(at) = config.version_at else {
+        return Ok(Arc::new(client));
+    };
+    match client.keeps_versions().await {
+        Ok(true) => Ok(Arc::new(SnapshotClient::new(client, at))),
+        Ok(false) => Err(RunError::NoVersioning(config.s3.bucket.clone())),
+        Err(error) => Err(probe_error(&config, error)),
+    }
 }
 
 /// Mounts and serves until unmounted. `ready` is called once the mount is live.

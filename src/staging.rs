@@ -18,12 +18,16 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::lockfile::{LockError, lock_dir};
+use crate::object::ObjectMetadata;
 use nix::fcntl::Flock;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 /// First line of every journal; a different format gets a different line. Format 2 added the
-/// boot a journal was written in and whether the data had reached the disk.
-const JOURNAL_MAGIC: &str = "s3mount-staged 2";
+/// boot a journal was written in and whether the data had reached the disk; format 3 the
+/// object's metadata (`header` and `meta` lines), so a recovered file is uploaded with it.
+const JOURNAL_MAGIC: &str = "s3mount-staged 3";
+/// Format 2, still read: as format 3 without metadata.
+const JOURNAL_MAGIC_V2: &str = "s3mount-staged 2";
 /// Format 1, still read: its journals said `closing` durably for a multipart upload and only
 /// to the page cache for a single PutObject, and recovery uploaded every `closing` file. Such a
 /// journal counts as synced, so a recovery after an upgrade does what the release that wrote it
@@ -74,6 +78,9 @@ pub struct JournalRecord {
     pub boot_id: Option<String>,
     /// The data file was on disk (fsynced) when this was written, and has not changed since.
     pub synced: bool,
+    /// The metadata the upload sends; `None` in journals of formats 1 and 2, which did not
+    /// record it (the recovery takes the base object's, when that is unchanged).
+    pub metadata: Option<ObjectMetadata>,
 }
 
 impl JournalRecord {
@@ -502,18 +509,42 @@ fn format_journal(record: &JournalRecord) -> String {
     let upload = record.upload_id.as_deref().map_or("-".to_owned(), escape);
     let boot = record.boot_id.as_deref().map_or("-".to_owned(), escape);
     let synced = if record.synced { "yes" } else { "no" };
-    format!(
+    let mut text = format!(
         "{JOURNAL_MAGIC}\nkey {}\nbase {base}\nlocal {}\nupload {upload}\nstate {state}\nboot {boot}\nsynced {synced}\n",
         escape(&record.key),
         local.join(",")
-    )
+    );
+    let metadata = record.metadata.clone().unwrap_or_default();
+    for (name, value) in metadata.headers() {
+        if let Some(value) = value {
+            text.push_str(&format!("header {name} {}\n", escape(value)));
+        }
+    }
+    for (name, value) in &metadata.user {
+        text.push_str(&format!("meta {} {}\n", escape(name), escape(value)));
+    }
+    text
+}
+
+/// Reads a `header` or `meta` line's value, `NAME VALUE`, into `metadata`.
+fn parse_metadata_line(kind: &str, value: &str, metadata: &mut ObjectMetadata) -> Option<()> {
+    let (name, value) = value.split_once(' ')?;
+    let (name, value) = (unescape(name)?, unescape(value)?);
+    match kind {
+        "header" => metadata.set_header(&name, Some(value)).then_some(()),
+        _ => {
+            metadata.user.insert(name, value);
+            Some(())
+        }
+    }
 }
 
 fn parse_journal(text: &str) -> Option<JournalRecord> {
     let mut lines = text.lines();
-    let (mut boot, mut synced) = match lines.next()? {
-        JOURNAL_MAGIC => (None, None),
-        JOURNAL_MAGIC_V1 => (Some(None), Some(true)),
+    let (mut boot, mut synced, mut metadata) = match lines.next()? {
+        JOURNAL_MAGIC => (None, None, Some(ObjectMetadata::default())),
+        JOURNAL_MAGIC_V2 => (None, None, None),
+        JOURNAL_MAGIC_V1 => (Some(None), Some(true), None),
         _ => return None,
     };
     let (mut key, mut base, mut local, mut state, mut upload) = (None, None, None, None, None);
@@ -528,6 +559,7 @@ fn parse_journal(text: &str) -> Option<JournalRecord> {
             "upload" => upload = Some(Some(unescape(value)?)),
             "boot" if value == "-" => boot = Some(None),
             "boot" => boot = Some(Some(unescape(value)?)),
+            "header" | "meta" => parse_metadata_line(name, value, metadata.as_mut()?)?,
             "synced" => {
                 synced = Some(match value {
                     "yes" => true,
@@ -555,6 +587,7 @@ fn parse_journal(text: &str) -> Option<JournalRecord> {
         state: state?,
         boot_id: boot?,
         synced: synced?,
+        metadata,
     })
 }
 
@@ -732,6 +765,16 @@ mod tests {
             upload_id: Some("up load/1".to_owned()),
             boot_id: current_boot_id().map(str::to_owned),
             synced: false,
+            metadata: Some(ObjectMetadata {
+                content_type: Some("text/css; charset=utf-8".to_owned()),
+                cache_control: Some("max-age=0".to_owned()),
+                storage_class: Some("STANDARD_IA".to_owned()),
+                user: [("mode", "33188"), ("odd name", "new\nline %41 ü"), ("empty", "")]
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                    .collect(),
+                ..ObjectMetadata::default()
+            }),
         }
     }
 
@@ -748,7 +791,19 @@ mod tests {
             ..record("k", JournalState::Dirty)
         };
         assert_eq!(parse_journal(&format_journal(&new)), Some(new));
-        assert_eq!(parse_journal("s3mount-staged 2\nkey k\n"), None, "torn journal");
+        let bare = JournalRecord {
+            metadata: Some(ObjectMetadata::default()),
+            ..record("k", JournalState::Dirty)
+        };
+        assert_eq!(parse_journal(&format_journal(&bare)), Some(bare));
+        assert_eq!(parse_journal("s3mount-staged 3\nkey k\n"), None, "torn journal");
+        assert_eq!(
+            parse_journal(
+                "s3mount-staged 3\nkey k\nbase -\nlocal \nupload -\nstate dirty\nboot -\nsynced no\nheader color red\n"
+            ),
+            None,
+            "an unknown header"
+        );
         assert_eq!(parse_journal("other\n"), None);
     }
 
@@ -762,6 +817,18 @@ mod tests {
         assert!(
             parse_journal("s3mount-staged 2\nkey k\nbase -\nlocal \nupload -\nstate dirty\n").is_none(),
             "format 2 must say its boot and whether it was synced"
+        );
+    }
+
+    #[test]
+    fn format_2_journals_recover_without_metadata() {
+        let text = "s3mount-staged 2\nkey k\nbase -\nlocal \nupload -\nstate closing\nboot -\nsynced yes\n";
+        let record = parse_journal(text).expect("a format 2 journal parses");
+        assert_eq!((record.state, record.synced), (JournalState::Closing, true));
+        assert_eq!(record.metadata, None);
+        assert!(
+            parse_journal(&format!("{text}meta a b\n")).is_none(),
+            "format 2 had no metadata lines"
         );
     }
 

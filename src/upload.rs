@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::object::buffers::BufferPool;
-use crate::object::{CompletedPart, ObjectClient, ObjectError, PutOptions};
+use crate::object::{CompletedPart, ObjectClient, ObjectError, ObjectMetadata, PutOptions};
 
 /// S3's largest part count.
 const MAX_PARTS: u64 = 10_000;
@@ -265,20 +265,30 @@ pub async fn finish_multipart(
     }
 }
 
-/// Copies `source` (`size` bytes, with ETag `etag`) to `dest` on the server: one CopyObject up
-/// to 5 GiB (S3's limit for it), a multipart copy above, whose object gets `options`.
+/// Copies `source` (`size` bytes, with ETag `etag`) to `dest` (which may be `source` itself, when
+/// `metadata` is given) on the server, with `metadata` in place of the source's (`None`: the
+/// source's user metadata and content headers, as CopyObject copies them): one CopyObject up to
+/// 5 GiB (S3's limit for it), a multipart copy above (which copies no metadata by itself: the
+/// source's is read first when none is given).
 pub async fn copy_object(
     client: Arc<dyn ObjectClient>,
     source: &str,
     dest: &str,
     size: u64,
     etag: &str,
-    options: &PutOptions,
+    metadata: Option<&ObjectMetadata>,
     config: &UploadConfig,
 ) -> Result<String, UploadError> {
     if size <= MAX_PART {
-        return Ok(client.copy(source, dest, Some(etag)).await?);
+        return Ok(client.copy(source, dest, Some(etag), metadata).await?);
     }
+    let options = PutOptions {
+        metadata: match metadata {
+            Some(metadata) => metadata.clone(),
+            None => client.head(source).await?.metadata,
+        },
+        ..PutOptions::default()
+    };
     let copy_from = CopySource {
         key: source.to_owned(),
         etag: etag.to_owned(),
@@ -294,7 +304,7 @@ pub async fn copy_object(
         })
         .collect();
     let no_file = Arc::new(File::open("/dev/null")?);
-    upload_multipart(client, dest, no_file, parts, options, config, &budget).await
+    upload_multipart(client, dest, no_file, parts, &options, config, &budget).await
 }
 
 /// Sends one part read from `file` (an early part of a file still being written); returns its
@@ -506,7 +516,7 @@ mod tests {
         let client = Arc::new(Bucket::memory("b"));
         let (file, body) = staged(1000);
         let options = PutOptions {
-            content_type: Some("text/plain".into()),
+            metadata: ObjectMetadata::with_content_type(Some("text/plain".into())),
             ..PutOptions::default()
         };
         let budget = UploadBudget::new(64 * MIB);
@@ -614,17 +624,9 @@ mod tests {
         assert_eq!(parts.len(), 6);
         let client = Arc::new(Bucket::memory("b"));
         let etag = client.put_object("a", "small");
-        let copied = copy_object(
-            client.clone(),
-            "a",
-            "b",
-            5,
-            &etag,
-            &PutOptions::default(),
-            &CONFIG,
-        )
-        .await
-        .unwrap();
+        let copied = copy_object(client.clone(), "a", "b", 5, &etag, None, &CONFIG)
+            .await
+            .unwrap();
         assert_eq!(client.body("b").as_deref(), Some(&b"small"[..]));
         assert!(!copied.is_empty());
     }

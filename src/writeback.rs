@@ -22,7 +22,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::cache::{BLOCK_SIZE, BlockReader, ObjectVersion};
-use crate::object::{ObjectClient, ObjectError, ObjectHead, PutOptions};
+use crate::object::metadata::posix_headers;
+use crate::object::{ObjectClient, ObjectError, ObjectHead, ObjectMetadata, PutOptions};
 use crate::staging::{
     BaseRecord, JournalRecord, JournalState, Leftover, PageCacheEvictor, StagedFiles, Staging,
     current_boot_id,
@@ -127,7 +128,9 @@ pub struct StagedFile {
     /// The ETag of the object that holds exactly this content (`None` while dirty).
     etag: Option<String>,
     mtime: SystemTime,
-    content_type: Option<String>,
+    /// What the upload sends besides the bytes: the object's own metadata for a file opened from
+    /// an object (a rewrite keeps it), changed by xattr and attribute changes on the mount.
+    metadata: ObjectMetadata,
     early: Option<EarlyUpload>,
     /// The multipart upload in progress (early or at close), as the journal records it.
     multipart: Option<String>,
@@ -141,11 +144,7 @@ pub struct StagedFile {
 impl StagedFile {
     /// A new, empty file for `key`: dirty, so closing it creates the object even if nothing
     /// was written.
-    pub fn new_empty(
-        ctx: &WriteContext,
-        key: String,
-        content_type: Option<String>,
-    ) -> Result<Self, WriteError> {
+    pub fn new_empty(ctx: &WriteContext, key: String, metadata: ObjectMetadata) -> Result<Self, WriteError> {
         let files = ctx.staging.create(&JournalRecord {
             key: key.clone(),
             base: None,
@@ -154,6 +153,7 @@ impl StagedFile {
             upload_id: None,
             boot_id: current_boot_id().map(str::to_owned),
             synced: false,
+            metadata: Some(metadata.clone()),
         })?;
         Ok(Self {
             key,
@@ -165,7 +165,7 @@ impl StagedFile {
             closing: false,
             etag: None,
             mtime: SystemTime::now(),
-            content_type,
+            metadata,
             early: None,
             multipart: None,
             deleted: false,
@@ -173,16 +173,19 @@ impl StagedFile {
         })
     }
 
-    /// A file starting as `object` (nothing fetched yet), or empty and dirty when `truncate`.
+    /// A file starting as `object` (nothing fetched yet), or empty and dirty when `truncate`;
+    /// either way its upload carries `metadata` (the object's own, so a rewrite keeps it).
     pub fn from_object(
         ctx: &WriteContext,
         object: ObjectVersion,
         mtime: SystemTime,
         truncate: bool,
-        content_type: Option<String>,
+        metadata: ObjectMetadata,
     ) -> Result<Self, WriteError> {
         if truncate {
-            return Self::new_empty(ctx, object.key, content_type);
+            let mut metadata = metadata;
+            metadata.user.remove(posix_headers::MTIME);
+            return Self::new_empty(ctx, object.key, metadata);
         }
         let base = Base {
             len: object.size,
@@ -197,6 +200,7 @@ impl StagedFile {
             upload_id: None,
             boot_id: current_boot_id().map(str::to_owned),
             synced: false,
+            metadata: Some(metadata.clone()),
         })?;
         files.data.set_len(base.len)?;
         Ok(Self {
@@ -209,7 +213,7 @@ impl StagedFile {
             dirty: false,
             closing: false,
             mtime,
-            content_type,
+            metadata,
             early: None,
             multipart: None,
             deleted: false,
@@ -381,11 +385,31 @@ impl StagedFile {
         self.record_journal(false)
     }
 
-    /// Renames a file that was never uploaded: only the key it will be uploaded to changes.
+    /// Renames a file that was never uploaded: only the key it will be uploaded to changes, and
+    /// the content type to `content_type` (a new object takes it from its name).
     pub fn rekey(&mut self, key: String, content_type: Option<String>) -> Result<(), WriteError> {
         self.key = key;
-        self.content_type = content_type;
+        self.metadata.content_type = content_type;
         self.record_journal(false)
+    }
+
+    /// What the upload will send besides the bytes.
+    pub fn metadata(&self) -> &ObjectMetadata {
+        &self.metadata
+    }
+
+    /// Replaces the metadata the upload sends. On a dirty file that is all (the next upload
+    /// carries it); on a clean one the caller changes the object too (a copy onto itself) and
+    /// then says so with [`StagedFile::moved_to`].
+    pub fn set_metadata(&mut self, metadata: ObjectMetadata) -> Result<(), WriteError> {
+        self.metadata = metadata;
+        self.record_journal(false)
+    }
+
+    /// A change of content makes the upload time the file's modification time: a time set
+    /// earlier (utimensat, or the object's own `x-amz-meta-mtime`) no longer applies.
+    fn drop_content_time(&mut self) {
+        self.metadata.user.remove(posix_headers::MTIME);
     }
 
     /// Deletes the staged copy (the file was unlinked, or is in S3 and no longer open), and any
@@ -424,6 +448,7 @@ impl StagedFile {
                 key: record.key.clone(),
                 etag: base.etag.clone(),
                 size: base.object_size,
+                version_id: None,
             },
             len: base.len,
         });
@@ -446,7 +471,7 @@ impl StagedFile {
             closing: record.state == JournalState::Closing,
             etag: None,
             mtime: SystemTime::now(),
-            content_type: None,
+            metadata: record.metadata.clone().unwrap_or_default(),
             early: None,
             multipart: None,
             deleted: false,
@@ -586,7 +611,7 @@ impl StagedFile {
 
     fn put_options(&self) -> PutOptions {
         PutOptions {
-            content_type: self.content_type.clone(),
+            metadata: self.metadata.clone(),
             ..PutOptions::default()
         }
     }
@@ -724,6 +749,7 @@ impl StagedFile {
                 key: self.key.clone(),
                 etag: etag.clone(),
                 size: self.size,
+                version_id: None,
             },
             len: self.size,
         });
@@ -781,13 +807,15 @@ impl StagedFile {
     fn changed(&mut self, local_changed: bool) -> Result<(), WriteError> {
         self.mtime = SystemTime::now();
         self.etag = None;
+        let had_time = self.metadata.user.contains_key(posix_headers::MTIME);
+        self.drop_content_time();
         // After a close whose upload failed, the file stays promised to S3 (`closing`: a crash
         // uploads it, with what was written since, as the next close would), but what reached
         // the disk is no longer the content: the journal must stop saying `synced`, or a
         // recovery after a power loss would trust data it cannot.
         let was_synced = std::mem::replace(&mut self.synced, false);
         let was_dirty = std::mem::replace(&mut self.dirty, true);
-        if !was_dirty || local_changed || was_synced {
+        if !was_dirty || local_changed || was_synced || had_time {
             self.record_journal(false)?;
         }
         Ok(())
@@ -826,6 +854,7 @@ impl StagedFile {
             upload_id: self.multipart.clone(),
             boot_id: current_boot_id().map(str::to_owned),
             synced: self.synced,
+            metadata: Some(self.metadata.clone()),
         }
     }
 }
@@ -896,6 +925,17 @@ pub async fn recover(ctx: &WriteContext) -> io::Result<RecoveryReport> {
             }
         };
         let unchanged = remote_matches_base(remote.as_ref(), &file);
+        if record.metadata.is_none()
+            && unchanged
+            && let Some(head) = &remote
+        {
+            // A journal from before metadata was recorded: the object it started from has it
+            // (less the modification time its content no longer has, if it was written).
+            file.metadata = head.metadata.clone();
+            if file.dirty {
+                file.drop_content_time();
+            }
+        }
         if record.close_can_be_trusted() && unchanged {
             match file.upload(ctx).await {
                 Ok(()) => {

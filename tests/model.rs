@@ -16,7 +16,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use s3mount::fs::inode::ROOT_INO;
 use s3mount::fs::names::{RootPrefix, check_component};
-use s3mount::fs::{DirEntry, FsConfig, Kind, S3Fs};
+use s3mount::fs::{DirEntry, FsConfig, Kind, PosixMetadata, S3Fs};
 use s3mount::object::memory::MemoryClient;
 use s3mount::prefetch::ReadAheadConfig;
 use s3mount::upload::UploadConfig;
@@ -154,6 +154,8 @@ impl Harness {
             },
             upload_memory: 16 << 20,
             max_rename_keys: 100,
+            posix_metadata: PosixMetadata::Lazy,
+            write: Default::default(),
         };
         // Read-only here: the bucket changes only underneath (other writers).
         let fs = S3Fs::new(client.clone(), config, None, None);

@@ -12,13 +12,13 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use s3mount::object::memory::MemoryClient;
 use s3mount::object::s3::{S3Client, S3Settings};
-use s3mount::object::{CompletedPart, ListRequest, ObjectClient, ObjectError, PutOptions};
+use s3mount::object::{CompletedPart, ListRequest, ObjectClient, ObjectError, ObjectMetadata, PutOptions};
 
 /// S3's smallest non-last part.
 const MIB5: usize = 5 << 20;
@@ -153,6 +153,7 @@ both_backends!(
     head_reports_the_object_and_missing_keys,
     ranged_get_clamps_and_honours_if_match,
     put_with_sets_content_type_and_metadata,
+    every_header_round_trips_and_a_copy_onto_itself_replaces_them,
     put_conditions,
     copy_handles_odd_keys_and_source_conditions,
     delete_is_idempotent,
@@ -246,8 +247,8 @@ async fn head_reports_the_object_and_missing_keys(backend: Backend, prefix: Stri
     let head = client.head(&key).await.unwrap();
     assert_eq!(head.size, 12);
     assert_eq!(head.etag, etag);
-    assert_eq!(head.content_type.as_deref(), Some("text/plain"));
-    assert_eq!(head.user_metadata.get("owner").map(String::as_str), Some("me"));
+    assert_eq!(head.metadata.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(head.metadata.user.get("owner").map(String::as_str), Some("me"));
     let age = std::time::SystemTime::now()
         .duration_since(head.last_modified)
         .unwrap_or_default();
@@ -297,11 +298,14 @@ fn pattern(len: usize, seed: u8) -> Bytes {
 
 fn options(content_type: Option<&str>, metadata: &[(&str, &str)]) -> PutOptions {
     PutOptions {
-        content_type: content_type.map(str::to_owned),
-        user_metadata: metadata
-            .iter()
-            .map(|(name, value)| (name.to_string(), value.to_string()))
-            .collect(),
+        metadata: ObjectMetadata {
+            content_type: content_type.map(str::to_owned),
+            user: metadata
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+            ..ObjectMetadata::default()
+        },
         ..PutOptions::default()
     }
 }
@@ -332,18 +336,77 @@ async fn put_with_sets_content_type_and_metadata(backend: Backend, prefix: Strin
     let head = client.head(&key).await.unwrap();
     assert_eq!(head.etag, etag);
     assert_eq!(head.size, 8);
-    assert_eq!(head.content_type.as_deref(), Some("text/css"));
+    assert_eq!(head.metadata.content_type.as_deref(), Some("text/css"));
     assert_eq!(
-        head.user_metadata,
-        HashMap::from([("mode".into(), "0644".into()), ("uid".into(), "1000".into())])
+        head.metadata.user,
+        BTreeMap::from([("mode".into(), "0644".into()), ("uid".into(), "1000".into())])
     );
 
     // The plain put replaces the object, metadata included.
     let plain = client.put(&key, Bytes::from_static(b"x")).await.unwrap();
     let head = client.head(&key).await.unwrap();
     assert_eq!(head.etag, plain);
-    assert!(head.user_metadata.is_empty(), "{:?}", head.user_metadata);
-    assert_ne!(head.content_type.as_deref(), Some("text/css"));
+    assert!(head.metadata.user.is_empty(), "{:?}", head.metadata.user);
+    assert_ne!(head.metadata.content_type.as_deref(), Some("text/css"));
+}
+
+/// The representation headers and user metadata a rewrite must keep come back from HEAD as they
+/// were sent, and a copy of a key onto itself with new metadata changes them and not the bytes.
+async fn every_header_round_trips_and_a_copy_onto_itself_replaces_them(backend: Backend, prefix: String) {
+    let client = backend.client();
+    let key = format!("{prefix}site/app.css");
+    let metadata = ObjectMetadata {
+        content_type: Some("text/css".into()),
+        cache_control: Some("max-age=0".into()),
+        content_encoding: Some("identity".into()),
+        content_disposition: Some("inline; filename=\"app.css\"".into()),
+        content_language: Some("en".into()),
+        user: BTreeMap::from([("team".into(), "web".into()), ("mode".into(), "33188".into())]),
+        ..ObjectMetadata::default()
+    };
+    let options = PutOptions {
+        metadata: metadata.clone(),
+        ..PutOptions::default()
+    };
+    let etag = client
+        .put_with(&key, Bytes::from_static(b"body { }"), &options)
+        .await
+        .unwrap();
+    let head = client.head(&key).await.unwrap();
+    assert_eq!(head.metadata, metadata, "every header as sent");
+
+    let mut changed = metadata.clone();
+    changed.user.remove("team");
+    changed.user.insert("owner".into(), "ml".into());
+    changed.cache_control = Some("no-cache".into());
+    let copied = client
+        .copy(&key, &key, Some(&etag), Some(&changed))
+        .await
+        .unwrap();
+    assert_eq!(
+        copied, etag,
+        "a single-part object keeps its ETag: the bytes are the same"
+    );
+    let head = client.head(&key).await.unwrap();
+    assert_eq!(head.metadata, changed);
+    assert_eq!(read_all(client, &key).await, Bytes::from_static(b"body { }"));
+
+    // Without new metadata the copy carries the source's headers.
+    let dest = format!("{prefix}site/app-copy.css");
+    client.copy(&key, &dest, Some(&etag), None).await.unwrap();
+    assert_eq!(client.head(&dest).await.unwrap().metadata, changed);
+    // A stale ETag refuses the metadata change too.
+    assert_eq!(
+        client
+            .copy(
+                &key,
+                &key,
+                Some("\"0123456789abcdef0123456789abcdef\""),
+                Some(&metadata)
+            )
+            .await,
+        Err(ObjectError::PreconditionFailed(key.clone()))
+    );
 }
 
 async fn put_conditions(backend: Backend, prefix: String) {
@@ -417,7 +480,7 @@ async fn copy_handles_odd_keys_and_source_conditions(backend: Backend, prefix: S
             .await
             .unwrap_or_else(|e| panic!("put {source:?}: {e}"));
         let copied = client
-            .copy(&source, &dest, Some(&etag))
+            .copy(&source, &dest, Some(&etag), None)
             .await
             .unwrap_or_else(|e| panic!("copy {source:?}: {e}"));
         assert_eq!(
@@ -425,10 +488,14 @@ async fn copy_handles_odd_keys_and_source_conditions(backend: Backend, prefix: S
             "a single-part copy keeps the body's ETag ({name:?})"
         );
         let head = client.head(&dest).await.unwrap();
-        assert_eq!(head.content_type.as_deref(), Some("text/plain"), "{name:?}");
         assert_eq!(
-            head.user_metadata,
-            HashMap::from([("name".into(), "odd".into()), ("index".into(), index.to_string())]),
+            head.metadata.content_type.as_deref(),
+            Some("text/plain"),
+            "{name:?}"
+        );
+        assert_eq!(
+            head.metadata.user,
+            BTreeMap::from([("name".into(), "odd".into()), ("index".into(), index.to_string())]),
             "{name:?}"
         );
         assert_eq!(read_all(client, &dest).await, body, "{name:?}");
@@ -439,14 +506,14 @@ async fn copy_handles_odd_keys_and_source_conditions(backend: Backend, prefix: S
     let dest = format!("{prefix}dst/conditional");
     assert_eq!(
         client
-            .copy(&source, &dest, Some("\"0123456789abcdef0123456789abcdef\""))
+            .copy(&source, &dest, Some("\"0123456789abcdef0123456789abcdef\""), None)
             .await,
         Err(ObjectError::PreconditionFailed(source.clone()))
     );
     assert!(matches!(client.head(&dest).await, Err(ObjectError::NoSuchKey(_))));
     let missing = format!("{prefix}src/missing");
     assert_eq!(
-        client.copy(&missing, &dest, None).await,
+        client.copy(&missing, &dest, None, None).await,
         Err(ObjectError::NoSuchKey(missing.clone()))
     );
 }
@@ -511,10 +578,10 @@ async fn multipart_two_parts_reads_back(backend: Backend, prefix: String) {
     let size = (MIB5 + second.len()) as u64;
     assert_eq!(head.size, size);
     assert_eq!(head.etag, etag);
-    assert_eq!(head.content_type.as_deref(), Some("application/x-tar"));
+    assert_eq!(head.metadata.content_type.as_deref(), Some("application/x-tar"));
     assert_eq!(
-        head.user_metadata,
-        HashMap::from([("mode".into(), "0600".into())])
+        head.metadata.user,
+        BTreeMap::from([("mode".into(), "0600".into())])
     );
 
     let whole = client.get_range(&key, 0..size, Some(&etag)).await.unwrap();

@@ -33,7 +33,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use s3mount::fs::inode::ROOT_INO;
 use s3mount::fs::names::RootPrefix;
-use s3mount::fs::{Attr, DirEntry, FsConfig, FsError, Kind, S3Fs};
+use s3mount::fs::{Attr, DirEntry, FsConfig, FsError, Kind, PosixMetadata, S3Fs};
 use s3mount::object::ObjectError;
 use s3mount::object::Op;
 use s3mount::object::fault::FaultClient;
@@ -505,6 +505,8 @@ fn config(metadata_ttl: Duration) -> FsConfig {
         },
         upload_memory: 32 * MIB,
         max_rename_keys: 100,
+        posix_metadata: PosixMetadata::Lazy,
+        write: Default::default(),
     }
 }
 
@@ -761,7 +763,7 @@ impl Harness {
         let node = match self.model.kind(path) {
             Some(_) if exclusive => return assert_eq!(created.err(), Some(libc::EEXIST), "create {path:?}"),
             Some(Kind::Dir) => return assert_eq!(created.err(), Some(libc::EISDIR), "create {path:?}"),
-            Some(Kind::File) => self.model.files[path],
+            Some(Kind::File | Kind::Symlink) => self.model.files[path],
             None => {
                 let node = self.model.new_node(Vec::new());
                 self.model.files.insert(path.to_owned(), node);
@@ -945,7 +947,7 @@ impl Harness {
         match self.model.kind(path) {
             None => assert_eq!(unlinked, Err(libc::ENOENT), "unlink {path:?}"),
             Some(Kind::Dir) => assert_eq!(unlinked, Err(libc::EISDIR), "unlink {path:?}"),
-            Some(Kind::File) => {
+            Some(Kind::File | Kind::Symlink) => {
                 assert_eq!(unlinked, Ok(()), "unlink {path:?}");
                 self.model.files.remove(path);
                 expect.set(path, None);
@@ -975,7 +977,7 @@ impl Harness {
         let removed = errno(self.fs().rmdir(parent, OsStr::new(split(path).1)).await);
         match self.model.kind(path) {
             None => assert_eq!(removed, Err(libc::ENOENT), "rmdir {path:?}"),
-            Some(Kind::File) => assert_eq!(removed, Err(libc::ENOTDIR), "rmdir {path:?}"),
+            Some(Kind::File | Kind::Symlink) => assert_eq!(removed, Err(libc::ENOTDIR), "rmdir {path:?}"),
             Some(Kind::Dir) if !self.model.is_empty_dir(path) => {
                 assert_eq!(removed, Err(libc::ENOTEMPTY), "rmdir {path:?}")
             }
@@ -1033,7 +1035,7 @@ impl Harness {
             return;
         }
         match source {
-            Kind::File => self.rename_file(from, to, expect),
+            Kind::File | Kind::Symlink => self.rename_file(from, to, expect),
             Kind::Dir => self.rename_dir(from, to, expect),
         }
         self.model.collect_garbage();
@@ -1293,6 +1295,7 @@ impl Harness {
                 assert_eq!(attr.kind, kind, "kind of {path:?}");
                 match kind {
                     Kind::Dir => dirs.push((path, attr.ino)),
+                    Kind::Symlink => panic!("the model makes no symlink, yet {path:?} is one"),
                     Kind::File => {
                         let size = self.model.content(self.model.files[&path]).len() as u64;
                         assert_eq!(attr.size, size, "size of {path:?}");

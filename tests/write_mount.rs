@@ -444,7 +444,7 @@ fn content_type_comes_from_the_extension() {
         let head = prefix
             .head(name)
             .unwrap_or_else(|| panic!("{name} is not in the bucket"));
-        let content_type = head.content_type.unwrap_or_default();
+        let content_type = head.metadata.content_type.unwrap_or_default();
         assert!(
             content_type == expected || content_type.starts_with(&format!("{expected};")),
             "Content-Type of {name} is {content_type:?}, expected {expected}"

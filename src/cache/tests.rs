@@ -35,6 +35,7 @@ fn bed_with_limits(size: u64, limits: DiskCacheLimits) -> Bed {
         key: "obj".into(),
         etag,
         size,
+        version_id: None,
     };
     Bed {
         client,
@@ -262,6 +263,7 @@ async fn without_a_disk_every_read_is_a_get() {
         key: "obj".into(),
         etag,
         size: MIB,
+        version_id: None,
     };
     reader.read_blocks(&object, 0..1).await.unwrap();
     reader.read_blocks(&object, 0..1).await.unwrap();

@@ -36,6 +36,21 @@ pub enum FsError {
     CrossDevice,
     #[error("invalid argument")]
     InvalidArgument,
+    /// An extended attribute the file does not have.
+    #[error("no such attribute")]
+    NoAttribute,
+    /// An attribute or metadata past S3's limits (2 KiB of user metadata).
+    #[error("argument list too long")]
+    TooBig,
+    /// What S3 cannot hold (hard links, device nodes), or a read-only attribute.
+    #[error("operation not permitted")]
+    NotPermitted,
+    /// The caller may not do this (a permission check the file system makes itself).
+    #[error("permission denied")]
+    AccessDenied,
+    /// A reply buffer smaller than the value.
+    #[error("result too large for the buffer")]
+    OutOfRange,
     #[error(transparent)]
     Object(#[from] ObjectError),
     #[error(transparent)]
@@ -61,6 +76,11 @@ impl FsError {
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::CrossDevice => libc::EXDEV,
             FsError::InvalidArgument => libc::EINVAL,
+            FsError::NoAttribute => libc::ENODATA,
+            FsError::TooBig => libc::E2BIG,
+            FsError::NotPermitted => libc::EPERM,
+            FsError::AccessDenied => libc::EACCES,
+            FsError::OutOfRange => libc::ERANGE,
             FsError::Object(error) => object_errno(error),
             FsError::Write(error) => write_errno(error),
         }

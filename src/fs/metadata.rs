@@ -172,6 +172,7 @@ mod tests {
             size,
             mtime: SystemTime::UNIX_EPOCH,
             etag: Some(format!("\"{size}\"")),
+            details: None,
         })
     }
 

@@ -13,9 +13,19 @@ use futures_util::stream::{self, StreamExt};
 
 use super::names::{check_os_name, join};
 use super::write::content_type_of;
-use super::{Attr, Entry, FsError, Kind, S3Fs, lock};
-use crate::object::{ListRequest, ObjectSummary, PutOptions};
+use super::{Attr, Creator, Details, Entry, FsError, Kind, S3Fs, lock};
+use crate::object::{ListRequest, ObjectMetadata, ObjectSummary, PutOptions};
 use crate::upload::copy_object;
+
+/// The content type of a file never uploaded, renamed: taken from the new name if it was taken
+/// from the old one, else (an object truncated at open keeps its own) unchanged.
+fn renamed_content_type(metadata: &ObjectMetadata, from: &str, to: &str) -> Option<String> {
+    if metadata.content_type == content_type_of(from) {
+        content_type_of(to)
+    } else {
+        metadata.content_type.clone()
+    }
+}
 
 /// Copies and deletes of a directory rename in flight at once.
 const RENAME_CONCURRENCY: usize = 16;
@@ -42,23 +52,114 @@ impl S3Fs {
         Ok(())
     }
 
-    /// Creates a directory: an empty `name/` marker object.
+    /// Creates a directory: an empty `name/` marker object, with the mount's defaults.
     pub async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        self.mkdir_as(parent, name, None).await
+    }
+
+    /// mkdir(2) for `creator`: its mode and owner are kept in the marker's metadata where they
+    /// differ from the mount's defaults.
+    pub async fn mkdir_as(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        creator: Option<Creator>,
+    ) -> Result<Attr, FsError> {
         self.writes()?;
         let path = self.child_path(parent, name)?;
         if self.resolve(&path).await?.is_some() {
             return Err(FsError::Exists);
         }
         let marker = self.config.root.dir_prefix(&path);
-        self.client
-            .put_with(&marker, bytes::Bytes::new(), &PutOptions::default())
+        let options = PutOptions {
+            metadata: self.creation_metadata(creator, Kind::Dir, None),
+            ..PutOptions::default()
+        };
+        let etag = self
+            .client
+            .put_with(&marker, bytes::Bytes::new(), &options)
             .await?;
-        let entry = Entry::dir(std::time::SystemTime::now());
+        let entry = Entry {
+            etag: Some(etag),
+            details: Some(Arc::new(Details {
+                metadata: options.metadata,
+                ..Details::default()
+            })),
+            ..Entry::dir(std::time::SystemTime::now())
+        };
         self.metadata.changed_to(path.clone(), Some(entry.clone()));
         let mut inodes = lock(&self.inodes);
         let ino = inodes.remember(&path);
         super::set_attrs_view(&mut inodes, ino, &entry);
         Ok(self.attr(ino, &entry))
+    }
+
+    /// symlink(2): an object whose body is the target and whose mode says symlink, as s3fs
+    /// stores them (so each shows the other's links).
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &[u8],
+        creator: Option<Creator>,
+    ) -> Result<Attr, FsError> {
+        self.writes()?;
+        let path = self.child_path(parent, name)?;
+        if target.len() > libc::PATH_MAX as usize {
+            return Err(FsError::InvalidName(super::names::NameError::TooLong));
+        }
+        if self.resolve(&path).await?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let options = PutOptions {
+            metadata: self.creation_metadata(creator, Kind::Symlink, None),
+            ..PutOptions::default()
+        };
+        let key = self.config.root.file_key(&path);
+        let etag = self
+            .client
+            .put_with(&key, bytes::Bytes::copy_from_slice(target), &options)
+            .await?;
+        let entry = Entry {
+            kind: Kind::Symlink,
+            size: target.len() as u64,
+            mtime: std::time::SystemTime::now(),
+            etag: Some(etag),
+            details: Some(Arc::new(Details {
+                metadata: options.metadata,
+                ..Details::default()
+            })),
+        };
+        self.metadata.changed_to(path.clone(), Some(entry.clone()));
+        let mut inodes = lock(&self.inodes);
+        let ino = inodes.remember(&path);
+        super::set_attrs_view(&mut inodes, ino, &entry);
+        Ok(self.attr(ino, &entry))
+    }
+
+    /// readlink(2): the target, from geesefs's header or else the object's body (read as the
+    /// version looked up: a link replaced meanwhile is ESTALE, never a mix).
+    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let (key, entry) = self.detailed_entry(ino).await?;
+        if entry.kind != Kind::Symlink {
+            return Err(FsError::InvalidArgument);
+        }
+        let header = entry
+            .details
+            .as_deref()
+            .and_then(|details| details.metadata.user.get(super::posix::GEESEFS_SYMLINK_TARGET));
+        if let Some(target) = header {
+            return Ok(target.as_bytes().to_vec());
+        }
+        if entry.size > libc::PATH_MAX as u64 {
+            tracing::warn!(%key, size = entry.size, "a symlink's target is longer than PATH_MAX");
+            return Err(FsError::InvalidName(super::names::NameError::TooLong));
+        }
+        let body = self
+            .client
+            .get_range(&key, 0..entry.size, entry.etag.as_deref())
+            .await?;
+        Ok(body.to_vec())
     }
 
     /// Removes an empty directory (its marker, if it has one).
@@ -106,13 +207,13 @@ impl S3Fs {
             return Err(FsError::Exists);
         }
         match (source.kind, target.map(|t| t.kind)) {
-            (Kind::File, Some(Kind::Dir)) => return Err(FsError::IsADirectory),
-            (Kind::Dir, Some(Kind::File)) => return Err(FsError::NotADirectory),
+            (Kind::File | Kind::Symlink, Some(Kind::Dir)) => return Err(FsError::IsADirectory),
+            (Kind::Dir, Some(Kind::File | Kind::Symlink)) => return Err(FsError::NotADirectory),
             (Kind::Dir, Some(Kind::Dir)) if !self.dir_is_empty(&to).await? => return Err(FsError::NotEmpty),
             _ => {}
         }
         match source.kind {
-            Kind::File => self.rename_file(&from, &to).await?,
+            Kind::File | Kind::Symlink => self.rename_file(&from, &to).await?,
             Kind::Dir => self.rename_dir(&from, &to).await?,
         }
         lock(&self.inodes).rename(&from, &to);
@@ -137,21 +238,32 @@ impl S3Fs {
                     file.upload(ctx).await?;
                 }
                 let etag = file.etag().unwrap_or_default().to_owned();
-                let copied = self.copy_key(&from_key, &to_key, file.size(), &etag).await?;
+                let mut metadata = file.metadata().clone();
+                self.keep_time(&mut metadata, file.mtime());
+                let copied = self
+                    .copy_key(&from_key, &to_key, file.size(), &etag, Some(&metadata))
+                    .await?;
                 self.client.delete(&from_key).await?;
+                file.set_metadata(metadata)?;
                 file.moved_to(to_key, copied)?;
             } else {
                 // Never uploaded; an object at the old name (a file truncated at open) goes now.
                 self.client.delete(&from_key).await?;
-                file.rekey(to_key, content_type_of(to))?;
+                let content_type = renamed_content_type(file.metadata(), from, to);
+                file.rekey(to_key, content_type)?;
             }
             staged.update_seen(&file);
             drop(file);
             self.staged.remove(from);
             self.staged.put(to_path.clone(), staged);
         } else {
+            // Copied with every header the object has, storage class and encryption included
+            // (which a plain CopyObject leaves to the bucket's defaults).
             let head = self.client.head(&from_key).await?;
-            self.copy_key(&from_key, &to_key, head.size, &head.etag).await?;
+            let mut metadata = head.metadata.clone();
+            self.keep_time(&mut metadata, head.last_modified);
+            self.copy_key(&from_key, &to_key, head.size, &head.etag, Some(&metadata))
+                .await?;
             self.client.delete(&from_key).await?;
         }
         self.metadata.changed_to(from.to_owned(), None);
@@ -226,8 +338,10 @@ impl S3Fs {
     /// Moves one key: a server-side copy, then a delete of the source. On failure, says whether
     /// the copy had landed (the destination and its ETag), so its staged file can follow it.
     async fn move_key(&self, object: &ObjectSummary, dest: &str) -> MoveOutcome {
+        // A listing carries no metadata: CopyObject copies it (user metadata and content
+        // headers; storage class and encryption become the bucket's defaults).
         let etag = self
-            .copy_key(&object.key, dest, object.size, &object.etag)
+            .copy_key(&object.key, dest, object.size, &object.etag, None)
             .await
             .map_err(|error| (None, error))?;
         let landed = (dest.to_owned(), etag);
@@ -253,7 +367,8 @@ impl S3Fs {
             if let Some((_, etag)) = copied.iter().find(|(key, _)| *key == new_key) {
                 file.moved_to(new_key, etag.clone())?;
             } else if !file.exists_remotely() {
-                file.rekey(new_key, content_type_of(&new_path))?;
+                let content_type = renamed_content_type(file.metadata(), &path, &new_path);
+                file.rekey(new_key, content_type)?;
             } else {
                 continue;
             }
@@ -289,14 +404,17 @@ impl S3Fs {
         }
     }
 
-    /// Server-side copy of any size.
-    async fn copy_key(&self, from: &str, to: &str, size: u64, etag: &str) -> Result<String, FsError> {
+    /// Server-side copy of any size, with `metadata` (`None`: the source's, as CopyObject copies).
+    async fn copy_key(
+        &self,
+        from: &str,
+        to: &str,
+        size: u64,
+        etag: &str,
+        metadata: Option<&ObjectMetadata>,
+    ) -> Result<String, FsError> {
         let ctx = self.writes()?;
-        let options = PutOptions {
-            content_type: content_type_of(to),
-            ..PutOptions::default()
-        };
-        let copied = copy_object(self.client.clone(), from, to, size, etag, &options, &ctx.upload).await;
+        let copied = copy_object(self.client.clone(), from, to, size, etag, metadata, &ctx.upload).await;
         copied.map_err(|error| FsError::from(crate::writeback::WriteError::from(error)))
     }
 

@@ -32,6 +32,8 @@ fn config(prefix: &str) -> FsConfig {
         },
         upload_memory: 64 << 20,
         max_rename_keys: 1000,
+        posix_metadata: PosixMetadata::Lazy,
+        write: Default::default(),
     }
 }
 
@@ -471,7 +473,13 @@ async fn a_new_file_is_listed_and_sized_before_its_upload() {
     fs.release(handle).await;
     assert_eq!(client.body("new.txt").as_deref(), Some(&b"hello"[..]));
     assert_eq!(
-        client.head("new.txt").await.unwrap().content_type.as_deref(),
+        client
+            .head("new.txt")
+            .await
+            .unwrap()
+            .metadata
+            .content_type
+            .as_deref(),
         Some("text/plain")
     );
     let names = list_names(&fs, ROOT_INO).await;
@@ -614,7 +622,7 @@ async fn only_the_opening_process_uploads_on_close() {
     let fs = writable(&client, &dir);
     let flags = libc::O_WRONLY | libc::O_CREAT;
     let (_, opened) = fs
-        .create_as(ROOT_INO, OsStr::new("ckpt"), flags, Some(100))
+        .create_as(ROOT_INO, OsStr::new("ckpt"), flags, Some(100), None)
         .await
         .unwrap();
     fs.write(opened.handle, 0, b"half").await.unwrap();

@@ -18,7 +18,10 @@ use tokio::sync::watch;
 
 use super::metadata::MetadataCache;
 use super::names::{check_os_name, join};
-use super::{Attr, Entry, FsError, Handle, Kind, Opened, S3Fs, lock, set_attrs_view};
+use super::{
+    Attr, AttrChange, Creator, Details, Entry, FsError, Handle, Kind, Opened, S3Fs, lock, posix,
+    set_attrs_view,
+};
 use crate::cache::ObjectVersion;
 use crate::writeback::{self, RecoveryReport, StagedFile, WriteContext};
 
@@ -150,11 +153,21 @@ impl StagedEntry {
 }
 
 fn entry_of(file: &StagedFile) -> Entry {
+    let metadata = file.metadata();
+    let kind = if posix::is_symlink(&metadata.user) {
+        Kind::Symlink
+    } else {
+        Kind::File
+    };
     Entry {
-        kind: Kind::File,
+        kind,
         size: file.size(),
         mtime: file.mtime(),
         etag: file.etag().map(str::to_owned),
+        details: Some(Arc::new(Details {
+            metadata: metadata.clone(),
+            ..Details::default()
+        })),
     }
 }
 
@@ -239,16 +252,18 @@ impl S3Fs {
     /// Creates and opens a file (open with O_CREAT). An existing file is opened instead, unless
     /// O_EXCL. The new file exists on this mount at once, in S3 from its first close.
     pub async fn create(&self, parent: u64, name: &OsStr, flags: i32) -> Result<(Attr, Opened), FsError> {
-        self.create_as(parent, name, flags, None).await
+        self.create_as(parent, name, flags, None, None).await
     }
 
-    /// [`S3Fs::create`] on behalf of process `opener` (see [`S3Fs::flush_from`]).
+    /// [`S3Fs::create`] on behalf of process `opener` (see [`S3Fs::flush_from`]), the new file
+    /// getting `creator`'s owner and mode where they differ from the mount's defaults.
     pub async fn create_as(
         &self,
         parent: u64,
         name: &OsStr,
         flags: i32,
         opener: Option<u32>,
+        creator: Option<Creator>,
     ) -> Result<(Attr, Opened), FsError> {
         let ctx = self.writes()?.clone();
         let parent_path = self.path_of(parent)?;
@@ -269,7 +284,8 @@ impl S3Fs {
             return Ok((self.getattr(ino).await?, opened));
         }
         let key = self.config.root.file_key(&path);
-        let file = StagedFile::new_empty(&ctx, key, content_type_of(&path))?;
+        let metadata = self.creation_metadata(creator, Kind::File, content_type_of(&path));
+        let file = StagedFile::new_empty(&ctx, key, metadata)?;
         let entry = StagedEntry::new(file, path.clone());
         let stored = self.staged.insert_or_get(path.clone(), entry.clone());
         if !Arc::ptr_eq(&stored, &entry) {
@@ -293,8 +309,14 @@ impl S3Fs {
     }
 
     /// mknod(2) of a regular file: an empty file, created in S3 at once.
-    pub async fn mknod_file(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
-        let (attr, opened) = self.create(parent, name, libc::O_WRONLY | libc::O_EXCL).await?;
+    pub async fn mknod_file(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        creator: Option<Creator>,
+    ) -> Result<Attr, FsError> {
+        let flags = libc::O_WRONLY | libc::O_EXCL;
+        let (attr, opened) = self.create_as(parent, name, flags, None, creator).await?;
         let flushed = self.flush(opened.handle).await;
         self.release(opened.handle).await;
         flushed.map(|()| attr)
@@ -317,14 +339,10 @@ impl S3Fs {
                 key: key.clone(),
                 etag: head.etag,
                 size: head.size,
+                version_id: head.version_id.clone(),
             };
-            let file = StagedFile::from_object(
-                &ctx,
-                object,
-                head.last_modified,
-                mode.truncate,
-                content_type_of(path),
-            )?;
+            let file =
+                StagedFile::from_object(&ctx, object, head.last_modified, mode.truncate, head.metadata)?;
             let entry = StagedEntry::new(file, path.clone());
             let stored = self.staged.insert_or_get(path.clone(), entry.clone());
             if !Arc::ptr_eq(&stored, &entry) {
@@ -459,15 +477,35 @@ impl S3Fs {
         self.flush(handle).await
     }
 
-    /// Sets the size of a file (truncate, ftruncate). Other attributes (mode, owner, times) are
-    /// accepted and not kept: S3 has nowhere to put them yet.
+    /// Sets the size of a file (truncate, ftruncate).
     pub async fn setattr(&self, ino: u64, size: Option<u64>, handle: Option<u64>) -> Result<Attr, FsError> {
+        self.setattr_all(ino, size, &AttrChange::default(), handle).await
+    }
+
+    /// setattr: the size (truncate), then mode, owner and times, kept in the object's metadata
+    /// (`headers`); with `posix_metadata` off those are accepted and not kept. The kernel has
+    /// checked the caller may make the change (`default_permissions`).
+    pub async fn setattr_all(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        change: &AttrChange,
+        handle: Option<u64>,
+    ) -> Result<Attr, FsError> {
         if let Some(size) = size {
             self.writes()?;
             match handle.map(|h| self.handle(h)) {
                 Some(Ok(Handle::Staged(staged))) => self.truncate_entry(&staged.entry, size).await?,
                 _ => self.truncate_path(ino, size).await?,
             }
+        }
+        if !change.is_empty() && self.config.posix_metadata.is_kept() {
+            let changed = self
+                .change_headers(ino, |metadata, kind| change.apply(metadata, kind))
+                .await?;
+            let attr = self.attr(ino, &changed);
+            super::set_attrs_view(&mut lock(&self.inodes), ino, &changed);
+            return Ok(attr);
         }
         match handle {
             Some(handle) => self.getattr_handle(ino, handle).await,

@@ -18,7 +18,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::{CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, Op, PutOptions};
+use super::{
+    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata, Op,
+    PutOptions, VersionListRequest, VersionPage,
+};
 
 const OP_COUNT: usize = Op::ALL.len();
 
@@ -222,20 +225,31 @@ impl<C: ObjectClient> ObjectClient for FaultClient<C> {
         self.answer(Op::List, self.inner.list(request).await, lost).await
     }
 
-    async fn head(&self, key: &str) -> Result<ObjectHead, ObjectError> {
+    async fn head_version(&self, key: &str, version_id: Option<&str>) -> Result<ObjectHead, ObjectError> {
         let lost = self.begin(Op::Head).await?;
-        self.answer(Op::Head, self.inner.head(key).await, lost).await
+        let answer = self.inner.head_version(key, version_id).await;
+        self.answer(Op::Head, answer, lost).await
     }
 
-    async fn get_range(
+    async fn get_version_range(
         &self,
         key: &str,
+        version_id: Option<&str>,
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> Result<Bytes, ObjectError> {
         let lost = self.begin(Op::Get).await?;
-        self.answer(Op::Get, self.inner.get_range(key, range, if_match).await, lost)
-            .await
+        let answer = self
+            .inner
+            .get_version_range(key, version_id, range, if_match)
+            .await;
+        self.answer(Op::Get, answer, lost).await
+    }
+
+    async fn list_versions(&self, request: &VersionListRequest) -> Result<VersionPage, ObjectError> {
+        let lost = self.begin(Op::List).await?;
+        let answer = self.inner.list_versions(request).await;
+        self.answer(Op::List, answer, lost).await
     }
 
     async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<String, ObjectError> {
@@ -254,11 +268,12 @@ impl<C: ObjectClient> ObjectClient for FaultClient<C> {
         source_key: &str,
         dest_key: &str,
         if_match: Option<&str>,
+        metadata: Option<&ObjectMetadata>,
     ) -> Result<String, ObjectError> {
         let lost = self.begin(Op::Copy).await?;
         self.answer(
             Op::Copy,
-            self.inner.copy(source_key, dest_key, if_match).await,
+            self.inner.copy(source_key, dest_key, if_match, metadata).await,
             lost,
         )
         .await

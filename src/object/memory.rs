@@ -27,7 +27,12 @@
 //!   then the write conditions (412). A failed complete leaves the upload open, as on S3.
 //! - Write conditions (`If-None-Match: *`, `If-Match`) on PutObject and CompleteMultipartUpload
 //!   are honoured as S3 does since 2024: If-Match on a missing key is `NoSuchKey` (404).
-//! - CopyObject of a key onto itself (metadata copied) is refused like S3 (`InvalidRequest`).
+//! - Versions: the bucket is an unversioned one. ListObjectVersions lists every object once as
+//!   version `null`, and a HEAD or GET of version `null` is the object; any other version id is
+//!   `NoSuchVersion`. Versioned behaviour is tested against moto (scripts/moto-server).
+//! - CopyObject of a key onto itself is refused like S3 (`InvalidRequest`) unless it replaces
+//!   the metadata. A copy's storage class and encryption are the request's, not the source's
+//!   (S3 gives a copy the bucket's defaults unless told).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -41,8 +46,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectSummary, Op,
-    PutOptions, conditions_on_create,
+    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata,
+    ObjectSummary, Op, PutOptions, VersionListRequest, VersionPage, VersionSummary, conditions_on_create,
 };
 
 /// S3's page size when MaxKeys is absent, and also the most it returns when asked for more.
@@ -50,6 +55,9 @@ const S3_MAX_KEYS: u32 = 1000;
 
 /// The Content-Type S3 records when PutObject carries none.
 const DEFAULT_CONTENT_TYPE: &str = "binary/octet-stream";
+
+/// The version id of every object of an unversioned bucket, as S3 reports it.
+const NULL_VERSION: &str = "null";
 
 /// Marks (and versions) this client's continuation tokens, so a foreign token is rejected.
 const TOKEN_PREFIX: &str = "mem1:";
@@ -92,16 +100,15 @@ struct MemoryObject {
     body: Bytes,
     etag: String,
     last_modified: SystemTime,
-    content_type: String,
-    user_metadata: HashMap<String, String>,
+    /// Its content type is always set (S3's default when the writer gave none).
+    metadata: ObjectMetadata,
 }
 
 /// One open multipart upload.
 #[derive(Debug)]
 struct Upload {
     key: String,
-    content_type: String,
-    user_metadata: HashMap<String, String>,
+    metadata: ObjectMetadata,
     /// Part number -> (body, ETag).
     parts: BTreeMap<u32, (Bytes, String)>,
 }
@@ -152,21 +159,22 @@ fn etag_of(body: &[u8]) -> String {
 
 /// A new object as PutObject stores it: the ETag derived from the body, Last-Modified now, S3's
 /// default content type when none is given, metadata keys lower-cased.
-fn new_object(
-    body: Bytes,
-    content_type: Option<&str>,
-    user_metadata: HashMap<String, String>,
-) -> MemoryObject {
+fn new_object(body: Bytes, metadata: &ObjectMetadata) -> MemoryObject {
     MemoryObject {
         etag: etag_of(&body),
         body,
         last_modified: now_in_seconds(),
-        content_type: content_type.unwrap_or(DEFAULT_CONTENT_TYPE).to_owned(),
-        user_metadata: user_metadata
-            .into_iter()
-            .map(|(name, value)| (name.to_lowercase(), value))
-            .collect(),
+        metadata: stored_metadata(metadata),
     }
+}
+
+/// Metadata as S3 stores it: names lower-cased, the default content type filled in.
+fn stored_metadata(metadata: &ObjectMetadata) -> ObjectMetadata {
+    let mut stored = metadata.clone().normalized();
+    stored
+        .content_type
+        .get_or_insert_with(|| DEFAULT_CONTENT_TYPE.to_owned());
+    stored
 }
 
 /// The multipart ETag described in the module documentation: `"<32 hex>-<parts>"`.
@@ -210,6 +218,17 @@ fn check_write_conditions(
         }
     }
     Ok(())
+}
+
+/// This bucket keeps no versions: only `null` (the current object) can be asked for.
+fn check_version(key: &str, version_id: Option<&str>) -> Result<(), ObjectError> {
+    match version_id {
+        None | Some(NULL_VERSION) => Ok(()),
+        Some(other) => Err(service(
+            "NoSuchVersion",
+            format!("{key}: the bucket keeps no version {other:?}"),
+        )),
+    }
 }
 
 /// Now, truncated to whole seconds as S3 reports Last-Modified.
@@ -295,7 +314,23 @@ impl MemoryClient {
         content_type: Option<&str>,
         user_metadata: HashMap<String, String>,
     ) -> String {
-        let object = new_object(body.into(), content_type, user_metadata);
+        let metadata = ObjectMetadata {
+            content_type: content_type.map(str::to_owned),
+            user: user_metadata.into_iter().collect(),
+            ..ObjectMetadata::default()
+        };
+        self.put_object_with_metadata(key, body, &metadata)
+    }
+
+    /// Setup: stores an object with `metadata`, as another writer would. Not counted as a
+    /// request. Returns the new ETag.
+    pub fn put_object_with_metadata(
+        &self,
+        key: &str,
+        body: impl Into<Bytes>,
+        metadata: &ObjectMetadata,
+    ) -> String {
+        let object = new_object(body.into(), metadata);
         let etag = object.etag.clone();
         lock(&self.objects).insert(key.to_owned(), object);
         etag
@@ -457,9 +492,9 @@ impl MemoryClient {
             size: object.body.len() as u64,
             last_modified: object.last_modified,
             etag: object.etag.clone(),
-            content_type: Some(object.content_type.clone()),
             version_id: None,
-            user_metadata: object.user_metadata.clone(),
+            metadata: object.metadata.clone(),
+            checksum_crc32c: None,
         })
     }
 
@@ -520,23 +555,59 @@ impl ObjectClient for MemoryClient {
         self.list_page(request)
     }
 
-    async fn head(&self, key: &str) -> Result<ObjectHead, ObjectError> {
+    async fn head_version(&self, key: &str, version_id: Option<&str>) -> Result<ObjectHead, ObjectError> {
         self.begin(Op::Head);
+        check_version(key, version_id)?;
         self.head_object(key)
     }
 
-    async fn get_range(
+    async fn get_version_range(
         &self,
         key: &str,
+        version_id: Option<&str>,
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> Result<Bytes, ObjectError> {
         self.begin(Op::Get);
+        check_version(key, version_id)?;
         let bytes = self.read_range(key, range, if_match)?;
         self.counters
             .get_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(bytes)
+    }
+
+    /// As S3 lists an unversioned bucket: every object once, as version `null`.
+    async fn list_versions(&self, request: &VersionListRequest) -> Result<VersionPage, ObjectError> {
+        self.begin(Op::List);
+        let page = self.list_page(&ListRequest {
+            prefix: request.prefix.clone(),
+            delimiter: request.delimiter.clone(),
+            continuation_token: request.key_marker.as_deref().map(encode_token),
+            max_keys: request.max_keys,
+        })?;
+        let next_key_marker = match &page.next_continuation_token {
+            Some(token) => Some(decode_token(token)?),
+            None => None,
+        };
+        Ok(VersionPage {
+            versions: page
+                .objects
+                .into_iter()
+                .map(|object| VersionSummary {
+                    key: object.key,
+                    version_id: NULL_VERSION.to_owned(),
+                    last_modified: object.last_modified,
+                    is_delete_marker: false,
+                    is_latest: true,
+                    size: object.size,
+                    etag: object.etag,
+                })
+                .collect(),
+            common_prefixes: page.common_prefixes,
+            next_version_id_marker: next_key_marker.as_ref().map(|_| NULL_VERSION.to_owned()),
+            next_key_marker,
+        })
     }
 
     async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<String, ObjectError> {
@@ -549,11 +620,7 @@ impl ObjectClient for MemoryClient {
             options.if_match.as_deref(),
             options.if_none_match,
         )?;
-        let object = new_object(
-            body,
-            options.content_type.as_deref(),
-            options.user_metadata.clone(),
-        );
+        let object = new_object(body, &options.metadata);
         let etag = object.etag.clone();
         objects.insert(key.to_owned(), object);
         self.counters.put_bytes.fetch_add(size, Ordering::Relaxed);
@@ -571,6 +638,7 @@ impl ObjectClient for MemoryClient {
         source_key: &str,
         dest_key: &str,
         if_match: Option<&str>,
+        metadata: Option<&ObjectMetadata>,
     ) -> Result<String, ObjectError> {
         self.begin(Op::Copy);
         let mut objects = lock(&self.objects);
@@ -580,7 +648,7 @@ impl ObjectClient for MemoryClient {
         if if_match.is_some_and(|if_match| !etag_matches(if_match, &source.etag)) {
             return Err(ObjectError::PreconditionFailed(source_key.to_owned()));
         }
-        if source_key == dest_key {
+        if source_key == dest_key && metadata.is_none() {
             return Err(service(
                 "InvalidRequest",
                 format!(
@@ -590,12 +658,20 @@ impl ObjectClient for MemoryClient {
             ));
         }
         // A copy is one new object: its ETag is that of its body, even from a multipart source.
+        let metadata = match metadata {
+            Some(metadata) => stored_metadata(metadata),
+            None => ObjectMetadata {
+                storage_class: None,
+                sse: None,
+                sse_kms_key_id: None,
+                ..source.metadata.clone()
+            },
+        };
         let copied = MemoryObject {
             etag: etag_of(&source.body),
             body: source.body.clone(),
             last_modified: now_in_seconds(),
-            content_type: source.content_type.clone(),
-            user_metadata: source.user_metadata.clone(),
+            metadata,
         };
         let etag = copied.etag.clone();
         objects.insert(dest_key.to_owned(), copied);
@@ -611,15 +687,9 @@ impl ObjectClient for MemoryClient {
             "mem-upload-{}",
             self.next_upload_id.fetch_add(1, Ordering::Relaxed)
         );
-        let template = new_object(
-            Bytes::new(),
-            options.content_type.as_deref(),
-            options.user_metadata.clone(),
-        );
         let upload = Upload {
             key: key.to_owned(),
-            content_type: template.content_type,
-            user_metadata: template.user_metadata,
+            metadata: stored_metadata(&options.metadata),
             parts: BTreeMap::new(),
         };
         lock(&self.uploads).insert(upload_id.clone(), upload);
@@ -740,8 +810,7 @@ impl ObjectClient for MemoryClient {
             body: Bytes::from(body),
             etag: etag.clone(),
             last_modified: now_in_seconds(),
-            content_type: upload.content_type.clone(),
-            user_metadata: upload.user_metadata.clone(),
+            metadata: upload.metadata.clone(),
         };
         objects.insert(key.to_owned(), object);
         drop(objects);
@@ -997,10 +1066,10 @@ mod tests {
         let head = client.head("f").await.unwrap();
         assert_eq!(head.size, 5);
         assert_eq!(head.etag, etag);
-        assert_eq!(head.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(head.metadata.content_type.as_deref(), Some("text/plain"));
         assert_eq!(
-            head.user_metadata,
-            HashMap::from([("mode".to_owned(), "0644".to_owned())])
+            head.metadata.user,
+            BTreeMap::from([("mode".to_owned(), "0644".to_owned())])
         );
         assert_eq!(head.version_id, None);
         let since_epoch = head.last_modified.duration_since(UNIX_EPOCH).unwrap();
@@ -1013,8 +1082,8 @@ mod tests {
         // A plain put replaces the metadata and falls back to S3's default content type.
         client.put("f", Bytes::from_static(b"x")).await.unwrap();
         let head = client.head("f").await.unwrap();
-        assert_eq!(head.content_type.as_deref(), Some(DEFAULT_CONTENT_TYPE));
-        assert!(head.user_metadata.is_empty());
+        assert_eq!(head.metadata.content_type.as_deref(), Some(DEFAULT_CONTENT_TYPE));
+        assert!(head.metadata.user.is_empty());
 
         let when = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         client.set_last_modified("f", when);
@@ -1127,11 +1196,14 @@ mod tests {
 
     fn options(content_type: Option<&str>, metadata: &[(&str, &str)]) -> PutOptions {
         PutOptions {
-            content_type: content_type.map(str::to_owned),
-            user_metadata: metadata
-                .iter()
-                .map(|(name, value)| (name.to_string(), value.to_string()))
-                .collect(),
+            metadata: ObjectMetadata {
+                content_type: content_type.map(str::to_owned),
+                user: metadata
+                    .iter()
+                    .map(|(name, value)| (name.to_string(), value.to_string()))
+                    .collect(),
+                ..ObjectMetadata::default()
+            },
             ..PutOptions::default()
         }
     }
@@ -1163,10 +1235,10 @@ mod tests {
             .unwrap();
         let head = client.head("f").await.unwrap();
         assert_eq!(head.etag, etag);
-        assert_eq!(head.content_type.as_deref(), Some("text/css"));
+        assert_eq!(head.metadata.content_type.as_deref(), Some("text/css"));
         assert_eq!(
-            head.user_metadata,
-            HashMap::from([("mode".into(), "0644".into())])
+            head.metadata.user,
+            BTreeMap::from([("mode".into(), "0644".into())])
         );
 
         let create_only = PutOptions {
@@ -1240,30 +1312,36 @@ mod tests {
         let client = MemoryClient::new("b");
         let metadata = HashMap::from([("mtime".to_owned(), "1".to_owned())]);
         let source_etag = client.put_object_with("a b+c%d", "body", Some("text/plain"), metadata.clone());
-        let etag = client.copy("a b+c%d", "dst/é", Some(&source_etag)).await.unwrap();
+        let etag = client
+            .copy("a b+c%d", "dst/é", Some(&source_etag), None)
+            .await
+            .unwrap();
         assert_eq!(etag, source_etag, "a single-part copy has the ETag of its body");
         let head = client.head("dst/é").await.unwrap();
-        assert_eq!(head.content_type.as_deref(), Some("text/plain"));
-        assert_eq!(head.user_metadata, metadata);
+        assert_eq!(head.metadata.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(head.metadata.user, metadata.clone().into_iter().collect());
         assert_eq!(client.body("dst/é").unwrap(), "body");
         assert!(client.contains("a b+c%d"), "the source stays");
 
         assert_eq!(
-            client.copy("a b+c%d", "x", Some(&etag_of(b"stale"))).await,
+            client.copy("a b+c%d", "x", Some(&etag_of(b"stale")), None).await,
             Err(ObjectError::PreconditionFailed("a b+c%d".into()))
         );
         assert!(!client.contains("x"));
         assert_eq!(
-            client.copy("missing", "x", None).await,
+            client.copy("missing", "x", None, None).await,
             Err(ObjectError::NoSuchKey("missing".into()))
         );
-        assert_eq!(code(client.copy("dst/é", "dst/é", None).await), "InvalidRequest");
+        assert_eq!(
+            code(client.copy("dst/é", "dst/é", None, None).await),
+            "InvalidRequest"
+        );
         // Overwrites the destination entirely.
         client.put_object_with("y", "old", Some("text/html"), HashMap::new());
-        client.copy("a b+c%d", "y", None).await.unwrap();
+        client.copy("a b+c%d", "y", None, None).await.unwrap();
         assert_eq!(client.body("y").unwrap(), "body");
         assert_eq!(
-            client.head("y").await.unwrap().content_type.as_deref(),
+            client.head("y").await.unwrap().metadata.content_type.as_deref(),
             Some("text/plain")
         );
         assert_eq!(client.counters().copy, 5);
@@ -1310,8 +1388,11 @@ mod tests {
         assert_eq!(&body[MIN_PART_SIZE..], b"tail");
         let head = client.head("big").await.unwrap();
         assert_eq!(head.etag, etag);
-        assert_eq!(head.content_type.as_deref(), Some("application/x-tar"));
-        assert_eq!(head.user_metadata, HashMap::from([("owner".into(), "me".into())]));
+        assert_eq!(head.metadata.content_type.as_deref(), Some("application/x-tar"));
+        assert_eq!(
+            head.metadata.user,
+            BTreeMap::from([("owner".into(), "me".into())])
+        );
         // Readable with If-Match on the multipart ETag.
         assert_eq!(
             client
@@ -1600,7 +1681,7 @@ mod tests {
             .complete_multipart("k", &id, &[part(1, &e1)], None, false)
             .await
             .unwrap();
-        assert!(client.copy("k", "k2", None).await.is_err());
+        assert!(client.copy("k", "k2", None, None).await.is_err());
         assert!(!client.contains("k2"));
         assert!(
             client

@@ -22,7 +22,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, Op, PutOptions};
+use super::{
+    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata, Op,
+    PutOptions, VersionListRequest, VersionPage,
+};
 
 /// The first pause between attempts; each later one doubles, up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(250);
@@ -199,18 +202,21 @@ impl<C: ObjectClient> ObjectClient for RetryClient<C> {
         Ok(self.run(what, || self.inner.list(request)).await?)
     }
 
-    async fn head(&self, key: &str) -> Result<ObjectHead, ObjectError> {
+    async fn head_version(&self, key: &str, version_id: Option<&str>) -> Result<ObjectHead, ObjectError> {
         let what = Request {
             op: Op::Head,
             key,
             bytes: 0,
         };
-        Ok(self.run(what, || self.inner.head(key)).await?)
+        Ok(self
+            .run(what, || self.inner.head_version(key, version_id))
+            .await?)
     }
 
-    async fn get_range(
+    async fn get_version_range(
         &self,
         key: &str,
+        version_id: Option<&str>,
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> Result<Bytes, ObjectError> {
@@ -220,8 +226,20 @@ impl<C: ObjectClient> ObjectClient for RetryClient<C> {
             bytes: range.end.saturating_sub(range.start),
         };
         Ok(self
-            .run(what, || self.inner.get_range(key, range.clone(), if_match))
+            .run(what, || {
+                self.inner
+                    .get_version_range(key, version_id, range.clone(), if_match)
+            })
             .await?)
+    }
+
+    async fn list_versions(&self, request: &VersionListRequest) -> Result<VersionPage, ObjectError> {
+        let what = Request {
+            op: Op::List,
+            key: &request.prefix,
+            bytes: 0,
+        };
+        Ok(self.run(what, || self.inner.list_versions(request)).await?)
     }
 
     async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<String, ObjectError> {
@@ -251,6 +269,7 @@ impl<C: ObjectClient> ObjectClient for RetryClient<C> {
         source_key: &str,
         dest_key: &str,
         if_match: Option<&str>,
+        metadata: Option<&ObjectMetadata>,
     ) -> Result<String, ObjectError> {
         let what = Request {
             op: Op::Copy,
@@ -258,7 +277,7 @@ impl<C: ObjectClient> ObjectClient for RetryClient<C> {
             bytes: 0,
         };
         Ok(self
-            .run(what, || self.inner.copy(source_key, dest_key, if_match))
+            .run(what, || self.inner.copy(source_key, dest_key, if_match, metadata))
             .await?)
     }
 

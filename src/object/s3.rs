@@ -29,13 +29,17 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, EncodingType, MetadataDirective};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, EncodingType, MetadataDirective,
+    ObjectCannedAcl, ServerSideEncryption, StorageClass,
+};
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::buffers::BufferPool;
 use super::{
-    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectSummary, PutOptions,
+    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata,
+    ObjectSummary, PutOptions, VersionListRequest, VersionPage, VersionSummary, WriteSettings,
     conditions_on_create,
 };
 
@@ -74,6 +78,7 @@ pub struct S3Client {
     buffers: BufferPool,
     part_checksums: PartChecksums,
     request_timeout: Duration,
+    write: WriteSettings,
 }
 
 /// The CRC32C (base64) of each part of the multipart uploads in progress, by upload id and part
@@ -156,7 +161,31 @@ impl S3Client {
             buffers: BufferPool::default(),
             part_checksums: PartChecksums::default(),
             request_timeout,
+            write: WriteSettings::default(),
         })
+    }
+
+    /// Whether the bucket keeps versions (GetBucketVersioning says Enabled, or Suspended: the
+    /// versions kept before suspension still are).
+    pub async fn keeps_versions(&self) -> Result<bool, ObjectError> {
+        let output = self
+            .client
+            .get_bucket_versioning()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| self.map_error(e, ""))?;
+        Ok(output.status().is_some())
+    }
+
+    fn canned_acl(&self) -> Option<ObjectCannedAcl> {
+        self.write.acl.as_deref().map(ObjectCannedAcl::from)
+    }
+
+    /// This client with the mount's write settings on every write.
+    pub fn with_write_settings(mut self, write: WriteSettings) -> Self {
+        self.write = write;
+        self
     }
 
     /// Waits for `future` at most the request timeout: a step of a request that got no answer
@@ -222,28 +251,112 @@ impl ObjectClient for S3Client {
         })
     }
 
-    async fn head(&self, key: &str) -> Result<ObjectHead, ObjectError> {
+    async fn list_versions(&self, request: &VersionListRequest) -> Result<VersionPage, ObjectError> {
+        let output = self
+            .client
+            .list_object_versions()
+            .bucket(&self.bucket)
+            .prefix(&request.prefix)
+            .set_delimiter(request.delimiter.clone())
+            .set_key_marker(request.key_marker.clone())
+            .set_version_id_marker(request.version_id_marker.clone())
+            .set_max_keys(request.max_keys.map(|n| n.min(i32::MAX as u32) as i32))
+            .encoding_type(EncodingType::Url)
+            .send()
+            .await
+            .map_err(|e| self.map_error(e, &request.prefix))?;
+        let decode = |text: &str| match output.encoding_type() {
+            Some(EncodingType::Url) => decode_listed(text),
+            _ => Some(text.to_owned()),
+        };
+        let versions = output.versions().iter().filter_map(|version| {
+            Some(VersionSummary {
+                key: decode(version.key()?)?,
+                version_id: version.version_id().unwrap_or("null").to_owned(),
+                last_modified: to_system_time(version.last_modified()),
+                is_delete_marker: false,
+                is_latest: version.is_latest() == Some(true),
+                size: version.size().unwrap_or(0).max(0) as u64,
+                etag: version.e_tag().unwrap_or_default().to_owned(),
+            })
+        });
+        let markers = output.delete_markers().iter().filter_map(|marker| {
+            Some(VersionSummary {
+                key: decode(marker.key()?)?,
+                version_id: marker.version_id().unwrap_or("null").to_owned(),
+                last_modified: to_system_time(marker.last_modified()),
+                is_delete_marker: true,
+                is_latest: marker.is_latest() == Some(true),
+                size: 0,
+                etag: String::new(),
+            })
+        });
+        // The SDK parts versions and delete markers; S3 sent them in one order (by key, newest
+        // first), which this restores. Times are to the second or millisecond, so a version and
+        // a marker written together tie: the latest goes first.
+        let mut versions: Vec<VersionSummary> = versions.chain(markers).collect();
+        versions.sort_by(|a, b| {
+            a.key
+                .cmp(&b.key)
+                .then(b.is_latest.cmp(&a.is_latest))
+                .then(b.last_modified.cmp(&a.last_modified))
+        });
+        let truncated = output.is_truncated() == Some(true);
+        Ok(VersionPage {
+            versions,
+            common_prefixes: output
+                .common_prefixes()
+                .iter()
+                .filter_map(|p| decode(p.prefix()?))
+                .collect(),
+            next_key_marker: output.next_key_marker().filter(|_| truncated).and_then(decode),
+            next_version_id_marker: output
+                .next_version_id_marker()
+                .filter(|_| truncated)
+                .map(str::to_owned),
+        })
+    }
+
+    async fn head_version(&self, key: &str, version_id: Option<&str>) -> Result<ObjectHead, ObjectError> {
         let output = self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_version_id(version_id.map(str::to_owned))
+            .checksum_mode(ChecksumMode::Enabled)
             .send()
             .await
             .map_err(|e| self.map_error(e, key))?;
+        let owned = |value: Option<&str>| value.map(str::to_owned);
+        let metadata = ObjectMetadata {
+            content_type: owned(output.content_type()),
+            cache_control: owned(output.cache_control()),
+            content_encoding: owned(output.content_encoding()),
+            content_disposition: owned(output.content_disposition()),
+            content_language: owned(output.content_language()),
+            storage_class: owned(output.storage_class().map(StorageClass::as_str)),
+            sse: owned(output.server_side_encryption().map(ServerSideEncryption::as_str)),
+            sse_kms_key_id: owned(output.ssekms_key_id()),
+            user: output
+                .metadata()
+                .map(|user| user.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+        };
         Ok(ObjectHead {
             size: output.content_length().unwrap_or(0).max(0) as u64,
             last_modified: to_system_time(output.last_modified()),
             etag: output.e_tag().unwrap_or_default().to_owned(),
-            content_type: output.content_type().map(str::to_owned),
-            version_id: output.version_id().map(str::to_owned),
-            user_metadata: output.metadata().cloned().unwrap_or_default(),
+            version_id: owned(output.version_id()),
+            metadata: metadata.normalized(),
+            checksum_crc32c: owned(output.checksum_crc32_c()),
         })
     }
 
-    async fn get_range(
+    async fn get_version_range(
         &self,
         key: &str,
+        version_id: Option<&str>,
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> Result<Bytes, ObjectError> {
@@ -258,6 +371,7 @@ impl ObjectClient for S3Client {
             .bucket(&self.bucket)
             .key(key)
             .range(header)
+            .set_version_id(version_id.map(str::to_owned))
             .set_if_match(if_match.map(str::to_owned))
             .send();
         let output = self
@@ -289,15 +403,16 @@ impl ObjectClient for S3Client {
     }
 
     async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<String, ObjectError> {
-        let output = self
+        let metadata = self.write.complete(&options.metadata);
+        let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .checksum_crc32_c(crc32c_header(&body))
             .body(ByteStream::from(body))
-            .set_content_type(options.content_type.clone())
-            .set_metadata(metadata(options))
+            .set_acl(self.canned_acl());
+        let output = with_metadata!(request, &metadata)
             .set_if_none_match(options.if_none_match.then(|| "*".to_owned()))
             .set_if_match(options.if_match.clone())
             .customize()
@@ -324,15 +439,30 @@ impl ObjectClient for S3Client {
         source_key: &str,
         dest_key: &str,
         if_match: Option<&str>,
+        metadata: Option<&ObjectMetadata>,
     ) -> Result<String, ObjectError> {
-        let output = self
+        let mut request = self
             .client
             .copy_object()
             .bucket(&self.bucket)
             .key(dest_key)
             .copy_source(copy_source(&self.bucket, source_key))
             .set_copy_source_if_match(if_match.map(str::to_owned))
-            .metadata_directive(MetadataDirective::Copy)
+            .set_acl(self.canned_acl());
+        // A copy takes the bucket's default encryption and STANDARD unless told: a COPY says the
+        // mount's, a REPLACE the object's own (else the mount's).
+        let replaced = metadata.map(|metadata| self.write.complete(metadata));
+        request = match &replaced {
+            None => request
+                .metadata_directive(MetadataDirective::Copy)
+                .set_storage_class(self.write.storage_class.as_deref().map(StorageClass::from))
+                .set_server_side_encryption(self.write.sse.as_deref().map(ServerSideEncryption::from))
+                .set_ssekms_key_id(self.write.sse_kms_key_id.clone()),
+            Some(metadata) => {
+                with_metadata!(request.metadata_directive(MetadataDirective::Replace), metadata)
+            }
+        };
+        let output = request
             .send()
             .await
             // The source is what can be missing or changed; name it.
@@ -348,14 +478,15 @@ impl ObjectClient for S3Client {
         if options.has_conditions() {
             return Err(conditions_on_create(key));
         }
-        let output = self
+        let metadata = self.write.complete(&options.metadata);
+        let request = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-            .set_content_type(options.content_type.clone())
-            .set_metadata(metadata(options))
+            .set_acl(self.canned_acl());
+        let output = with_metadata!(request, &metadata)
             .send()
             .await
             .map_err(|e| self.map_error(e, key))?;
@@ -486,9 +617,42 @@ impl ObjectClient for S3Client {
     }
 }
 
+/// Sets every header of an [`ObjectMetadata`] on a PutObject, CreateMultipartUpload or
+/// CopyObject builder (three SDK types with the same setters: one list of what is sent).
+macro_rules! with_metadata {
+    ($request:expr, $metadata:expr) => {{
+        let metadata: &ObjectMetadata = $metadata;
+        $request
+            .set_content_type(metadata.content_type.clone())
+            .set_cache_control(metadata.cache_control.clone())
+            .set_content_encoding(metadata.content_encoding.clone())
+            .set_content_disposition(metadata.content_disposition.clone())
+            .set_content_language(metadata.content_language.clone())
+            .set_storage_class(storage_class(metadata))
+            .set_server_side_encryption(sse(metadata))
+            .set_ssekms_key_id(metadata.sse_kms_key_id.clone())
+            .set_metadata(user_metadata(metadata))
+    }};
+}
+use with_metadata;
+
 /// The user metadata to send, `None` when there is none (no empty header set).
-fn metadata(options: &PutOptions) -> Option<std::collections::HashMap<String, String>> {
-    (!options.user_metadata.is_empty()).then(|| options.user_metadata.clone())
+fn user_metadata(metadata: &ObjectMetadata) -> Option<HashMap<String, String>> {
+    (!metadata.user.is_empty()).then(|| {
+        metadata
+            .user
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect()
+    })
+}
+
+fn storage_class(metadata: &ObjectMetadata) -> Option<StorageClass> {
+    metadata.storage_class.as_deref().map(StorageClass::from)
+}
+
+fn sse(metadata: &ObjectMetadata) -> Option<ServerSideEncryption> {
+    metadata.sse.as_deref().map(ServerSideEncryption::from)
 }
 
 /// A key or prefix of a listing made with `encoding-type=url`: percent-decoded, with `+` for a

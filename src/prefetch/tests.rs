@@ -33,6 +33,7 @@ fn bed(size: u64, budget: u64) -> Bed {
         key: "obj".into(),
         etag,
         size,
+        version_id: None,
     };
     Bed {
         client,

@@ -55,25 +55,44 @@ async fn version(client: &MemoryClient, key: &str) -> ObjectVersion {
         key: key.into(),
         etag: head.etag,
         size: head.size,
+        version_id: None,
     }
 }
 
 /// Stages the object at `key` as it is now.
 async fn stage(s: &Setup, key: &str) -> StagedFile {
     let object = version(&s.client, key).await;
-    StagedFile::from_object(&s.ctx, object, SystemTime::now(), false, None).unwrap()
+    StagedFile::from_object(
+        &s.ctx,
+        object,
+        SystemTime::now(),
+        false,
+        ObjectMetadata::default(),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
 async fn a_new_file_is_one_put_with_its_content_type() {
     let s = setup();
-    let mut file = StagedFile::new_empty(&s.ctx, "a.css".into(), Some("text/css".into())).unwrap();
+    let mut file = StagedFile::new_empty(
+        &s.ctx,
+        "a.css".into(),
+        ObjectMetadata::with_content_type(Some("text/css".into())),
+    )
+    .unwrap();
     file.write(&s.ctx, 0, b"body {}".to_vec()).await.unwrap();
     assert_eq!(&file.read(&s.ctx, 0, 100).await.unwrap()[..], b"body {}");
     file.upload(&s.ctx).await.unwrap();
     assert_eq!(s.client.body("a.css").as_deref(), Some(&b"body {}"[..]));
     assert_eq!(
-        s.client.head("a.css").await.unwrap().content_type.as_deref(),
+        s.client
+            .head("a.css")
+            .await
+            .unwrap()
+            .metadata
+            .content_type
+            .as_deref(),
         Some("text/css")
     );
     assert!(!file.is_dirty());
@@ -143,7 +162,7 @@ async fn truncating_a_base_and_growing_again_reads_zeros() {
 async fn a_sequential_writer_sends_parts_before_close_and_a_rewrite_resends_one() {
     let s = setup();
     let body = pattern(30 * MIB);
-    let mut file = StagedFile::new_empty(&s.ctx, "seq".into(), None).unwrap();
+    let mut file = StagedFile::new_empty(&s.ctx, "seq".into(), ObjectMetadata::default()).unwrap();
     for offset in (0..30 * MIB).step_by(MIB as usize) {
         let chunk = body[offset as usize..(offset + MIB) as usize].to_vec();
         file.write(&s.ctx, offset, chunk).await.unwrap();
@@ -175,7 +194,7 @@ async fn a_sequential_writer_sends_parts_before_close_and_a_rewrite_resends_one(
 async fn a_failed_close_keeps_the_data_and_the_next_close_sends_it() {
     let s = setup();
     let body = pattern(12 * MIB);
-    let mut file = StagedFile::new_empty(&s.ctx, "k".into(), None).unwrap();
+    let mut file = StagedFile::new_empty(&s.ctx, "k".into(), ObjectMetadata::default()).unwrap();
     file.write(&s.ctx, 0, body.clone()).await.unwrap();
     s.client
         .fail_next(Op::CompleteMultipart, 1, ObjectError::Unreachable("reset".into()));
@@ -197,21 +216,24 @@ async fn recovery_uploads_an_interrupted_close_and_sets_aside_the_rest() {
         let ctx = context(&client, &dir);
         let (changed, base) = (version(&client, "changed").await, version(&client, "base").await);
         // A close that began (journal "closing") but never finished: the server was down.
-        let mut closing = StagedFile::new_empty(&ctx, "closing".into(), None).unwrap();
+        let mut closing = StagedFile::new_empty(&ctx, "closing".into(), ObjectMetadata::default()).unwrap();
         closing.write(&ctx, 0, b"finish me".to_vec()).await.unwrap();
         client.set_unreachable(true);
         assert!(closing.upload(&ctx).await.is_err());
         // A close that began, of an object someone else replaced meanwhile.
-        let mut stale = StagedFile::from_object(&ctx, changed, SystemTime::now(), false, None).unwrap();
+        let mut stale =
+            StagedFile::from_object(&ctx, changed, SystemTime::now(), false, ObjectMetadata::default())
+                .unwrap();
         stale.truncate(0).unwrap();
         stale.write(&ctx, 0, b"mine".to_vec()).await.unwrap();
         assert!(stale.upload(&ctx).await.is_err());
         client.set_unreachable(false);
         // Written, never closed, over a base it fetched only in part.
-        let mut open = StagedFile::from_object(&ctx, base, SystemTime::now(), false, None).unwrap();
+        let mut open =
+            StagedFile::from_object(&ctx, base, SystemTime::now(), false, ObjectMetadata::default()).unwrap();
         open.write(&ctx, 5, b"edit".to_vec()).await.unwrap();
         // Written in order, never closed: parts went early in a multipart upload.
-        let mut growing = StagedFile::new_empty(&ctx, "growing".into(), None).unwrap();
+        let mut growing = StagedFile::new_empty(&ctx, "growing".into(), ObjectMetadata::default()).unwrap();
         for offset in (0..12 * MIB).step_by(MIB as usize) {
             growing.write(&ctx, offset, vec![1; MIB as usize]).await.unwrap();
         }
@@ -255,7 +277,7 @@ async fn recovery_uploads_an_interrupted_close_and_sets_aside_the_rest() {
 async fn a_file_flushed_empty_then_written_in_order_still_sends_parts_early() {
     let s = setup();
     let body = pattern(30 * MIB);
-    let mut file = StagedFile::new_empty(&s.ctx, "dd".into(), None).unwrap();
+    let mut file = StagedFile::new_empty(&s.ctx, "dd".into(), ObjectMetadata::default()).unwrap();
     file.upload(&s.ctx).await.unwrap();
     for offset in (0..30 * MIB).step_by(MIB as usize) {
         let chunk = body[offset as usize..(offset + MIB) as usize].to_vec();
@@ -291,9 +313,9 @@ fn journals(dir: &tempfile::TempDir) -> Vec<(std::path::PathBuf, String)> {
 /// upload tasks are dropped) once both journals say their close began.
 async fn close_then_kill(client: &Arc<Bucket>, dir: &tempfile::TempDir) {
     let ctx = Arc::new(context(client, dir));
-    let mut small = StagedFile::new_empty(&ctx, "small".into(), None).unwrap();
+    let mut small = StagedFile::new_empty(&ctx, "small".into(), ObjectMetadata::default()).unwrap();
     small.write(&ctx, 0, b"small body".to_vec()).await.unwrap();
-    let mut large = StagedFile::new_empty(&ctx, "large".into(), None).unwrap();
+    let mut large = StagedFile::new_empty(&ctx, "large".into(), ObjectMetadata::default()).unwrap();
     for offset in (0..12 * MIB).step_by(MIB as usize) {
         large.write(&ctx, offset, pattern(MIB)).await.unwrap();
     }
@@ -391,11 +413,11 @@ async fn a_close_killed_after_its_upload_landed_is_recognised_not_set_aside() {
         let ctx = context(&client, &dir);
         // The server stores each upload, and the answer is lost: the daemon dies before it
         // hears back, its journals still saying the closes began.
-        let mut small = StagedFile::new_empty(&ctx, "small".into(), None).unwrap();
+        let mut small = StagedFile::new_empty(&ctx, "small".into(), ObjectMetadata::default()).unwrap();
         small.write(&ctx, 0, b"landed".to_vec()).await.unwrap();
         client.fail_next_after_server(Op::Put, 1, ObjectError::Unreachable("reset".into()));
         assert!(small.upload(&ctx).await.is_err());
-        let mut large = StagedFile::new_empty(&ctx, "large".into(), None).unwrap();
+        let mut large = StagedFile::new_empty(&ctx, "large".into(), ObjectMetadata::default()).unwrap();
         large.write(&ctx, 0, large_body.clone()).await.unwrap();
         client.fail_next_after_server(Op::CompleteMultipart, 1, ObjectError::Unreachable("reset".into()));
         assert!(large.upload(&ctx).await.is_err());
@@ -408,7 +430,7 @@ async fn a_close_killed_after_its_upload_landed_is_recognised_not_set_aside() {
     // Another writer's object of the same size: not this content, so it is set aside.
     {
         let ctx = context(&client, &dir);
-        let mut other = StagedFile::new_empty(&ctx, "other".into(), None).unwrap();
+        let mut other = StagedFile::new_empty(&ctx, "other".into(), ObjectMetadata::default()).unwrap();
         other.write(&ctx, 0, b"mine!".to_vec()).await.unwrap();
         client.set_unreachable(true);
         assert!(other.upload(&ctx).await.is_err());
@@ -434,7 +456,7 @@ async fn a_write_after_a_failed_close_is_no_longer_trusted_after_a_power_loss() 
     let dir = tempfile::tempdir().unwrap();
     let client = Arc::new(Bucket::memory("b"));
     let ctx = context(&client, &dir);
-    let mut file = StagedFile::new_empty(&ctx, "k".into(), None).unwrap();
+    let mut file = StagedFile::new_empty(&ctx, "k".into(), ObjectMetadata::default()).unwrap();
     file.write(&ctx, 0, pattern(12 * MIB)).await.unwrap();
     client.set_unreachable(true);
     assert!(file.upload(&ctx).await.is_err());
@@ -465,4 +487,193 @@ async fn a_write_after_a_failed_close_is_no_longer_trusted_after_a_power_loss() 
     );
     assert_eq!(report.moved.len(), 1, "kept in the recovery folder");
     assert!(!client.contains("k"));
+}
+
+/// Every header and user entry an object can carry, with the POSIX `mtime` entry a content
+/// change drops.
+fn rich_metadata() -> ObjectMetadata {
+    ObjectMetadata {
+        content_type: Some("text/css".into()),
+        cache_control: Some("max-age=0".into()),
+        content_encoding: Some("identity".into()),
+        content_disposition: Some("attachment; filename=\"site asset\"".into()),
+        content_language: Some("en-GB".into()),
+        storage_class: Some("STANDARD_IA".into()),
+        sse: Some("aws:kms".into()),
+        sse_kms_key_id: Some("arn:aws:kms:eu-west-1:111122223333:key/k 1".into()),
+        user: [
+            ("team", "web"),
+            ("odd name", "new\nline %41 ü"),
+            ("mtime", "1600000000"),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect(),
+    }
+}
+
+/// `metadata` as a change of content leaves it: without the `mtime` entry.
+fn without_time(metadata: &ObjectMetadata) -> ObjectMetadata {
+    let mut metadata = metadata.clone();
+    metadata.user.remove(posix_headers::MTIME);
+    metadata
+}
+
+/// Stages the object at `key` as it is now, with its own metadata (as an open for writing does).
+async fn stage_with_metadata(client: &Bucket, ctx: &WriteContext, key: &str) -> StagedFile {
+    let head = client.head(key).await.unwrap();
+    let object = ObjectVersion {
+        key: key.into(),
+        etag: head.etag,
+        size: head.size,
+        version_id: None,
+    };
+    StagedFile::from_object(ctx, object, head.last_modified, false, head.metadata).unwrap()
+}
+
+#[tokio::test]
+async fn recovery_uploads_an_interrupted_close_with_its_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Arc::new(Bucket::memory("b"));
+    let metadata = rich_metadata();
+    let big = pattern(12 * MIB);
+    client.put_object_with_metadata("small.css", "body {}", &metadata);
+    client.put_object_with_metadata("big.css", big.clone(), &metadata);
+    let new_metadata = ObjectMetadata {
+        user: [("origin".to_owned(), "mount".to_owned())].into(),
+        ..ObjectMetadata::with_content_type(Some("text/css".into()))
+    };
+    {
+        let ctx = context(&client, &dir);
+        // Appended to: one PutObject, and a multipart upload whose old parts are copied.
+        let mut small = stage_with_metadata(&client, &ctx, "small.css").await;
+        small.write(&ctx, 7, b" p {}".to_vec()).await.unwrap();
+        let mut large = stage_with_metadata(&client, &ctx, "big.css").await;
+        large.write(&ctx, 12 * MIB, b"tail".to_vec()).await.unwrap();
+        // A new file, created with metadata.
+        let mut new = StagedFile::new_empty(&ctx, "new.css".into(), new_metadata.clone()).unwrap();
+        new.write(&ctx, 0, b"new {}".to_vec()).await.unwrap();
+        // Each close begins, and the server is down.
+        client.set_unreachable(true);
+        for file in [&mut small, &mut large, &mut new] {
+            assert!(file.upload(&ctx).await.is_err());
+        }
+        client.set_unreachable(false);
+        let journals = journals(&dir);
+        assert_eq!(journals.len(), 3);
+        for (path, text) in &journals {
+            assert!(
+                text.contains("state closing") && text.contains("header content-type"),
+                "{}: {text}",
+                path.display()
+            );
+        }
+        // The daemon dies here: nothing is dropped or discarded.
+        std::mem::forget((small, large, new));
+    }
+    client.reset_counters();
+    let ctx = context(&client, &dir);
+    let mut report = recover(&ctx).await.unwrap();
+    report.uploaded.sort();
+    assert_eq!(report.uploaded, ["big.css", "new.css", "small.css"]);
+    assert!(report.moved.is_empty() && report.kept.is_empty(), "{report:?}");
+    assert_eq!(client.body("small.css").as_deref(), Some(&b"body {} p {}"[..]));
+    let mut expected = big;
+    expected.extend_from_slice(b"tail");
+    assert!(client.body("big.css").as_deref() == Some(&expected[..]));
+    assert_eq!(client.body("new.css").as_deref(), Some(&b"new {}"[..]));
+    let counts = client.counters();
+    assert_eq!(
+        (
+            counts.create_multipart,
+            counts.upload_part_copy,
+            counts.upload_part
+        ),
+        (1, 2, 1),
+        "the recovered large file is a multipart upload with its two untouched parts copied"
+    );
+    assert_eq!(client.open_multipart_uploads(), 0);
+    // What the journal recorded, which is the object's metadata less the time a change of
+    // content dropped; not the base's metadata as it is in S3.
+    for key in ["small.css", "big.css"] {
+        assert_eq!(
+            client.head(key).await.unwrap().metadata,
+            without_time(&metadata),
+            "metadata of {key}"
+        );
+    }
+    assert_eq!(client.head("new.css").await.unwrap().metadata, new_metadata);
+}
+
+/// Leaves a staged file for `key` (staged from the object there, with its metadata, and
+/// appended to) whose close began while the server was down, and rewrites its journal as
+/// format 2 wrote it: without metadata.
+async fn leave_a_format_2_journal(client: &Arc<Bucket>, dir: &tempfile::TempDir, key: &str) {
+    let ctx = context(client, dir);
+    let mut file = stage_with_metadata(client, &ctx, key).await;
+    let size = file.size();
+    file.write(&ctx, size, b"<p>new</p>".to_vec()).await.unwrap();
+    client.set_unreachable(true);
+    assert!(file.upload(&ctx).await.is_err());
+    client.set_unreachable(false);
+    std::mem::forget(file);
+    let [(path, text)] = &journals(dir)[..] else {
+        panic!("one journal expected: {:?}", journals(dir));
+    };
+    assert!(text.starts_with("s3mount-staged 3\n"), "{text}");
+    assert!(
+        text.contains("state closing") && text.contains("\nmeta team "),
+        "{text}"
+    );
+    let old: String = text
+        .replacen("s3mount-staged 3\n", "s3mount-staged 2\n", 1)
+        .lines()
+        .filter(|line| !line.starts_with("header ") && !line.starts_with("meta "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(!old.contains("text/html") && !old.contains("team"), "{old}");
+    std::fs::write(path, old).unwrap();
+}
+
+#[tokio::test]
+async fn a_format_2_journal_recovers_with_the_unchanged_base_objects_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Arc::new(Bucket::memory("b"));
+    let metadata = ObjectMetadata {
+        content_type: Some("text/html".into()),
+        ..without_time(&rich_metadata())
+    };
+    client.put_object_with_metadata("page.html", "<p>old</p>", &metadata);
+    leave_a_format_2_journal(&client, &dir, "page.html").await;
+    let ctx = context(&client, &dir);
+    let report = recover(&ctx).await.unwrap();
+    assert_eq!(report.uploaded, ["page.html"]);
+    assert_eq!(
+        client.body("page.html").as_deref(),
+        Some(&b"<p>old</p><p>new</p>"[..])
+    );
+    assert_eq!(client.head("page.html").await.unwrap().metadata, metadata);
+}
+
+/// A format-2 recovery uploads a change of content too: the base's `mtime` entry no longer
+/// applies to it, as it does not to any other rewrite.
+#[tokio::test]
+async fn a_format_2_recovery_drops_the_base_objects_mtime_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Arc::new(Bucket::memory("b"));
+    let metadata = ObjectMetadata {
+        content_type: Some("text/html".into()),
+        ..rich_metadata()
+    };
+    assert!(metadata.user.contains_key(posix_headers::MTIME));
+    client.put_object_with_metadata("page.html", "<p>old</p>", &metadata);
+    leave_a_format_2_journal(&client, &dir, "page.html").await;
+    let ctx = context(&client, &dir);
+    let report = recover(&ctx).await.unwrap();
+    assert_eq!(report.uploaded, ["page.html"]);
+    assert_eq!(
+        client.head("page.html").await.unwrap().metadata,
+        without_time(&metadata),
+        "the recovered upload changed the content: the old mtime entry must go"
+    );
 }

@@ -869,6 +869,24 @@ impl TestPrefix {
         }
     }
 
+    /// Uploads `body` at PREFIX/`relative` with `metadata` (its headers and `x-amz-meta-*`
+    /// entries, sent as given: S3 lower-cases the names); returns the ETag.
+    pub fn put_with_metadata(
+        &self,
+        relative: &str,
+        body: impl Into<Bytes>,
+        metadata: &s3mount::object::ObjectMetadata,
+    ) -> String {
+        let key = self.key(relative);
+        let options = s3mount::object::PutOptions {
+            metadata: metadata.clone(),
+            ..s3mount::object::PutOptions::default()
+        };
+        runtime()
+            .block_on(client().put_with(&key, body.into(), &options))
+            .unwrap_or_else(|error| panic!("uploading {key:?} with metadata: {error}"))
+    }
+
     /// The whole body of PREFIX/`relative`, read with the harness's own client (not through a
     /// mount); `None` when there is no such key. Every range is pinned to the ETag the HEAD saw,
     /// so a body is never a mix of two versions.
