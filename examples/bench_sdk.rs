@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! bench_sdk upload      BUCKET KEY SIZE_BYTES
-//! bench_sdk upload-many BUCKET PREFIX COUNT SIZE_BYTES
+//! bench_sdk upload-many BUCKET PREFIX COUNT SIZE_BYTES [--posix-every N]
+//! bench_sdk list        BUCKET PREFIX [--page-size N]
 //! bench_sdk download    BUCKET KEY [--part-size BYTES] [--concurrency N]
 //! bench_sdk random-read BUCKET KEY [--block-size BYTES] [--seconds S]
 //! bench_sdk download-many BUCKET PREFIX [--concurrency N]
@@ -23,7 +24,11 @@
 //!
 //! `download` is the sequential baseline (a sliding window of ranged GETs), `random-read` the
 //! baseline of `fio --rw=randread --ioengine=psync` (one reader, one aligned block at a time),
-//! `download-many` the baseline of reading many small files (list, then GET them all).
+//! `download-many` the baseline of reading many small files (list, then GET them all), `list` the
+//! baseline of listing a directory through the mount (`ls -l`, `find`, `stat` of its files): the
+//! prefix with delimiter `/`, page after page. `upload-many --posix-every N` gives every Nth
+//! object the headers s3fs keeps a file's mode, owner and mtime in (`x-amz-meta-mode` and
+//! others), so a mount has attributes to read from those.
 //!
 //! `put-file` is the baseline of writing a big file through the mount and closing it (a multipart
 //! upload of a local file, parts read from it as they go, a sliding window of them in flight),
@@ -51,7 +56,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, EncodingType, ObjectIdentifier};
 use tokio::task::JoinSet;
 
 /// Part size of the big uploads: S3 allows 10,000 parts, so 16 MiB parts cover objects up to
@@ -67,10 +72,24 @@ const DEFAULT_CONCURRENCY: usize = 8;
 /// Defaults of `random-read`: fio's usual random-read block, and long enough for a stable rate.
 const DEFAULT_BLOCK_BYTES: u64 = 4096;
 const DEFAULT_SECONDS: f64 = 10.0;
+/// Default of `list`: the page size S3 (and Garage) give when none is asked for, as s3mount's
+/// default listing gets.
+const DEFAULT_PAGE_KEYS: i32 = 1000;
+/// What `upload-many --posix-every` writes, as s3fs does (decimal `st_mode` with its type bits,
+/// decimal ids, seconds): mode 0100600 and owner 1001:1001, none of them a mount's default
+/// (0644, the mounting user), so a `stat` tells the stored attributes from the defaults; an
+/// mtime of 2020-09-13.
+const POSIX_HEADERS: [(&str, &str); 4] = [
+    ("mode", "33152"),
+    ("uid", "1001"),
+    ("gid", "1001"),
+    ("mtime", "1600000000"),
+];
 
 const USAGE: &str = "usage:
   bench_sdk upload      BUCKET KEY SIZE_BYTES
-  bench_sdk upload-many BUCKET PREFIX COUNT SIZE_BYTES
+  bench_sdk upload-many BUCKET PREFIX COUNT SIZE_BYTES [--posix-every N]
+  bench_sdk list        BUCKET PREFIX [--page-size N]
   bench_sdk download    BUCKET KEY [--part-size BYTES] [--concurrency N]
   bench_sdk random-read BUCKET KEY [--block-size BYTES] [--seconds S]
   bench_sdk download-many BUCKET PREFIX [--concurrency N]
@@ -98,18 +117,23 @@ async fn main() -> anyhow::Result<()> {
             upload(&client().await, bucket, key, parse_u64("SIZE_BYTES", size)?).await
         }
         "upload-many" => {
-            let [bucket, prefix, count, size] = rest else {
+            let options = Options::parse(rest)?;
+            let [bucket, prefix, count, size] = options.positional.as_slice() else {
                 bail!("{USAGE}")
             };
-            let count = parse_u64("COUNT", count)? as usize;
-            upload_many(
-                &client().await,
-                bucket,
-                prefix,
-                count,
-                parse_u64("SIZE_BYTES", size)?,
-            )
-            .await
+            let shape = ManyShape {
+                count: parse_u64("COUNT", count)? as usize,
+                size: parse_u64("SIZE_BYTES", size)?,
+                posix_every: options.posix_every,
+            };
+            upload_many(&client().await, bucket, prefix, shape).await
+        }
+        "list" => {
+            let options = Options::parse(rest)?;
+            let [bucket, prefix] = options.positional.as_slice() else {
+                bail!("{USAGE}")
+            };
+            list(&client().await, bucket, prefix, options.page_keys).await
         }
         "download" => {
             let options = Options::parse(rest)?;
@@ -221,6 +245,10 @@ struct Options {
     block_bytes: u64,
     seconds: f64,
     seed: u64,
+    /// `upload-many`: every how many objects one gets POSIX headers (0: none).
+    posix_every: u64,
+    /// `list`: keys per ListObjectsV2 page.
+    page_keys: i32,
 }
 
 impl Options {
@@ -232,6 +260,8 @@ impl Options {
             block_bytes: DEFAULT_BLOCK_BYTES,
             seconds: DEFAULT_SECONDS,
             seed: 0,
+            posix_every: 0,
+            page_keys: DEFAULT_PAGE_KEYS,
         };
         let mut iter = args.iter();
         while let Some(arg) = iter.next() {
@@ -249,6 +279,13 @@ impl Options {
                         .with_context(|| format!("--seconds must be a number, not {text:?}"))?;
                 }
                 "--seed" => options.seed = parse_u64("--seed", value("--seed")?)?,
+                "--posix-every" => options.posix_every = parse_u64("--posix-every", value("--posix-every")?)?,
+                "--page-size" => {
+                    let keys = parse_u64("--page-size", value("--page-size")?)?;
+                    // S3 returns at most 1000 keys a page whatever is asked.
+                    ensure!((1..=1000).contains(&keys), "--page-size must be 1 to 1000");
+                    options.page_keys = keys as i32;
+                }
                 _ if arg.starts_with("--") => bail!("unknown option {arg}\n{USAGE}"),
                 _ => options.positional.push(arg.clone()),
             }
@@ -444,21 +481,30 @@ async fn upload_parts(
     Ok(parts)
 }
 
-/// `count` objects `PREFIX/f00000`, `PREFIX/f00001`, ... of `size` bytes each.
-async fn upload_many(
-    client: &Client,
-    bucket: &str,
-    prefix: &str,
+/// What `upload-many` puts: how many objects, their size, every how many of them has POSIX headers.
+#[derive(Clone, Copy)]
+struct ManyShape {
     count: usize,
     size: u64,
-) -> anyhow::Result<()> {
+    posix_every: u64,
+}
+
+/// `count` objects `PREFIX/f00000`, `PREFIX/f00001`, ... of `size` bytes each; with
+/// `posix_every` N > 0, objects 0, N, 2N, ... carry `POSIX_HEADERS`. What is there with the right
+/// size is kept (its headers are not checked).
+async fn upload_many(client: &Client, bucket: &str, prefix: &str, shape: ManyShape) -> anyhow::Result<()> {
+    let ManyShape {
+        count,
+        size,
+        posix_every,
+    } = shape;
     let prefix = prefix.trim_end_matches('/');
-    let keys: Vec<String> = (0..count).map(|i| format!("{prefix}/f{i:05}")).collect();
+    let keys = (0..count).map(|i| {
+        let posix = posix_every > 0 && (i as u64).is_multiple_of(posix_every);
+        (format!("{prefix}/f{i:05}"), posix)
+    });
     let existing = list_sizes(client, bucket, &format!("{prefix}/")).await?;
-    let missing: Vec<String> = keys
-        .into_iter()
-        .filter(|k| existing.get(k) != Some(&size))
-        .collect();
+    let missing: Vec<(String, bool)> = keys.filter(|(key, _)| existing.get(key) != Some(&size)).collect();
     if missing.is_empty() {
         println!("exists: {count} objects of {size} bytes under s3://{bucket}/{prefix}/");
         return Ok(());
@@ -469,8 +515,13 @@ async fn upload_many(
     let mut todo = missing.into_iter();
     loop {
         while in_flight.len() < SMALL_PUT_CONCURRENCY {
-            let Some(key) = todo.next() else { break };
-            let request = client.put_object().bucket(bucket).key(&key);
+            let Some((key, posix)) = todo.next() else { break };
+            let mut request = client.put_object().bucket(bucket).key(&key);
+            if posix {
+                for (name, value) in POSIX_HEADERS {
+                    request = request.metadata(name, value);
+                }
+            }
             in_flight.spawn(async move {
                 let body = pseudo_random(seed_of(&key), 0, size as usize);
                 request
@@ -489,6 +540,36 @@ async fn upload_many(
     println!(
         "uploaded: {uploaded} objects of {size} bytes under s3://{bucket}/{prefix}/ in {:.1}s",
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Lists `prefix` (a `/` added) with delimiter `/`, `page_keys` keys a page, one page after the
+/// other as a directory listing must (each asks with the previous one's continuation token), URL
+/// encoding asked as s3mount asks it: the baseline of a mount listing that directory.
+async fn list(client: &Client, bucket: &str, prefix: &str, page_keys: i32) -> anyhow::Result<()> {
+    let prefix = format!("{}/", prefix.trim_end_matches('/'));
+    let started = Instant::now();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(&prefix)
+        .delimiter("/")
+        .max_keys(page_keys)
+        .encoding_type(EncodingType::Url)
+        .into_paginator()
+        .send();
+    let (mut count, mut objects, mut prefixes) = (0u64, 0u64, 0u64);
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| anyhow::anyhow!("listing {prefix}: {}", DisplayErrorContext(&e)))?;
+        count += 1;
+        objects += page.contents().len() as u64;
+        prefixes += page.common_prefixes().len() as u64;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "pages={count} objects={objects} prefixes={prefixes} seconds={seconds:.3} keys_per_s={:.0}",
+        (objects + prefixes) as f64 / seconds
     );
     Ok(())
 }

@@ -46,6 +46,9 @@ use names::{RootPrefix, check_os_name, join};
 
 /// How many distinct hidden keys we remember having warned about, so each is logged once.
 const WARNED_KEYS: u64 = 10_000;
+/// With exact POSIX metadata, HEADs in flight at once for the files a listing just showed, ahead
+/// of the lookups `ls -l` is about to make of them one by one.
+const DETAILS_AHEAD: usize = 32;
 /// `st_blksize`: the I/O size we advise. Reads are served in ranged GETs, so bigger is better.
 const BLOCK_SIZE: u32 = 1 << 20;
 
@@ -216,6 +219,16 @@ impl AttrChange {
         if let Some(perm) = self.perm {
             posix::set_mode(user, type_bits | (perm & 0o7777));
         }
+        // A new mtime alone (UTIME_OMIT for atime) leaves atime as it was: shown as the old
+        // mtime until then, so it is kept now.
+        let atime_follows_mtime = !user.contains_key(crate::object::metadata::posix_headers::ATIME);
+        if self.mtime.is_some()
+            && self.atime.is_none()
+            && atime_follows_mtime
+            && let Some(old) = user.get(crate::object::metadata::posix_headers::MTIME).cloned()
+        {
+            user.insert(crate::object::metadata::posix_headers::ATIME.to_owned(), old);
+        }
         posix::set_owner(user, self.uid, self.gid);
         if let Some(atime) = self.atime {
             posix::set_time(user, crate::object::metadata::posix_headers::ATIME, atime);
@@ -310,6 +323,8 @@ pub struct S3Fs {
     kernel_cache: std::sync::OnceLock<Arc<dyn KernelCache>>,
     reader: Arc<BlockReader>,
     budget: Arc<MemoryBudget>,
+    /// Bounds the HEADs that fetch listed files' metadata ahead of their lookups.
+    details_ahead: Arc<tokio::sync::Semaphore>,
 }
 
 /// Offsets 1 and 2 are `.` and `..`; listed names start after them.
@@ -348,6 +363,7 @@ impl S3Fs {
             kernel_cache: std::sync::OnceLock::new(),
             reader,
             budget: Arc::new(MemoryBudget::new(config.read_ahead_memory)),
+            details_ahead: Arc::new(tokio::sync::Semaphore::new(DETAILS_AHEAD)),
             client,
             config,
         }
@@ -376,6 +392,7 @@ impl S3Fs {
         let parent_path = self.path_of(parent)?;
         let name = check_os_name(name)?;
         let path = join(&parent_path, name);
+        names::check_key_len(&self.config.root, &path)?;
         let entry = self.resolve(&path).await?.ok_or(FsError::NotFound)?;
         let mut inodes = lock(&self.inodes);
         let ino = inodes.remember(&path);
@@ -587,6 +604,7 @@ impl S3Fs {
             let sent = self.metadata.stamp();
             let outcome = stream.fetch_page(self.client.as_ref()).await?;
             self.remember_listing(&dir.path, &outcome.added, sent);
+            self.fetch_details_ahead(&dir.path, &outcome.added);
             self.warn_hidden(&outcome.hidden);
         }
     }
@@ -795,6 +813,39 @@ impl S3Fs {
             Some((dir::listed_path(dir_path, listed), Some(entry)))
         });
         self.metadata.remember_answers(answers, sent);
+    }
+
+    /// With exact POSIX metadata, HEADs the files a listing page showed, [`DETAILS_AHEAD`] at a
+    /// time in the background, so that the lookups `ls -l` makes next (one at a time, each of
+    /// which would HEAD) find their metadata cached. A file whose metadata arrived meanwhile (its
+    /// lookup came first), or that changed on this mount, is skipped or its answer dropped.
+    fn fetch_details_ahead(&self, dir_path: &str, added: &[Listed]) {
+        if self.config.posix_metadata != PosixMetadata::Exact {
+            return;
+        }
+        for listed in added {
+            let ListedKind::File(object) = &listed.kind else {
+                continue;
+            };
+            let path = dir::listed_path(dir_path, listed);
+            let key = object.key.clone();
+            let (client, metadata) = (self.client.clone(), self.metadata.clone());
+            let permits = self.details_ahead.clone();
+            tokio::spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                let wanted = matches!(metadata.get(&path), Some(Some(entry)) if entry.details.is_none());
+                if !wanted {
+                    return;
+                }
+                let sent = metadata.stamp();
+                // Best effort: a failure leaves the lookup to HEAD it.
+                if let Ok(head) = client.head(&key).await {
+                    metadata.remember_answer(path, Some(file_entry_from_head(&head)), sent);
+                }
+            });
+        }
     }
 
     fn warn_hidden(&self, hidden: &[Hidden]) {

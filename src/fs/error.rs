@@ -66,7 +66,7 @@ impl FsError {
             FsError::IsADirectory => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
-            FsError::InvalidName(NameError::TooLong) => libc::ENAMETOOLONG,
+            FsError::InvalidName(NameError::TooLong | NameError::KeyTooLong) => libc::ENAMETOOLONG,
             // Such a name can never exist in the bucket as we show it.
             FsError::InvalidName(
                 NameError::Empty | NameError::Dot | NameError::ForbiddenByte | NameError::NotUtf8,

@@ -10,6 +10,11 @@ use std::os::unix::ffi::OsStrExt;
 /// Linux NAME_MAX: the longest component `open(2)` accepts, so a longer one could never be used.
 pub const NAME_MAX: usize = 255;
 
+/// S3's longest key, in bytes of its UTF-8 form: a path whose key (or a directory's marker key,
+/// one byte longer) would be longer can never exist, and is ENAMETOOLONG at once rather than a
+/// request the server refuses.
+pub const MAX_KEY_BYTES: usize = 1024;
+
 /// Why a key component cannot be a file-system name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -21,6 +26,8 @@ pub enum NameError {
     TooLong,
     #[error("component contains a NUL byte or a '/'")]
     ForbiddenByte,
+    #[error("the key would be longer than S3's {MAX_KEY_BYTES} bytes")]
+    KeyTooLong,
     #[error("component is not valid UTF-8")]
     NotUtf8,
 }
@@ -53,6 +60,14 @@ pub fn join(parent: &str, name: &str) -> String {
     } else {
         format!("{parent}/{name}")
     }
+}
+
+/// Checks that the keys of `path` (its object and its directory marker) fit in S3.
+pub fn check_key_len(root: &RootPrefix, path: &str) -> Result<(), NameError> {
+    if root.dir_prefix(path).len() > MAX_KEY_BYTES {
+        return Err(NameError::KeyTooLong);
+    }
+    Ok(())
 }
 
 /// The key prefix every object of the mount lives under, normalised: empty, or ending in `/`.

@@ -449,7 +449,9 @@ impl S3Fs {
 
     fn child_path(&self, parent: u64, name: &OsStr) -> Result<String, FsError> {
         let parent_path = self.path_of(parent)?;
-        Ok(join(&parent_path, check_os_name(name)?))
+        let path = join(&parent_path, check_os_name(name)?);
+        super::names::check_key_len(&self.config.root, &path)?;
+        Ok(path)
     }
 }
 

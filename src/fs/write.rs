@@ -268,6 +268,7 @@ impl S3Fs {
         let ctx = self.writes()?.clone();
         let parent_path = self.path_of(parent)?;
         let path: Arc<str> = Arc::from(join(&parent_path, check_os_name(name)?));
+        super::names::check_key_len(&self.config.root, &path)?;
         let mode = OpenMode {
             opener,
             ..OpenMode::from_flags(flags)
