@@ -219,16 +219,6 @@ impl AttrChange {
         if let Some(perm) = self.perm {
             posix::set_mode(user, type_bits | (perm & 0o7777));
         }
-        // A new mtime alone (UTIME_OMIT for atime) leaves atime as it was: shown as the old
-        // mtime until then, so it is kept now.
-        let atime_follows_mtime = !user.contains_key(crate::object::metadata::posix_headers::ATIME);
-        if self.mtime.is_some()
-            && self.atime.is_none()
-            && atime_follows_mtime
-            && let Some(old) = user.get(crate::object::metadata::posix_headers::MTIME).cloned()
-        {
-            user.insert(crate::object::metadata::posix_headers::ATIME.to_owned(), old);
-        }
         posix::set_owner(user, self.uid, self.gid);
         if let Some(atime) = self.atime {
             posix::set_time(user, crate::object::metadata::posix_headers::ATIME, atime);
@@ -238,8 +228,19 @@ impl AttrChange {
         }
     }
 
-    /// [`AttrChange::apply_to`] with the type bits of `kind`.
-    pub(crate) fn apply(&self, metadata: &mut ObjectMetadata, kind: Kind) -> Result<(), FsError> {
+    /// [`AttrChange::apply_to`] with the type bits of `kind`. `shown_mtime` is the mtime the
+    /// object shows now: a new mtime alone (UTIME_OMIT for atime) leaves the atime, which
+    /// followed the mtime until then, at it.
+    pub(crate) fn apply(
+        &self,
+        metadata: &mut ObjectMetadata,
+        kind: Kind,
+        shown_mtime: SystemTime,
+    ) -> Result<(), FsError> {
+        let atime = crate::object::metadata::posix_headers::ATIME;
+        if self.mtime.is_some() && self.atime.is_none() && !metadata.user.contains_key(atime) {
+            posix::set_time(&mut metadata.user, atime, shown_mtime);
+        }
         let (type_bits, change) = match kind {
             Kind::File => (posix::S_IFREG, *self),
             Kind::Dir => (posix::S_IFDIR, *self),

@@ -111,6 +111,9 @@ struct Base {
     version: ObjectVersion,
     /// The first `len` bytes of the file are the base's, except in local blocks.
     len: u64,
+    /// Opened with O_TRUNC: the object is only what the file replaces, none of its content was
+    /// ever the file's (so the file has not been in S3, as far as a rename is concerned).
+    replaced_only: bool,
 }
 
 /// A file being written, staged on local disk. Not synchronised: the caller holds it in a mutex.
@@ -182,21 +185,27 @@ impl StagedFile {
         truncate: bool,
         metadata: ObjectMetadata,
     ) -> Result<Self, WriteError> {
-        if truncate {
-            let mut metadata = metadata;
-            metadata.user.remove(posix_headers::MTIME);
-            return Self::new_empty(ctx, object.key, metadata);
-        }
         let base = Base {
-            len: object.size,
+            // Truncated at open: none of the object's bytes are the file's, but the object is
+            // still the one it replaces (a recovery checks it is still there, unchanged).
+            len: if truncate { 0 } else { object.size },
             version: object,
+            replaced_only: truncate,
         };
+        let mut metadata = metadata;
+        if truncate {
+            metadata.user.remove(posix_headers::MTIME);
+        }
         let blocks = base.len.div_ceil(BLOCK_SIZE) as usize;
         let files = ctx.staging.create(&JournalRecord {
             key: base.version.key.clone(),
             base: Some(base_record(&base)),
             local_blocks: Vec::new(),
-            state: JournalState::Clean,
+            state: if truncate {
+                JournalState::Dirty
+            } else {
+                JournalState::Clean
+            },
             upload_id: None,
             boot_id: current_boot_id().map(str::to_owned),
             synced: false,
@@ -207,12 +216,13 @@ impl StagedFile {
             key: base.version.key.clone(),
             files,
             size: base.len,
-            etag: Some(base.version.etag.clone()),
+            etag: (!truncate).then(|| base.version.etag.clone()),
             base: Some(base),
             local: vec![false; blocks],
-            dirty: false,
+            // Emptied: differs from the object, so a close uploads it even if nothing is written.
+            dirty: truncate,
             closing: false,
-            mtime,
+            mtime: if truncate { SystemTime::now() } else { mtime },
             metadata,
             early: None,
             multipart: None,
@@ -244,7 +254,7 @@ impl StagedFile {
 
     /// Whether this content has ever been in S3 under the file's key.
     pub fn exists_remotely(&self) -> bool {
-        self.base.is_some() || self.etag.is_some()
+        self.base.as_ref().is_some_and(|base| !base.replaced_only) || self.etag.is_some()
     }
 
     /// Writes `data` at `offset`. Base blocks the write covers only in part are fetched first.
@@ -389,6 +399,9 @@ impl StagedFile {
     /// the content type to `content_type` (a new object takes it from its name).
     pub fn rekey(&mut self, key: String, content_type: Option<String>) -> Result<(), WriteError> {
         self.key = key;
+        // What it replaced was at the old key, and goes with the rename.
+        self.base = None;
+        self.local.clear();
         self.metadata.content_type = content_type;
         self.record_journal(false)
     }
@@ -451,6 +464,7 @@ impl StagedFile {
                 version_id: None,
             },
             len: base.len,
+            replaced_only: false,
         });
         let blocks = base.as_ref().map_or(0, |b| b.len.div_ceil(BLOCK_SIZE)) as usize;
         let mut local = vec![false; blocks];
@@ -752,6 +766,7 @@ impl StagedFile {
                 version_id: None,
             },
             len: self.size,
+            replaced_only: false,
         });
         self.etag = Some(etag);
         self.dirty = false;
@@ -952,7 +967,7 @@ pub async fn recover(ctx: &WriteContext) -> io::Result<RecoveryReport> {
         }
         let landed = match &remote {
             Some(head) if record.close_can_be_trusted() && !unchanged => {
-                file.is_what_s3_holds(ctx, head).await
+                holds_the_metadata(head, file.metadata()) && file.is_what_s3_holds(ctx, head).await
             }
             _ => false,
         };
@@ -1000,6 +1015,13 @@ fn set_aside(
             None
         }
     }
+}
+
+/// Whether `head` carries what the upload of `metadata` would have given it: the user entries and
+/// the content type the file names. In doubt, no: the upload is then sent again, which is safe.
+fn holds_the_metadata(head: &ObjectHead, metadata: &ObjectMetadata) -> bool {
+    head.metadata.user == metadata.user
+        && (metadata.content_type.is_none() || head.metadata.content_type == metadata.content_type)
 }
 
 /// The object at the staged file's key now (`None`: there is none).

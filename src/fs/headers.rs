@@ -29,12 +29,13 @@ use crate::writeback::WriteError;
 const CHANGE_ATTEMPTS: usize = 3;
 
 impl S3Fs {
-    /// Changes the metadata of the object at `ino` by `edit` (given the metadata and what the
-    /// path is; it may refuse, and then nothing changes), and returns the entry as it now is.
+    /// Changes the metadata of the object at `ino` by `edit` (given the metadata, what the path
+    /// is, and the mtime it shows now; it may refuse, and then nothing changes), and returns the
+    /// entry as it now is.
     pub(super) async fn change_headers(
         &self,
         ino: u64,
-        edit: impl Fn(&mut ObjectMetadata, Kind) -> Result<(), FsError>,
+        edit: impl Fn(&mut ObjectMetadata, Kind, SystemTime) -> Result<(), FsError>,
     ) -> Result<Entry, FsError> {
         self.writes()?;
         let path = self.path_of(ino)?;
@@ -62,12 +63,13 @@ impl S3Fs {
     async fn change_staged_headers(
         &self,
         staged: &Arc<StagedEntry>,
-        edit: &impl Fn(&mut ObjectMetadata, Kind) -> Result<(), FsError>,
+        edit: &impl Fn(&mut ObjectMetadata, Kind, SystemTime) -> Result<(), FsError>,
     ) -> Result<Entry, FsError> {
         let ctx = self.writes()?;
         let mut file = staged.file.lock().await;
         let mut metadata = file.metadata().clone();
-        edit(&mut metadata, staged.seen().kind)?;
+        let shown = shown_mtime(&metadata, file.mtime());
+        edit(&mut metadata, staged.seen().kind, shown)?;
         if file.is_dirty() || !file.exists_remotely() {
             check_fits(&metadata)?;
             file.set_metadata(metadata)?;
@@ -101,7 +103,7 @@ impl S3Fs {
         &self,
         key: &str,
         kind: Kind,
-        edit: &impl Fn(&mut ObjectMetadata, Kind) -> Result<(), FsError>,
+        edit: &impl Fn(&mut ObjectMetadata, Kind, SystemTime) -> Result<(), FsError>,
     ) -> Result<Entry, FsError> {
         let ctx = self.writes()?;
         let mut attempt = 0;
@@ -114,8 +116,18 @@ impl S3Fs {
                 }
                 Err(error) => return Err(error.into()),
             };
+            // What the object is, by its own metadata: a link listed (so looked up) as a file is
+            // still a link.
+            let kind = match kind {
+                Kind::Dir => Kind::Dir,
+                Kind::File | Kind::Symlink => super::file_entry_from_head(&head).kind,
+            };
             let mut metadata = head.metadata.clone();
-            edit(&mut metadata, kind)?;
+            edit(
+                &mut metadata,
+                kind,
+                shown_mtime(&head.metadata, head.last_modified),
+            )?;
             if metadata == head.metadata {
                 return Ok(Entry {
                     kind,
@@ -149,10 +161,10 @@ impl S3Fs {
     async fn create_marker(
         &self,
         key: &str,
-        edit: &impl Fn(&mut ObjectMetadata, Kind) -> Result<(), FsError>,
+        edit: &impl Fn(&mut ObjectMetadata, Kind, SystemTime) -> Result<(), FsError>,
     ) -> Result<Entry, FsError> {
         let mut metadata = ObjectMetadata::default();
-        edit(&mut metadata, Kind::Dir)?;
+        edit(&mut metadata, Kind::Dir, SystemTime::now())?;
         check_fits(&metadata)?;
         let options = PutOptions {
             metadata,
@@ -194,6 +206,12 @@ fn changed_entry(kind: Kind, head: &ObjectHead, etag: String, metadata: ObjectMe
             checksum_crc32c: head.checksum_crc32c.clone(),
         })),
     }
+}
+
+/// The modification time an object shows: its kept `mtime`, else `modified` (its Last-Modified,
+/// or a staged file's last write).
+fn shown_mtime(metadata: &ObjectMetadata, modified: SystemTime) -> SystemTime {
+    posix::Posix::from_user(&metadata.user).mtime.unwrap_or(modified)
 }
 
 /// S3's limit, counted on what is sent (the pinned time included): E2BIG rather than a 400.

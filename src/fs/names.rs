@@ -112,6 +112,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keys_past_s3s_limit_are_too_long_counting_the_prefix_and_the_marker() {
+        let root = RootPrefix::new("data/set").unwrap();
+        let room = MAX_KEY_BYTES - "data/set/".len() - 1;
+        let fits = "a/".repeat(room / 2) + &"b".repeat(room % 2);
+        assert_eq!(check_key_len(&root, &fits), Ok(()));
+        assert_eq!(
+            check_key_len(&root, &format!("{fits}c")),
+            Err(NameError::KeyTooLong)
+        );
+        let whole = RootPrefix::new("").unwrap();
+        assert_eq!(check_key_len(&whole, &"x".repeat(MAX_KEY_BYTES - 1)), Ok(()));
+        assert_eq!(
+            check_key_len(&whole, &"x".repeat(MAX_KEY_BYTES)),
+            Err(NameError::KeyTooLong)
+        );
+    }
+
+    #[test]
     fn components() {
         assert_eq!(check_component(b"john.txt"), Ok("john.txt"));
         assert_eq!(check_component(b"..."), Ok("..."));

@@ -502,7 +502,7 @@ impl S3Fs {
         }
         if !change.is_empty() && self.config.posix_metadata.is_kept() {
             let changed = self
-                .change_headers(ino, |metadata, kind| change.apply(metadata, kind))
+                .change_headers(ino, |metadata, kind, shown| change.apply(metadata, kind, shown))
                 .await?;
             let attr = self.attr(ino, &changed);
             super::set_attrs_view(&mut lock(&self.inodes), ino, &changed);

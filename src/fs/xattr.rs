@@ -289,7 +289,7 @@ impl S3Fs {
             Name::System(_) | Name::UnknownSystem => return Err(FsError::NotPermitted),
             Name::Foreign => return Err(FsError::NotSupported),
         };
-        self.change_headers(ino, |metadata, _| change.apply(metadata, flags))
+        self.change_headers(ino, |metadata, _, _| change.apply(metadata, flags))
             .await
             .map(drop)
     }
@@ -302,7 +302,7 @@ impl S3Fs {
             Name::System(_) | Name::UnknownSystem => return Err(FsError::NotPermitted),
             Name::Foreign => return Err(FsError::NotSupported),
         };
-        self.change_headers(ino, |metadata, _| change.apply(metadata, 0))
+        self.change_headers(ino, |metadata, _, _| change.apply(metadata, 0))
             .await
             .map(drop)
     }
