@@ -154,6 +154,13 @@ impl<C: ObjectClient> ObjectClient for SnapshotClient<C> {
             common_prefixes.extend(page.common_prefixes);
             let next = match (complete_through, &page.next_key_marker) {
                 (_, None) => None,
+                // Nothing of this page existed then: read on, so that a page is empty only at
+                // the end (a one-key listing asks "is anything under this prefix?").
+                (Some(key), Some(_)) if objects.is_empty() && common_prefixes.is_empty() => {
+                    versions.key_marker = Some(key);
+                    versions.version_id_marker = None;
+                    continue;
+                }
                 (Some(key), Some(_)) => Some(key),
                 (None, Some(marker)) => {
                     // One key's versions fill the whole page: read on through them.
@@ -321,6 +328,124 @@ mod tests {
         let (objects, through) = visible_at(&listed, at(5));
         assert_eq!(objects.len(), 1, "b's older versions may be on the next page");
         assert_eq!(through.as_deref(), Some("a"));
+    }
+
+    /// A client of canned version pages, one page per request, in order.
+    struct Pages(std::sync::Mutex<Vec<VersionPage>>);
+
+    #[async_trait]
+    impl ObjectClient for Pages {
+        fn bucket(&self) -> &str {
+            "b"
+        }
+        async fn list(&self, _: &ListRequest) -> Result<ListPage, ObjectError> {
+            unreachable!("a snapshot lists versions")
+        }
+        async fn head_version(&self, key: &str, _: Option<&str>) -> Result<ObjectHead, ObjectError> {
+            Err(ObjectError::NoSuchKey(key.into()))
+        }
+        async fn get_version_range(
+            &self,
+            key: &str,
+            _: Option<&str>,
+            _: Range<u64>,
+            _: Option<&str>,
+        ) -> Result<Bytes, ObjectError> {
+            Err(ObjectError::NoSuchKey(key.into()))
+        }
+        async fn list_versions(&self, _: &VersionListRequest) -> Result<VersionPage, ObjectError> {
+            Ok(self.0.lock().unwrap().remove(0))
+        }
+        async fn put_with(&self, key: &str, _: Bytes, _: &PutOptions) -> Result<String, ObjectError> {
+            Err(read_only(key))
+        }
+        async fn delete(&self, key: &str) -> Result<(), ObjectError> {
+            Err(read_only(key))
+        }
+        async fn copy(
+            &self,
+            _: &str,
+            d: &str,
+            _: Option<&str>,
+            _: Option<&ObjectMetadata>,
+        ) -> Result<String, ObjectError> {
+            Err(read_only(d))
+        }
+        async fn create_multipart(&self, key: &str, _: &PutOptions) -> Result<String, ObjectError> {
+            Err(read_only(key))
+        }
+        async fn upload_part(&self, key: &str, _: &str, _: u32, _: Bytes) -> Result<String, ObjectError> {
+            Err(read_only(key))
+        }
+        async fn upload_part_copy(
+            &self,
+            key: &str,
+            _: &str,
+            _: u32,
+            _: &str,
+            _: Range<u64>,
+            _: Option<&str>,
+        ) -> Result<String, ObjectError> {
+            Err(read_only(key))
+        }
+        async fn complete_multipart(
+            &self,
+            key: &str,
+            _: &str,
+            _: &[CompletedPart],
+            _: Option<&str>,
+            _: bool,
+        ) -> Result<String, ObjectError> {
+            Err(read_only(key))
+        }
+        async fn abort_multipart(&self, key: &str, _: &str) -> Result<(), ObjectError> {
+            Err(read_only(key))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listing_reads_past_pages_of_keys_deleted_then_and_of_one_keys_many_versions() {
+        let pages = vec![
+            // "a" was deleted before the moment and "aa" written after it: nothing visible.
+            page(
+                vec![
+                    version("d/a", "a-del", 5, true),
+                    version("d/a", "a1", 1, false),
+                    version("d/aa", "aa1", 50, false),
+                ],
+                true,
+            ),
+            // Read on from after "a": "aa" again, then "b"'s versions fill the page...
+            page(
+                vec![version("d/aa", "aa1", 50, false), version("d/b", "b3", 30, false)],
+                true,
+            ),
+            // ... and go on into the next, from after "aa".
+            page(
+                vec![
+                    version("d/b", "b3", 30, false),
+                    version("d/b", "b2", 9, false),
+                    version("d/b", "b1", 2, false),
+                ],
+                false,
+            ),
+        ];
+        let snapshot = SnapshotClient::new(Pages(std::sync::Mutex::new(pages)), at(10));
+        let listed = snapshot
+            .list(&ListRequest {
+                prefix: "d/".into(),
+                max_keys: Some(1),
+                ..ListRequest::default()
+            })
+            .await
+            .unwrap();
+        let shown: Vec<&str> = listed.objects.iter().map(|o| o.etag.as_str()).collect();
+        assert_eq!(
+            shown,
+            ["\"b2\""],
+            "the version of b current at 10, found across pages"
+        );
+        assert_eq!(listed.next_continuation_token, None);
     }
 
     #[tokio::test]
