@@ -28,16 +28,17 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
-use s3mount::object::s3::{S3Client, S3Settings};
 use s3mount::object::{CompletedPart, ObjectClient, ObjectMetadata, PutOptions};
 
 use common::fault_proxy::FaultProxy;
-use common::{Mount, TestPrefix, assert_same_bytes, close, pseudo_random, run_bounded, settings};
+use common::{
+    Mount, TestPrefix, assert_same_bytes, client, close, pseudo_random, run_bounded, runtime, settings,
+};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -318,39 +319,6 @@ fn parse_time(value: &str) -> (i64, i64) {
             .unwrap_or_else(|_| panic!("time header {value:?}")),
         nanos.parse().expect("nine digits"),
     )
-}
-
-// ---------------------------------------------------------------------------------------------
-// The test's own S3 client, for what the harness does not offer (multipart copies, ranges).
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("building the test runtime")
-    })
-}
-
-fn client() -> &'static S3Client {
-    static CLIENT: OnceLock<S3Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        let s = settings();
-        let settings = S3Settings {
-            bucket: s.bucket.clone(),
-            region: Some(s.region.clone()),
-            endpoint_url: Some(s.endpoint_url.clone()),
-            force_path_style: true,
-            profile: None,
-            no_sign_request: false,
-            request_timeout: None,
-        };
-        runtime()
-            .block_on(S3Client::new(settings))
-            .expect("building the S3 client")
-    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ use crate::object::memory::MemoryClient;
 type Bucket = FaultClient<MemoryClient>;
 use crate::prefetch::ReadAheadConfig;
 
-fn config(prefix: &str) -> FsConfig {
+/// The mount settings of the unit tests (also `tests_metadata`'s).
+pub(super) fn config(prefix: &str) -> FsConfig {
     FsConfig {
         root: RootPrefix::new(prefix).unwrap(),
         uid: 1000,

@@ -9,40 +9,17 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::tests::config;
 use super::*;
 use crate::object::Op;
 use crate::object::fault::FaultClient;
 use crate::object::memory::{MemoryClient, RequestCounts};
-use crate::prefetch::ReadAheadConfig;
 
 /// The in-memory bucket behind a fault wrapper: the tests inject faults.
 type Bucket = FaultClient<MemoryClient>;
 
 /// A time Last-Modified is backdated to, so a change of it shows: 2020-09-13T12:26:40Z.
 const OLD: u64 = 1_600_000_000;
-
-fn config(prefix: &str) -> FsConfig {
-    FsConfig {
-        root: RootPrefix::new(prefix).unwrap(),
-        uid: 1000,
-        gid: 1000,
-        file_mode: 0o644,
-        dir_mode: 0o755,
-        metadata_ttl: Duration::from_secs(60),
-        read_only: false,
-        list_page_size: None,
-        read_ahead: ReadAheadConfig { part_size: 8 << 20 },
-        read_ahead_memory: 64 << 20,
-        upload: crate::upload::UploadConfig {
-            part_size: 8 << 20,
-            concurrency: 4,
-        },
-        upload_memory: 64 << 20,
-        max_rename_keys: 1000,
-        posix_metadata: PosixMetadata::Lazy,
-        write: Default::default(),
-    }
-}
 
 /// A writable file system over `client` with `config`, staging in `dir`.
 fn writable_with(client: &Arc<Bucket>, dir: &tempfile::TempDir, config: FsConfig) -> S3Fs {

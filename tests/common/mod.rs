@@ -139,7 +139,7 @@ pub fn parse_env_file(text: &str) -> BTreeMap<String, String> {
 }
 
 /// One runtime for every upload of the test process.
-fn runtime() -> &'static tokio::runtime::Runtime {
+pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -151,7 +151,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// The crate's S3 client, bound to the test bucket.
-fn client() -> &'static S3Client {
+pub fn client() -> &'static S3Client {
     static CLIENT: OnceLock<S3Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
         let s = settings();
