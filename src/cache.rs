@@ -128,6 +128,9 @@ impl BlockReader {
             .unwrap_or_else(|_| Vec::new());
         let hits = found.iter().flatten().count() as u64;
         self.counters.cache_hit_blocks.fetch_add(hits, Ordering::Relaxed);
+        let hit_bytes = found.iter().flatten().map(|b| b.len() as u64).sum();
+        crate::metrics::bytes_read(crate::metrics::ReadSource::BlockCache, hit_bytes);
+        crate::metrics::block_cache_lookups(hits, found.len() as u64 - hits);
         found
     }
 
@@ -235,6 +238,7 @@ impl BlockReader {
         self.counters
             .get_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        crate::metrics::bytes_read(crate::metrics::ReadSource::S3, data.len() as u64);
         let mut blocks = Vec::new();
         for block in run {
             let start = ((block * BLOCK_SIZE) - range.start) as usize;
@@ -274,6 +278,118 @@ impl BlockReader {
             in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
             drop((sender, permit));
         });
+    }
+}
+
+/// Blocks fetched from S3 in one GET by [`BlockReader::fill`].
+const FILL_RUN_BLOCKS: u64 = 8;
+
+/// What [`BlockReader::fill`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filled {
+    pub fetched_bytes: u64,
+    pub cached_bytes: u64,
+}
+
+impl BlockReader {
+    /// Puts every block of `object` in the disk cache: those not there yet are fetched (a GET
+    /// per 8 blocks) and written before this returns, unlike a reader's blocks, which go to
+    /// disk in the background and may be dropped when the disk lags. `progress` hears of each
+    /// run of blocks: its bytes, and whether they were cached already. What `s3mount warm`
+    /// does; without a disk cache there is nothing to fill.
+    pub async fn fill(
+        &self,
+        object: &ObjectVersion,
+        progress: &(dyn Fn(Filled) + Sync),
+    ) -> Result<Filled, ObjectError> {
+        let Some(disk) = self.disk.clone() else {
+            return Ok(Filled::default());
+        };
+        let mut total = Filled::default();
+        let blocks = object.size.div_ceil(BLOCK_SIZE);
+        let mut start = 0;
+        while start < blocks {
+            let run = start..(start + FILL_RUN_BLOCKS).min(blocks);
+            start = run.end;
+            let names: Vec<BlockName> = run
+                .clone()
+                .map(|i| block_name(&*self.client, object, i))
+                .collect();
+            let lookup = disk.clone();
+            let present: Vec<bool> =
+                tokio::task::spawn_blocking(move || names.iter().map(|n| lookup.contains(n)).collect())
+                    .await
+                    .unwrap_or_default();
+            let mut missing = Vec::new();
+            let mut cached = 0;
+            for (index, block) in run.clone().enumerate() {
+                let len = (object.size - block * BLOCK_SIZE).min(BLOCK_SIZE);
+                match present.get(index) {
+                    Some(true) => cached += len,
+                    _ => missing.push(block),
+                }
+            }
+            let mut done = Filled {
+                cached_bytes: cached,
+                ..Filled::default()
+            };
+            for missing_run in contiguous_runs(missing) {
+                done.fetched_bytes += self.fetch_to_disk(object, missing_run, &disk).await?;
+            }
+            total.fetched_bytes += done.fetched_bytes;
+            total.cached_bytes += done.cached_bytes;
+            progress(done);
+        }
+        Ok(total)
+    }
+
+    /// One GET of `run`, written to disk block by block before returning its byte count.
+    async fn fetch_to_disk(
+        &self,
+        object: &ObjectVersion,
+        run: Range<u64>,
+        disk: &Arc<DiskCache>,
+    ) -> Result<u64, ObjectError> {
+        let range = run.start * BLOCK_SIZE..(run.end * BLOCK_SIZE).min(object.size);
+        let expected = range.end - range.start;
+        self.counters.get_requests.fetch_add(1, Ordering::Relaxed);
+        let data = self
+            .client
+            .get_version_range(
+                &object.key,
+                object.version_id.as_deref(),
+                range,
+                Some(&object.etag),
+            )
+            .await?;
+        if data.len() as u64 != expected {
+            return Err(ObjectError::Service {
+                code: "ShortRead".into(),
+                message: format!("asked {expected} bytes of {}, got {}", object.key, data.len()),
+            });
+        }
+        self.counters.get_bytes.fetch_add(expected, Ordering::Relaxed);
+        crate::metrics::bytes_read(crate::metrics::ReadSource::S3, expected);
+        let first = run.start;
+        let named: Vec<(BlockName, Bytes)> = run
+            .map(|block| {
+                let start = ((block - first) * BLOCK_SIZE) as usize;
+                let end = (start + BLOCK_SIZE as usize).min(data.len());
+                (block_name(&*self.client, object, block), data.slice(start..end))
+            })
+            .collect();
+        let disk = disk.clone();
+        tokio::task::spawn_blocking(move || {
+            for (name, block) in &named {
+                disk.put(name, block);
+            }
+        })
+        .await
+        .map_err(|e| ObjectError::Service {
+            code: "CacheWrite".into(),
+            message: e.to_string(),
+        })?;
+        Ok(expected)
     }
 }
 

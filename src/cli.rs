@@ -15,35 +15,9 @@ use crate::fs::names::RootPrefix;
 /// what its own listing cached; contents stay close-to-open because every open asks S3 anyway.
 pub const DEFAULT_METADATA_TTL: &str = "60s";
 
-#[derive(Parser, Debug, Clone)]
-#[command(
-    name = "s3mount",
-    version,
-    about = "Mount an S3 bucket, or a prefix of one, as a file system.",
-    long_about = "Mount an S3 bucket, or a prefix of one, as a file system.\n\n\
-        Key prefixes are directories, objects are files. Credentials come from the standard AWS \
-        provider chain (environment, shared config/credentials profile, web identity, instance \
-        metadata); they are never taken from the command line.\n\n\
-        By default s3mount runs in the background and returns once the mount is live; \
-        unmount with `umount MOUNTPOINT` (or `fusermount3 -u MOUNTPOINT`).",
-    after_help = "Examples:\n  s3mount my-bucket /mnt/data\n  \
-        s3mount s3://my-bucket/datasets/imagenet/ /mnt/in\n  \
-        s3mount my-bucket:/datasets /mnt/data --read-only\n  \
-        s3mount my-bucket /mnt/data --prefix datasets/ --endpoint-url http://127.0.0.1:3900 --force-path-style"
-)]
-pub struct Args {
-    /// What to mount: BUCKET, BUCKET:/PREFIX or s3://BUCKET/PREFIX/
-    #[arg(value_name = "SOURCE")]
-    pub source: String,
-
-    /// An existing, empty directory to mount on
-    #[arg(value_name = "MOUNTPOINT")]
-    pub mount_point: PathBuf,
-
-    /// Mount only the keys under this prefix (the prefix becomes the root directory)
-    #[arg(long, value_name = "PREFIX")]
-    pub prefix: Option<String>,
-
+/// How to reach the bucket: shared by the mount and by `s3mount warm s3://...`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct S3Args {
     /// AWS region of the bucket (default: from the environment or profile, else us-east-1)
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
@@ -63,6 +37,67 @@ pub struct Args {
     /// Send unsigned requests, for public buckets (no credentials needed)
     #[arg(long)]
     pub no_sign_request: bool,
+}
+
+impl S3Args {
+    /// The SDK client's settings for `bucket`.
+    pub fn settings(&self, bucket: &str, request_timeout: Duration) -> crate::object::s3::S3Settings {
+        crate::object::s3::S3Settings {
+            bucket: bucket.to_owned(),
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            force_path_style: self.force_path_style,
+            profile: self.profile.clone(),
+            no_sign_request: self.no_sign_request,
+            request_timeout: Some(request_timeout),
+        }
+    }
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "s3mount",
+    version,
+    about = "Mount an S3 bucket, or a prefix of one, as a file system.",
+    long_about = "Mount an S3 bucket, or a prefix of one, as a file system.\n\n\
+        Key prefixes are directories, objects are files. Credentials come from the standard AWS \
+        provider chain (environment, shared config/credentials profile, web identity, instance \
+        metadata); they are never taken from the command line.\n\n\
+        By default s3mount runs in the background and returns once the mount is live; \
+        unmount with `umount MOUNTPOINT` (or `fusermount3 -u MOUNTPOINT`).",
+    after_help = "Examples:\n  s3mount my-bucket /mnt/data\n  \
+        s3mount s3://my-bucket/datasets/imagenet/ /mnt/in\n  \
+        s3mount my-bucket:/datasets /mnt/data --read-only\n  \
+        s3mount my-bucket /mnt/data --prefix datasets/ --endpoint-url http://127.0.0.1:3900 --force-path-style\n  \
+        s3mount my-bucket:/datasets /mnt/data -o ro,allow_other,metadata_ttl=5m\n  \
+        mount -t s3mount my-bucket:/datasets /mnt/data -o allow_other,uid=1000\n\n\
+        Every --long-option is also a -o option (metadata_ttl=60s, allow_other): fstab lines use them.\n\n\
+        Commands on a live mount:\n  \
+        s3mount status MOUNTPOINT [--json]   what the daemon is doing: pending uploads, cache, errors\n  \
+        s3mount warm PATH...                 fill the block cache ahead of a training run"
+)]
+pub struct Args {
+    /// What to mount: BUCKET, BUCKET:/PREFIX or s3://BUCKET/PREFIX/
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+
+    /// An existing, empty directory to mount on
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mount_point: PathBuf,
+
+    /// Mount only the keys under this prefix (the prefix becomes the root directory)
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+
+    /// Read KEY=VALUE lines (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...) into the
+    /// environment before anything else: how a unit or an fstab line gets credentials without
+    /// writing them on a command line. The file must be owned by root or the user mounting, and
+    /// readable by no one else (chmod 600)
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
 
     /// Mount read-only: every change is refused with EROFS
     #[arg(long)]
@@ -127,6 +162,15 @@ pub struct Args {
     /// /etc/fuse.conf unless root)
     #[arg(long)]
     pub allow_other: bool,
+
+    /// Forbid running programs stored in the bucket (mount(8)'s noexec)
+    #[arg(long)]
+    pub no_exec: bool,
+
+    /// Serve Prometheus metrics over HTTP at this address, e.g. 127.0.0.1:9464 (default: off).
+    /// `s3mount status` works without it
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// Stay in the foreground and log to stderr instead of running in the background
     #[arg(short, long)]
@@ -201,6 +245,73 @@ pub struct Args {
     /// directory's rename fails with EXDEV, and `mv` then copies it file by file
     #[arg(long, value_name = "N", default_value = "10000")]
     pub max_rename_keys: usize,
+
+    /// Options as mount(8) writes them, comma separated: every long option above without its
+    /// dashes (`allow_other,uid=1000,metadata_ttl=60s`), and the generic ones (ro, rw, noexec,
+    /// _netdev, nofail, x-*, ...). Commas inside a value are escaped (\\,) or quoted
+    #[arg(short = 'o', long = "options", value_name = "OPTIONS")]
+    pub options: Vec<String>,
+}
+
+/// `s3mount status MOUNTPOINT`: what a live daemon is doing.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "status",
+    about = "Show what the daemon of a live mount is doing: pending uploads, cache use, requests, recent errors"
+)]
+pub struct StatusArgs {
+    /// The mount point (or any path inside it)
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mount_point: PathBuf,
+
+    /// Print one JSON object, for scripts
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `s3mount warm PATH...`: fill the block cache ahead of a run.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "warm",
+    about = "Fill the block cache ahead of a training run: files or directories on a live mount \
+        (through its daemon), or s3://BUCKET/PREFIX with --cache DIR (no mount)",
+    after_help = "Examples:\n  s3mount warm /mnt/data/train\n  \
+        s3mount warm s3://my-bucket/datasets/ --cache /var/cache/s3mount/data --cache-size 100GiB"
+)]
+pub struct WarmArgs {
+    /// Files or directories on an s3mount mount, or s3://BUCKET/PREFIX
+    #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<String>,
+
+    /// Files fetched at once
+    #[arg(long, value_name = "N", default_value = "16", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+
+    /// Warm even what does not fit the cache (the first files warmed are then evicted again)
+    #[arg(long)]
+    pub force: bool,
+
+    /// The cache directory to fill, for s3:// paths (what the later mount's --cache names)
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+
+    /// Bound of that cache, for s3:// paths, as the later mount's --cache-size
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub cache_size: Option<u64>,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// The whole command, subcommands included: what the man page and the shell completions
+/// describe. (The binary dispatches `status` and `warm` itself, before clap sees the mount's
+/// arguments, so a mount never has to spell its SOURCE after a subcommand.)
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Args::command()
+        .subcommand(StatusArgs::command())
+        .subcommand(WarmArgs::command())
+        .args_conflicts_with_subcommands(true)
 }
 
 /// Where the bucket is and how to reach it.
@@ -429,5 +540,8 @@ mod tests {
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Args::command().debug_assert();
+        StatusArgs::command().debug_assert();
+        WarmArgs::command().debug_assert();
+        command().debug_assert();
     }
 }

@@ -380,6 +380,20 @@ impl S3Fs {
         let _ = self.kernel_cache.set(kernel_cache);
     }
 
+    /// The client and block reader `s3mount warm` fills this mount's cache through.
+    pub fn warm_source(&self) -> (Arc<dyn ObjectClient>, Arc<BlockReader>) {
+        (self.client.clone(), self.reader.clone())
+    }
+
+    /// The path of `ino` for a log line (`inode N` once the kernel has forgotten it).
+    pub fn path_for_log(&self, ino: u64) -> String {
+        match lock(&self.inodes).path(ino) {
+            Some(path) if path.is_empty() => "/".to_owned(),
+            Some(path) => path.to_string(),
+            None => format!("inode {ino}"),
+        }
+    }
+
     pub fn config(&self) -> &FsConfig {
         &self.config
     }

@@ -22,6 +22,7 @@ use tokio::runtime::Handle;
 
 use crate::fs::xattr::Name;
 use crate::fs::{Attr, AttrChange, Creator, FsError, KernelCache, Kind, Opened, S3Fs};
+use crate::metrics;
 
 pub struct FuseAdapter {
     fs: Arc<S3Fs>,
@@ -36,24 +37,52 @@ impl FuseAdapter {
         Self { fs, runtime, ttl }
     }
 
-    /// Runs `work` on the runtime and answers with its result.
-    fn serve<T, R, F>(&self, reply: R, work: impl FnOnce(Arc<S3Fs>) -> F)
+    /// Runs `work` on the runtime and answers with its result; counts and times the request
+    /// `op` on inode `ino`, and logs its failure once (see [`log_failure`]).
+    fn serve<T, R, F>(&self, reply: R, op: &'static str, ino: u64, work: impl FnOnce(Arc<S3Fs>) -> F)
     where
         F: Future<Output = Result<T, FsError>> + Send + 'static,
         R: Respond<T> + Send + 'static,
         T: Send + 'static,
     {
+        let fs = self.fs.clone();
         let future = work(self.fs.clone());
         let ttl = self.ttl;
+        let started = std::time::Instant::now();
         self.runtime.spawn(async move {
             match future.await {
-                Ok(value) => reply.respond(value, ttl),
+                Ok(value) => {
+                    metrics::fuse_request(op, 0, started.elapsed());
+                    reply.respond(value, ttl);
+                }
                 Err(error) => {
-                    tracing::debug!(%error, "request failed");
-                    reply.fail(Errno::from_i32(error.errno()));
+                    let errno = error.errno();
+                    metrics::fuse_request(op, errno, started.elapsed());
+                    log_failure(&fs, op, ino, errno, &error);
+                    reply.fail(Errno::from_i32(errno));
                 }
             }
         });
+    }
+}
+
+/// Logs a failed request once, at the level its errno deserves, with the path it was about
+/// (never data; error texts carry keys and S3 request ids, never credentials), and keeps the
+/// failures worth attention for `s3mount status`.
+fn log_failure(fs: &S3Fs, op: &'static str, ino: u64, errno: i32, error: &FsError) {
+    let path = fs.path_for_log(ino);
+    let errno_name = metrics::errno_name(errno);
+    match metrics::errno_severity(errno) {
+        tracing::Level::DEBUG => {
+            tracing::debug!(op, path = %path, errno = errno_name, %error, "request failed")
+        }
+        tracing::Level::INFO => {
+            tracing::info!(op, path = %path, errno = errno_name, %error, "request refused")
+        }
+        _ => {
+            tracing::warn!(op, path = %path, errno = errno_name, %error, "request failed");
+            metrics::remember_error(op, &path, &format!("{errno_name}: {error}"));
+        }
     }
 }
 
@@ -252,7 +281,9 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
-        self.serve(reply, |fs| async move { fs.lookup(parent.0, &name).await });
+        self.serve(reply, "lookup", parent.0, |fs| async move {
+            fs.lookup(parent.0, &name).await
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -260,7 +291,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.serve(reply, |fs| async move {
+        self.serve(reply, "getattr", ino.0, |fs| async move {
             match fh {
                 Some(fh) => fs.getattr_handle(ino.0, fh.0).await,
                 None => fs.getattr(ino.0).await,
@@ -270,16 +301,15 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let opener = process_of(req.pid());
-        self.serve(
-            reply,
-            |fs| async move { fs.open_as(ino.0, flags.0, opener).await },
-        );
+        self.serve(reply, "open", ino.0, |fs| async move {
+            fs.open_as(ino.0, flags.0, opener).await
+        });
     }
 
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -287,47 +317,67 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.serve(reply, |fs| async move { fs.read(fh.0, offset, size).await });
+        self.serve(reply, "read", ino.0, |fs| async move {
+            let data = fs.read(fh.0, offset, size).await?;
+            metrics::bytes_to_reader(data.len() as u64);
+            Ok(data)
+        });
     }
 
-    fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, req: &Request, ino: INodeNo, fh: FileHandle, _owner: LockOwner, reply: ReplyEmpty) {
         let caller = process_of(req.pid());
-        self.serve(reply, |fs| async move { fs.flush_from(fh.0, caller).await });
+        self.serve(reply, "flush", ino.0, |fs| async move {
+            fs.flush_from(fh.0, caller).await
+        });
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.serve(reply, |fs| async move {
+        self.serve(reply, "release", ino.0, |fs| async move {
             fs.release(fh.0).await;
             Ok(())
         });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.serve(reply, |fs| async move { fs.fsync(fh.0).await });
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.serve(reply, "fsync", ino.0, |fs| async move { fs.fsync(fh.0).await });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.serve(reply, |fs| async move { fs.opendir(ino.0).await });
+        self.serve(
+            reply,
+            "opendir",
+            ino.0,
+            |fs| async move { fs.opendir(ino.0).await },
+        );
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectory) {
         let fs = self.fs.clone();
+        let started = std::time::Instant::now();
         self.runtime.spawn(async move {
             let mut reply = reply;
             let mut add =
                 |e: crate::fs::DirEntry| reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), &e.name);
             match fs.readdir(ino.0, fh.0, offset, &mut add).await {
-                Ok(()) => reply.ok(),
-                Err(error) => reply.error(Errno::from_i32(error.errno())),
+                Ok(()) => {
+                    metrics::fuse_request("readdir", 0, started.elapsed());
+                    reply.ok();
+                }
+                Err(error) => {
+                    let errno = error.errno();
+                    metrics::fuse_request("readdir", errno, started.elapsed());
+                    log_failure(&fs, "readdir", ino.0, errno, &error);
+                    reply.error(Errno::from_i32(errno));
+                }
             }
         });
     }
@@ -362,12 +412,16 @@ impl Filesystem for FuseAdapter {
         }
         let name = name.to_owned();
         let reply = XattrReply { reply, size };
-        self.serve(reply, |fs| async move { fs.getxattr(ino.0, &name).await });
+        self.serve(reply, "getxattr", ino.0, |fs| async move {
+            fs.getxattr(ino.0, &name).await
+        });
     }
 
     fn listxattr(&self, _: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
         let reply = XattrReply { reply, size };
-        self.serve(reply, |fs| async move { fs.listxattr(ino.0).await });
+        self.serve(reply, "listxattr", ino.0, |fs| async move {
+            fs.listxattr(ino.0).await
+        });
     }
 
     fn setxattr(
@@ -386,7 +440,7 @@ impl Filesystem for FuseAdapter {
             return;
         }
         let (name, value) = (name.to_owned(), value.to_vec());
-        self.serve(reply, |fs| async move {
+        self.serve(reply, "setxattr", ino.0, |fs| async move {
             fs.setxattr(ino.0, &name, &value, flags).await
         });
     }
@@ -398,7 +452,9 @@ impl Filesystem for FuseAdapter {
             return;
         }
         let name = name.to_owned();
-        self.serve(reply, |fs| async move { fs.removexattr(ino.0, &name).await });
+        self.serve(reply, "removexattr", ino.0, |fs| async move {
+            fs.removexattr(ino.0, &name).await
+        });
     }
 
     // Changes. Mode, owner and times are kept in the object's metadata (see fs::headers).
@@ -429,7 +485,7 @@ impl Filesystem for FuseAdapter {
             atime: atime.map(time_of),
             mtime: mtime.map(time_of),
         };
-        self.serve(reply, |fs| async move {
+        self.serve(reply, "setattr", ino.0, |fs| async move {
             fs.setattr_all(ino.0, size, &change, fh).await
         });
     }
@@ -447,7 +503,7 @@ impl Filesystem for FuseAdapter {
         let name = name.to_owned();
         let opener = process_of(req.pid());
         let creator = creator(req, mode, umask);
-        self.serve(reply, |fs| async move {
+        self.serve(reply, "create", parent.0, |fs| async move {
             fs.create_as(parent.0, &name, flags, opener, creator).await
         });
     }
@@ -469,7 +525,7 @@ impl Filesystem for FuseAdapter {
         }
         let name = name.to_owned();
         let creator = creator(req, mode, umask);
-        self.serve(reply, |fs| async move {
+        self.serve(reply, "mknod", parent.0, |fs| async move {
             fs.mknod_file(parent.0, &name, creator).await
         });
     }
@@ -477,7 +533,7 @@ impl Filesystem for FuseAdapter {
     fn write(
         &self,
         _: &Request,
-        _: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -487,29 +543,31 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.serve(
-            reply,
-            |fs| async move { fs.write_owned(fh.0, offset, data).await },
-        );
+        self.serve(reply, "write", ino.0, |fs| async move {
+            fs.write_owned(fh.0, offset, data).await
+        });
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let name = name.to_owned();
         let creator = creator(req, mode, umask);
-        self.serve(
-            reply,
-            |fs| async move { fs.mkdir_as(parent.0, &name, creator).await },
-        );
+        self.serve(reply, "mkdir", parent.0, |fs| async move {
+            fs.mkdir_as(parent.0, &name, creator).await
+        });
     }
 
     fn unlink(&self, _: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
-        self.serve(reply, |fs| async move { fs.unlink(parent.0, &name).await });
+        self.serve(reply, "unlink", parent.0, |fs| async move {
+            fs.unlink(parent.0, &name).await
+        });
     }
 
     fn rmdir(&self, _: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
-        self.serve(reply, |fs| async move { fs.rmdir(parent.0, &name).await });
+        self.serve(reply, "rmdir", parent.0, |fs| async move {
+            fs.rmdir(parent.0, &name).await
+        });
     }
 
     fn rename(
@@ -523,7 +581,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let (name, new_name) = (name.to_owned(), new_name.to_owned());
-        self.serve(reply, |fs| async move {
+        self.serve(reply, "rename", parent.0, |fs| async move {
             fs.rename(parent.0, &name, new_parent.0, &new_name, flags.bits())
                 .await
         });
@@ -533,16 +591,15 @@ impl Filesystem for FuseAdapter {
         use std::os::unix::ffi::OsStrExt;
         let (name, target) = (name.to_owned(), target.as_os_str().as_bytes().to_vec());
         let creator = creator(req, 0o777, 0);
-        self.serve(reply, |fs| async move {
+        self.serve(reply, "symlink", parent.0, |fs| async move {
             fs.symlink(parent.0, &name, &target, creator).await
         });
     }
 
     fn readlink(&self, _: &Request, ino: INodeNo, reply: ReplyData) {
-        self.serve(
-            reply,
-            |fs| async move { fs.readlink(ino.0).await.map(Bytes::from) },
-        );
+        self.serve(reply, "readlink", ino.0, |fs| async move {
+            fs.readlink(ino.0).await.map(Bytes::from)
+        });
     }
 
     // S3 has no hard links: EPERM is what Linux answers for a file system without them.

@@ -9,15 +9,20 @@
 
 pub mod cache;
 pub mod cli;
+pub mod control;
+pub mod env_file;
 pub mod fs;
+pub mod fstab;
 pub mod fuse;
 pub mod lockfile;
 pub mod logging;
+pub mod metrics;
 pub mod object;
 pub mod prefetch;
 pub mod run;
 pub mod staging;
 pub mod upload;
+pub mod warm;
 pub mod writeback;
 
 /// Helpers shared by the unit tests of several modules.

@@ -1,16 +1,19 @@
 //! The `s3mount` command: parse arguments, check them, and mount (in the background unless
-//! `--foreground`). Errors end here as one line on stderr and exit status 1.
+//! `--foreground`); or, as `mount.s3mount`, the same for mount(8) and fstab; or `s3mount
+//! status` / `s3mount warm` against a live mount. Errors end here as one line on stderr and
+//! exit status 1.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use s3mount::cli::{Args, parse_source};
 use s3mount::fs::{FsConfig, PosixMetadata};
+use s3mount::fstab::{self, Invocation};
 use s3mount::logging::{self, LogTarget};
 use s3mount::object::WriteSettings;
 use s3mount::object::retry::RetryPolicy;
-use s3mount::object::s3::S3Settings;
 use s3mount::prefetch::ReadAheadConfig;
 use s3mount::run::{self, CacheSettings, MountConfig};
 use s3mount::upload::{self, UploadConfig};
@@ -21,8 +24,13 @@ const MIN_UPLOAD_PART: u64 = 5 << 20;
 
 fn main() -> ExitCode {
     release_large_buffers_to_the_system();
-    let args = Args::parse();
-    match start(args) {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let result = match argv.get(1).and_then(|a| a.to_str()) {
+        Some("status") => s3mount::control::status_command(&argv[1..]),
+        Some("warm") => s3mount::warm::warm_command(&argv[1..]),
+        _ => mount_command(&argv),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("s3mount: error: {error:#}");
@@ -31,18 +39,47 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(args: Args) -> anyhow::Result<()> {
+/// `s3mount SOURCE MOUNTPOINT [OPTIONS]` or `mount.s3mount SOURCE DIR [-sfnv] [-o OPTIONS]`.
+fn mount_command(argv: &[OsString]) -> anyhow::Result<()> {
+    let invocation = Invocation::of(argv.first().map(OsString::as_os_str));
+    let expanded = fstab::expand(argv, invocation, &Args::command()).map_err(anyhow::Error::msg)?;
+    let from_mount_options = invocation == Invocation::Helper || expanded.args[1..] != argv[1..];
+    let matches = match Args::command().try_get_matches_from(&expanded.args) {
+        Ok(matches) => matches,
+        // --help, --version, and the command line's own usage errors: clap's full text.
+        Err(error) if !from_mount_options || !error.use_stderr() => error.exit(),
+        Err(error) => anyhow::bail!("{}", fstab::one_line(&error)),
+    };
+    let args = Args::from_arg_matches(&matches).map_err(|e| anyhow::anyhow!("{}", fstab::one_line(&e)))?;
+    if let Some(path) = &args.env_file {
+        load_env_file(path)?;
+    }
+    let config = mount_config(&args)?;
+    if expanded.fake {
+        return Ok(());
+    }
+    serve(config, &args)
+}
+
+/// Sets the variables of `--env-file`. Called while the process has one thread, before the
+/// SDK (which reads the environment) exists.
+fn load_env_file(path: &std::path::Path) -> anyhow::Result<()> {
+    for (key, value) in s3mount::env_file::load(path)? {
+        // SAFETY: main has started no thread yet (daemonizing forks later and needs that too),
+        // so nothing reads the environment concurrently.
+        unsafe { std::env::set_var(key, value) };
+    }
+    Ok(())
+}
+
+fn mount_config(args: &Args) -> anyhow::Result<MountConfig> {
     args.check_write_options().map_err(anyhow::Error::msg)?;
     let source = parse_source(&args.source, args.prefix.as_deref())?;
-    let filter = logging::filter(&args.log_level)?;
+    logging::filter(&args.log_level)?;
     let mount_point = run::check_mount_point(&args.mount_point)?;
-    let log_file = match &args.log_file {
-        Some(path) => Some(std::path::absolute(path).context("--log-file")?),
-        None => None,
-    };
     let cache_dir = match &args.cache {
         Some(dir) => std::path::absolute(dir).context("--cache")?,
-        None => run::default_cache_dir(&source, args.endpoint_url.as_deref()),
+        None => run::default_cache_dir(&source, args.s3.endpoint_url.as_deref())?,
     };
     let cache = (!args.no_cache).then(|| cache_dir.clone());
     let memory = args.max_memory.unwrap_or_else(run::default_read_ahead_memory);
@@ -55,15 +92,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         acl: args.acl.clone(),
     };
     let config = MountConfig {
-        s3: S3Settings {
-            bucket: source.bucket.clone(),
-            region: args.region,
-            endpoint_url: args.endpoint_url,
-            force_path_style: args.force_path_style,
-            profile: args.profile,
-            no_sign_request: args.no_sign_request,
-            request_timeout: Some(args.request_timeout),
-        },
+        s3: args.s3.settings(&source.bucket, args.request_timeout),
         write: write.clone(),
         version_at: args.version_at,
         retry: RetryPolicy {
@@ -106,6 +135,19 @@ fn start(args: Args) -> anyhow::Result<()> {
         source,
         mount_point,
         allow_other: args.allow_other,
+        no_exec: args.no_exec,
+        metrics_addr: args.metrics_addr,
+    };
+    Ok(config)
+}
+
+/// Mounts and serves: in the foreground, or in a background process that the command waits
+/// for until the mount answers.
+fn serve(config: MountConfig, args: &Args) -> anyhow::Result<()> {
+    let filter = logging::filter(&args.log_level)?;
+    let log_file = match &args.log_file {
+        Some(path) => Some(std::path::absolute(path).context("--log-file")?),
+        None => None,
     };
     if args.foreground {
         logging::init(filter, &log_file.map_or(LogTarget::Stderr, LogTarget::File))?;

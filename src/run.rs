@@ -40,6 +40,10 @@ pub struct MountConfig {
     pub retry: RetryPolicy,
     pub fs: FsConfig,
     pub allow_other: bool,
+    /// Forbid executing what the mount holds (mount(8)'s noexec).
+    pub no_exec: bool,
+    /// Where to serve Prometheus metrics (`None`: nowhere).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where blocks are cached (`None`: not at all), and at most how much (`None`: the default).
     pub cache: Option<CacheSettings>,
     /// The cache directory, where writes are staged (`staging/`, `recovery/`) even without a
@@ -59,6 +63,10 @@ pub struct CacheSettings {
 pub enum RunError {
     #[error("bucket {0:?} keeps no versions (versioning was never enabled): --version-at needs them")]
     NoVersioning(String),
+    #[error(
+        "no HOME or XDG_CACHE_HOME to keep the cache and staged writes under (as in a mount unit); give one with --cache DIR (cache=DIR in fstab)"
+    )]
+    NoCacheHome,
     #[error("mount point {0} does not exist")]
     MountPointMissing(PathBuf),
     #[error("mount point {0} is not a directory")]
@@ -135,14 +143,18 @@ pub async fn object_client(config: MountConfig) -> Result<Arc<dyn ObjectClient>,
 }
 
 /// Mounts and serves until unmounted. `ready` is called once the mount is live.
-pub fn mount(config: MountConfig, ready: impl FnOnce()) -> Result<(), RunError> {
+pub fn mount(config: MountConfig, ready: impl FnOnce() + Send + 'static) -> Result<(), RunError> {
     mount_with(config, object_client, ready)
 }
 
 /// [`mount`] over the client `make_client` builds (on the mount's runtime): the SDK client, or
 /// test layers (a fault wrapper, an in-memory bucket) for a test binary. The retry policy goes on
 /// top here, once: the probe and the file system each get their own over the same client.
-pub fn mount_with<F, Fut>(config: MountConfig, make_client: F, ready: impl FnOnce()) -> Result<(), RunError>
+pub fn mount_with<F, Fut>(
+    config: MountConfig,
+    make_client: F,
+    ready: impl FnOnce() + Send + 'static,
+) -> Result<(), RunError>
 where
     F: FnOnce(MountConfig) -> Fut,
     Fut: std::future::Future<Output = Result<Arc<dyn ObjectClient>, RunError>>,
@@ -172,24 +184,115 @@ where
         .map_err(|e| RunError::Mount(config.mount_point.clone(), e))?;
     fs.set_kernel_cache(Arc::new(KernelNotifier(session.notifier())));
     widen_kernel_read_ahead(&config.mount_point);
+    if let Some(addr) = config.metrics_addr {
+        let _entered = runtime.enter();
+        crate::metrics::install(addr).map_err(RunError::Daemon)?;
+    }
+    let _control = {
+        let _entered = runtime.enter();
+        let identity = crate::control::MountIdentity {
+            mount_point: config.mount_point.clone(),
+            bucket: config.source.bucket.clone(),
+            prefix: config.source.prefix.as_str().to_owned(),
+        };
+        crate::control::serve(fs.clone(), identity)
+            .inspect_err(|error| tracing::warn!(%error, "no control socket: s3mount status and warm cannot reach this mount"))
+            .ok()
+    };
+    runtime.spawn(report_gauges(fs.clone()));
     let mount_point = config.mount_point.clone();
     runtime.spawn(async move {
         wait_for_termination().await;
         tracing::info!("unmounting on signal");
+        notify(&[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::Status(
+                "stopping: waiting for open files to close, then uploading what is pending",
+            ),
+        ]);
+        let extend = tokio::spawn(extend_stop_timeout());
         unmount_when_idle(|| unmount(&mount_point)).await;
+        extend.abort();
     });
     tracing::info!(bucket = %config.source.bucket, prefix = %config.source.prefix.as_str(),
         mount_point = %config.mount_point.display(), "mounted");
-    ready();
+    announce_when_answering(config.mount_point.clone(), ready);
     let served = session.run();
     tracing::info!("unmounted");
+    let extend = runtime.spawn(extend_stop_timeout());
     let failed = runtime.block_on(fs.drain_uploads());
+    extend.abort();
     if failed > 0 {
         tracing::error!(failed, staging = %config.staging_dir.display(),
             "some files could not be uploaded; they stay staged and the next mount with this cache directory uploads them");
     }
     tracing::info!("stats: {}", fs.read_counters().summary());
     served.map_err(|e| RunError::Mount(config.mount_point.clone(), e))
+}
+
+/// Tells systemd (when it started us with `NOTIFY_SOCKET`) how we are; a no-op otherwise.
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(error) = sd_notify::notify(states) {
+        tracing::debug!(%error, "cannot notify the service manager");
+    }
+}
+
+/// Calls `ready` and sends READY=1 once the mount answers: a thread stats the mount point,
+/// which blocks until the session loop (started right after this) has served the kernel's
+/// INIT and the lookup. Recovery is already done by then.
+fn announce_when_answering(mount_point: PathBuf, ready: impl FnOnce() + Send + 'static) {
+    let announce = move || {
+        if let Err(error) = std::fs::metadata(&mount_point) {
+            tracing::warn!(%error, "the mount does not answer");
+            return;
+        }
+        ready();
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&format!("mounted on {}", mount_point.display())),
+        ]);
+    };
+    if let Err(error) = std::thread::Builder::new()
+        .name("s3mount-ready".into())
+        .spawn(announce)
+    {
+        tracing::error!(%error, "cannot start the readiness check");
+    }
+}
+
+/// How often gauges are sampled (and STATUS= sent to systemd).
+const GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+const STATUS_EVERY: u32 = 10;
+
+/// Samples the gauges every second; every ten, tells systemd a STATUS= line.
+async fn report_gauges(fs: Arc<S3Fs>) {
+    let mut ticks = tokio::time::interval(GAUGE_INTERVAL);
+    for round in 0u32.. {
+        ticks.tick().await;
+        let gauges = fs.gauges();
+        crate::metrics::record_gauges(&gauges);
+        if round % STATUS_EVERY == 0 {
+            let status = format!(
+                "mounted; {} pending uploads ({} bytes); cache {} of {} bytes",
+                gauges.pending_uploads,
+                gauges.pending_upload_bytes,
+                gauges.cache_bytes,
+                gauges.cache_max_bytes
+            );
+            notify(&[sd_notify::NotifyState::Status(&status)]);
+        }
+    }
+}
+
+/// While stopping (files still open, then pending uploads), asks systemd for 30 more seconds
+/// every 10, so its stop timeout never cuts a drain short; SIGKILL after TimeoutStopSec still
+/// loses nothing staged (the next mount uploads it).
+async fn extend_stop_timeout() {
+    const EXTEND_USEC: u32 = 30_000_000;
+    loop {
+        notify(&[sd_notify::NotifyState::ExtendTimeoutUsec(EXTEND_USEC)]);
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    }
 }
 
 /// Uploads or sets aside what an earlier run left staged (it died before uploading).
@@ -223,13 +326,18 @@ fn open_disk_cache(settings: Option<&CacheSettings>) -> Result<Option<Arc<DiskCa
 }
 
 /// The cache's default home for one source: one directory per endpoint, bucket and prefix, so
-/// two different mounts never contend for one, under the user's cache directory.
-pub fn default_cache_dir(source: &Source, endpoint: Option<&str>) -> PathBuf {
+/// two different mounts never contend for one, under the user's cache directory; for root
+/// without one (mount units, fstab at boot run with no HOME), under /var/cache.
+pub fn default_cache_dir(source: &Source, endpoint: Option<&str>) -> Result<PathBuf, RunError> {
     use sha2::{Digest, Sha256};
-    let base = match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
-        (Some(xdg), _) if !xdg.is_empty() => PathBuf::from(xdg),
-        (_, Some(home)) if !home.is_empty() => PathBuf::from(home).join(".cache"),
-        _ => PathBuf::from("/var/cache"),
+    let non_empty = |name| std::env::var_os(name).filter(|value| !value.is_empty());
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let base = match (non_empty("XDG_CACHE_HOME"), non_empty("HOME")) {
+        (Some(xdg), _) => PathBuf::from(xdg),
+        (None, Some(home)) => PathBuf::from(home).join(".cache"),
+        (None, None) if root => PathBuf::from("/var/cache"),
+        (None, None) => return Err(RunError::NoCacheHome),
     };
     let identity = format!(
         "{}\0{}\0{}",
@@ -239,12 +347,12 @@ pub fn default_cache_dir(source: &Source, endpoint: Option<&str>) -> PathBuf {
     );
     let digest = Sha256::digest(identity.as_bytes());
     let short: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    base.join("s3mount").join(format!("{}-{short}", source.bucket))
+    Ok(base.join("s3mount").join(format!("{}-{short}", source.bucket)))
 }
 
 /// The cache's bounds: as given, or by default it may use 20% of its disk (at most 20 GiB) and
 /// always leaves 10% of the disk (at most 10 GiB) free, whatever else fills it.
-fn cache_limits(settings: &CacheSettings) -> DiskCacheLimits {
+pub fn cache_limits(settings: &CacheSettings) -> DiskCacheLimits {
     const GIB: u64 = 1 << 30;
     let disk_size = disk_size_of(&settings.dir).unwrap_or(100 * GIB);
     DiskCacheLimits {
@@ -363,6 +471,9 @@ fn session_config(config: &MountConfig) -> Config {
     if config.fs.read_only {
         options.push(MountOption::RO);
     }
+    if config.no_exec {
+        options.push(MountOption::NoExec);
+    }
     let mut session = Config::default();
     session.mount_options = options;
     session.acl = if config.allow_other {
@@ -444,7 +555,9 @@ const READY: &[u8] = b"ok";
 /// Forks: the parent waits until the child reports the mount live (exit 0) or fails (prints the
 /// child's error, exit 1); the child detaches and runs `serve`, which gets a `ready` callback.
 /// Must be called before any thread exists.
-pub fn daemonize(serve: impl FnOnce(Box<dyn FnOnce()>) -> Result<(), RunError>) -> Result<(), RunError> {
+pub fn daemonize(
+    serve: impl FnOnce(Box<dyn FnOnce() + Send>) -> Result<(), RunError>,
+) -> Result<(), RunError> {
     let (read_end, write_end) = nix::unistd::pipe().map_err(|e| RunError::Daemon(e.to_string()))?;
     // SAFETY: called from main before any thread is started, so the child is a full copy.
     match unsafe { nix::unistd::fork() }.map_err(|e| RunError::Daemon(e.to_string()))? {

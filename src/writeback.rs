@@ -363,8 +363,10 @@ impl StagedFile {
         if !self.synced && !upload::is_single_put(self.size, &ctx.upload) {
             self.sync_to_disk().await;
         }
-        let etag = self.send(ctx).await?;
-        self.became_object(etag);
+        crate::metrics::upload_started();
+        let sent = self.send(ctx).await;
+        crate::metrics::upload_finished(sent.is_ok(), self.size);
+        self.became_object(sent?);
         self.record_journal_or_warn(false, "a crash now may upload this content again");
         Ok(())
     }

@@ -164,9 +164,20 @@ impl DiskCache {
         &self.dir
     }
 
+    /// The most the block files may take (`--cache-size`).
+    pub fn max_bytes(&self) -> u64 {
+        self.limits.max_bytes
+    }
+
     /// Total bytes of block files.
     pub fn size(&self) -> u64 {
         self.lock_index().total_bytes
+    }
+
+    /// Whether the block is indexed, without reading it (and without checking it: a damaged
+    /// block shows when it is read, and is fetched again then). Marks it recently used.
+    pub fn contains(&self, name: &BlockName) -> bool {
+        self.lock_index().lru.get(&name.file_name()).is_some()
     }
 
     /// The block's data, if cached and intact. A damaged file is deleted.

@@ -249,6 +249,39 @@ impl StagedTable {
 }
 
 impl S3Fs {
+    /// What the gauges of `metrics` show now: cache use, read-ahead memory, staged files.
+    /// Never waits: a staged file busy being written or uploaded counts as pending, with the
+    /// size `stat` last showed.
+    pub fn gauges(&self) -> crate::metrics::Gauges {
+        let mut gauges = crate::metrics::Gauges {
+            read_ahead_budget_bytes: self.budget.total_bytes(),
+            read_ahead_bytes: self
+                .budget
+                .total_bytes()
+                .saturating_sub(self.budget.available_bytes()),
+            ..Default::default()
+        };
+        if let Some(disk) = self.reader.disk() {
+            gauges.cache_bytes = disk.size();
+            gauges.cache_max_bytes = disk.max_bytes();
+        }
+        for entry in self.staged.all() {
+            if entry.is_unlinked() {
+                continue;
+            }
+            gauges.staged_files += 1;
+            let (pending, size) = match entry.file.try_lock() {
+                Ok(file) => (file.is_dirty(), file.size()),
+                Err(_) => (true, lock(&entry.seen).size),
+            };
+            if pending {
+                gauges.pending_uploads += 1;
+                gauges.pending_upload_bytes += size;
+            }
+        }
+        gauges
+    }
+
     /// Creates and opens a file (open with O_CREAT). An existing file is opened instead, unless
     /// O_EXCL. The new file exists on this mount at once, in S3 from its first close.
     pub async fn create(&self, parent: u64, name: &OsStr, flags: i32) -> Result<(Attr, Opened), FsError> {

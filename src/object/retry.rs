@@ -142,14 +142,21 @@ impl<C: ObjectClient> RetryClient<C> {
         let mut number = 1;
         let mut retried = false;
         loop {
-            let error = match tokio::time::timeout(timeout, attempt()).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(error)) => error,
-                Err(_) => ObjectError::TimedOut(format!(
+            let started = Instant::now();
+            let result = match tokio::time::timeout(timeout, attempt()).await {
+                Ok(result) => result,
+                Err(_) => Err(ObjectError::TimedOut(format!(
                     "{} of {} got no answer within {timeout:?}",
                     request.op.name(),
                     request.key
-                )),
+                ))),
+            };
+            // Every attempt of every request passes here, timed-out ones included: the one
+            // place S3 requests are counted.
+            crate::metrics::s3_request(request.op, crate::metrics::outcome_of(&result), started.elapsed());
+            let error = match result {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
             };
             let pause = self.policy.backoff(number + 1);
             let out_of_time = first.elapsed() + pause > self.policy.max_retry_time;
@@ -162,6 +169,7 @@ impl<C: ObjectClient> RetryClient<C> {
             }
             tracing::debug!(op = request.op.name(), key = request.key, attempt = number, ?pause,
                 %error, "S3 request failed; trying again");
+            crate::metrics::s3_retry(request.op);
             tokio::time::sleep(pause).await;
             number += 1;
             retried = true;
