@@ -197,16 +197,18 @@ impl BlockReader {
         (owned, waiting)
     }
 
-    /// One ranged GET for a run of blocks; publishes each block to waiters and the disk cache.
-    async fn get_run(
+    /// One ranged GET for a run of blocks, of exactly the run's bytes (a short body is an
+    /// error), counted; the blocks sliced out of it. Both the readers' path and [`Self::fill`]
+    /// fetch through here.
+    async fn get_blocks(
         &self,
         object: &ObjectVersion,
         run: Range<u64>,
-        owned: &mut InFlightGuard<'_>,
     ) -> Result<Vec<(u64, Bytes)>, ObjectError> {
         let range = run.start * BLOCK_SIZE..(run.end * BLOCK_SIZE).min(object.size);
+        let expected = range.end - range.start;
         self.counters.get_requests.fetch_add(1, Ordering::Relaxed);
-        let fetched = self
+        let data = self
             .client
             .get_version_range(
                 &object.key,
@@ -214,39 +216,41 @@ impl BlockReader {
                 range.clone(),
                 Some(&object.etag),
             )
-            .await;
-        let data = match fetched {
-            Ok(data) if data.len() as u64 == range.end - range.start => data,
-            Ok(data) => {
-                let error = ObjectError::Service {
-                    code: "ShortRead".into(),
-                    message: format!(
-                        "asked {} bytes of {}, got {}",
-                        range.end - range.start,
-                        object.key,
-                        data.len()
-                    ),
-                };
-                owned.publish_error(run, &error);
-                return Err(error);
-            }
+            .await?;
+        if data.len() as u64 != expected {
+            return Err(ObjectError::Service {
+                code: "ShortRead".into(),
+                message: format!("asked {expected} bytes of {}, got {}", object.key, data.len()),
+            });
+        }
+        self.counters.get_bytes.fetch_add(expected, Ordering::Relaxed);
+        crate::metrics::bytes_read(crate::metrics::ReadSource::S3, expected);
+        Ok(run
+            .map(|block| {
+                let start = ((block * BLOCK_SIZE) - range.start) as usize;
+                let end = (start + BLOCK_SIZE as usize).min(data.len());
+                (block, data.slice(start..end))
+            })
+            .collect())
+    }
+
+    /// One ranged GET for a run of blocks; publishes each block to waiters and the disk cache.
+    async fn get_run(
+        &self,
+        object: &ObjectVersion,
+        run: Range<u64>,
+        owned: &mut InFlightGuard<'_>,
+    ) -> Result<Vec<(u64, Bytes)>, ObjectError> {
+        let blocks = match self.get_blocks(object, run.clone()).await {
+            Ok(blocks) => blocks,
             Err(error) => {
                 owned.publish_error(run, &error);
                 return Err(error);
             }
         };
-        self.counters
-            .get_bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        crate::metrics::bytes_read(crate::metrics::ReadSource::S3, data.len() as u64);
-        let mut blocks = Vec::new();
-        for block in run {
-            let start = ((block * BLOCK_SIZE) - range.start) as usize;
-            let end = (start + BLOCK_SIZE as usize).min(data.len());
-            let bytes = data.slice(start..end);
-            owned.publish(block, Ok(bytes.clone()));
-            self.store_in_background(object, block, bytes.clone(), owned);
-            blocks.push((block, bytes));
+        for (block, bytes) in &blocks {
+            owned.publish(*block, Ok(bytes.clone()));
+            self.store_in_background(object, *block, bytes.clone(), owned);
         }
         Ok(blocks)
     }
@@ -350,33 +354,11 @@ impl BlockReader {
         run: Range<u64>,
         disk: &Arc<DiskCache>,
     ) -> Result<u64, ObjectError> {
-        let range = run.start * BLOCK_SIZE..(run.end * BLOCK_SIZE).min(object.size);
-        let expected = range.end - range.start;
-        self.counters.get_requests.fetch_add(1, Ordering::Relaxed);
-        let data = self
-            .client
-            .get_version_range(
-                &object.key,
-                object.version_id.as_deref(),
-                range,
-                Some(&object.etag),
-            )
-            .await?;
-        if data.len() as u64 != expected {
-            return Err(ObjectError::Service {
-                code: "ShortRead".into(),
-                message: format!("asked {expected} bytes of {}, got {}", object.key, data.len()),
-            });
-        }
-        self.counters.get_bytes.fetch_add(expected, Ordering::Relaxed);
-        crate::metrics::bytes_read(crate::metrics::ReadSource::S3, expected);
-        let first = run.start;
-        let named: Vec<(BlockName, Bytes)> = run
-            .map(|block| {
-                let start = ((block - first) * BLOCK_SIZE) as usize;
-                let end = (start + BLOCK_SIZE as usize).min(data.len());
-                (block_name(&*self.client, object, block), data.slice(start..end))
-            })
+        let blocks = self.get_blocks(object, run).await?;
+        let fetched = blocks.iter().map(|(_, bytes)| bytes.len() as u64).sum();
+        let named: Vec<(BlockName, Bytes)> = blocks
+            .into_iter()
+            .map(|(block, bytes)| (block_name(&*self.client, object, block), bytes))
             .collect();
         let disk = disk.clone();
         tokio::task::spawn_blocking(move || {
@@ -389,7 +371,7 @@ impl BlockReader {
             code: "CacheWrite".into(),
             message: e.to_string(),
         })?;
-        Ok(expected)
+        Ok(fetched)
     }
 }
 

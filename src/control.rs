@@ -137,8 +137,10 @@ pub fn find_in_mountinfo(mountinfo: &str, path: &Path) -> Option<FoundMount> {
     })
 }
 
-/// mountinfo writes space, tab, newline and backslash as `\040`-style octal.
-fn unescape_mountinfo(field: &str) -> String {
+/// A field of /proc/self/mountinfo as it is: the kernel writes space, tab, newline and
+/// backslash as `\ooo` octal escapes. Byte for byte, so a non-UTF-8 mount point survives.
+pub fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -155,12 +157,12 @@ fn unescape_mountinfo(field: &str) -> String {
                     .fold(0u8, |code, d| code.wrapping_mul(8).wrapping_add(d - b'0')),
             );
             i += 4;
-            continue;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
         }
-        out.push(bytes[i]);
-        i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    std::ffi::OsString::from_vec(out)
 }
 
 /// What the server needs to know about its mount.

@@ -55,15 +55,18 @@ impl FuseAdapter {
                     metrics::fuse_request(op, 0, started.elapsed());
                     reply.respond(value, ttl);
                 }
-                Err(error) => {
-                    let errno = error.errno();
-                    metrics::fuse_request(op, errno, started.elapsed());
-                    log_failure(&fs, op, ino, errno, &error);
-                    reply.fail(Errno::from_i32(errno));
-                }
+                Err(error) => reply.fail(failed(&fs, op, ino, started, &error)),
             }
         });
     }
+}
+
+/// Counts, times and logs a request that failed; the errno to answer with.
+fn failed(fs: &S3Fs, op: &'static str, ino: u64, started: std::time::Instant, error: &FsError) -> Errno {
+    let errno = error.errno();
+    metrics::fuse_request(op, errno, started.elapsed());
+    log_failure(fs, op, ino, errno, error);
+    Errno::from_i32(errno)
 }
 
 /// Logs a failed request once, at the level its errno deserves, with the path it was about
@@ -372,12 +375,7 @@ impl Filesystem for FuseAdapter {
                     metrics::fuse_request("readdir", 0, started.elapsed());
                     reply.ok();
                 }
-                Err(error) => {
-                    let errno = error.errno();
-                    metrics::fuse_request("readdir", errno, started.elapsed());
-                    log_failure(&fs, "readdir", ino.0, errno, &error);
-                    reply.error(Errno::from_i32(errno));
-                }
+                Err(error) => reply.error(failed(&fs, "readdir", ino.0, started, &error)),
             }
         });
     }

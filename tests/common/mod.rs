@@ -11,9 +11,9 @@
 pub mod fault_proxy;
 
 use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
@@ -364,39 +364,15 @@ pub fn mounts() -> Vec<MountInfo> {
             let fields: Vec<&str> = before.split(' ').collect();
             let after: Vec<&str> = after.split(' ').collect();
             Some(MountInfo {
-                mount_point: PathBuf::from(unescape_mountinfo(fields.get(4)?)),
+                mount_point: PathBuf::from(s3mount::control::unescape_mountinfo(fields.get(4)?)),
                 options: (*fields.get(5)?).to_owned(),
                 fs_type: (*after.first()?).to_owned(),
-                source: unescape_mountinfo(after.get(1)?).into_string().ok()?,
+                source: s3mount::control::unescape_mountinfo(after.get(1)?)
+                    .into_string()
+                    .ok()?,
             })
         })
         .collect()
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo` octal escapes.
-fn unescape_mountinfo(field: &str) -> OsString {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        if bytes[i] == b'\\'
-            && let Some(digits) = octal
-        {
-            out.push(
-                digits
-                    .iter()
-                    .fold(0u8, |code, d| code.wrapping_mul(8).wrapping_add(d - b'0')),
-            );
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    OsString::from_vec(out)
 }
 
 /// The mount on `path`, if there is one.
