@@ -27,7 +27,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, EncodingType, MetadataDirective,
@@ -696,14 +696,17 @@ impl S3Client {
     fn map_error<E, R>(&self, error: SdkError<E, R>, key: &str) -> ObjectError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug + HttpStatus,
+        R: std::fmt::Debug + HttpStatus + 'static,
     {
-        let described = DisplayErrorContext(&error).to_string();
+        let described = source_chain(&error);
         match &error {
             SdkError::ServiceError(context) => classify_service_error(
                 context.raw().http_status(),
                 context.err().code(),
-                context.err().message().unwrap_or(&described),
+                &with_request_id(
+                    context.err().message().unwrap_or(&described),
+                    context.raw().request_id(),
+                ),
                 &self.bucket,
                 key,
             ),
@@ -728,14 +731,47 @@ impl S3Client {
     }
 }
 
-/// The HTTP status of a raw response, whatever response type the SDK error carries.
+/// An error and its causes, as one line: "dispatch failure: io error: Connection refused". (The
+/// SDK's DisplayErrorContext appends a Debug dump of the whole error, response headers and
+/// all, which no one reading a log line or a mount's one-line error should have to read.)
+fn source_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        // Wrappers often repeat their cause's text; say it once.
+        if !text.is_empty() && !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = next.source();
+    }
+    line
+}
+
+/// What an error needs of a raw response, whatever response type the SDK error carries.
 trait HttpStatus {
     fn http_status(&self) -> u16;
+    /// S3's `x-amz-request-id`: what AWS support asks for about a failed request.
+    fn request_id(&self) -> Option<&str>;
 }
 
 impl HttpStatus for aws_smithy_runtime_api::http::Response {
     fn http_status(&self) -> u16 {
         self.status().as_u16()
+    }
+
+    fn request_id(&self) -> Option<&str> {
+        self.headers().get("x-amz-request-id")
+    }
+}
+
+/// The server's message with the request id it gave, so that the one log line of a failure
+/// names what to quote to the provider.
+fn with_request_id(message: &str, request_id: Option<&str>) -> String {
+    match request_id.filter(|id| !id.is_empty()) {
+        Some(id) => format!("{message} (request id {id})"),
+        None => message.to_owned(),
     }
 }
 
@@ -875,6 +911,41 @@ mod tests {
             "b/a%20b%2Bc%3Fd%23e%25f%26g%3Dh"
         );
         assert_eq!(copy_source("b", "é/ü"), "b/%C3%A9/%C3%BC");
+    }
+
+    #[test]
+    fn an_error_is_one_line_of_its_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("dispatch failure")]
+        struct Outer(#[source] std::io::Error);
+        let error = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused",
+        ));
+        assert_eq!(source_chain(&error), "dispatch failure: Connection refused");
+    }
+
+    #[test]
+    fn a_request_id_is_kept_in_the_message() {
+        assert_eq!(
+            with_request_id("busy", Some("4442587FB7D0A2F9")),
+            "busy (request id 4442587FB7D0A2F9)"
+        );
+        assert_eq!(with_request_id("busy", Some("")), "busy");
+        assert_eq!(with_request_id("busy", None), "busy");
+
+        let mut response = aws_smithy_runtime_api::http::Response::new(
+            503.try_into().expect("a status"),
+            aws_smithy_types::body::SdkBody::empty(),
+        );
+        assert_eq!(response.request_id(), None);
+        response
+            .headers_mut()
+            .insert("x-amz-request-id", "4442587FB7D0A2F9");
+        assert_eq!(
+            (response.http_status(), response.request_id()),
+            (503, Some("4442587FB7D0A2F9"))
+        );
     }
 
     #[test]
