@@ -749,15 +749,7 @@ fn sigterm_unmounts_a_foreground_mount_and_exits_0() {
         io::Error::last_os_error()
     );
     let status = common::wait_for_exit(child, "s3mount --foreground after SIGTERM");
-    assert!(
-        status.success(),
-        "exit status after SIGTERM: {status}\nlog:\n{}",
-        mount.log_text()
-    );
-    assert!(
-        !is_mounted(mount.path()),
-        "the mount is gone once the process has exited"
-    );
+    mount.assert_stopped_cleanly(status, "after SIGTERM");
 }
 
 /// Sends `signal` to the daemon of a background mount: the mount must go away and the daemon exit.

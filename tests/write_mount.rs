@@ -935,28 +935,39 @@ fn read_only_mount_refuses_every_change_with_erofs() {
 // ---------------------------------------------------------------------------------------------
 // Durability
 
+/// What systemd's stop does to a node writing a checkpoint: SIGTERM while a 500 MiB file's
+/// close is uploading. The close succeeds, the object is whole, and the daemon exits 0 with the
+/// mount gone (the unit then stops cleanly instead of being SIGKILLed).
 #[test]
-fn sigterm_finishes_an_upload_in_flight() {
+fn sigterm_during_a_500_mib_close_finishes_it_and_exits_0() {
+    const CHUNKS: u64 = 500;
     let prefix = TestPrefix::new("w-sigterm");
-    let mount = Mount::start(&[&prefix.source()], &[]);
-    let mut dd = DdWriter::start(
-        &mount.join("big.bin"),
-        (0..100).map(|i| pseudo_random(7_000 + i, MIB)),
-    );
+    let mut mount = Mount::foreground(&[&prefix.source()], &[]);
+    let chunk = |i: u64| pseudo_random(7_000 + i, MIB);
+    let mut dd = DdWriter::start(&mount.join("big.bin"), (0..CHUNKS).map(chunk));
     dd.wait_until_closing();
 
-    signal_daemon(&mount, libc::SIGTERM);
-    let closed = dd.finish();
-    // The daemon must not have exited before the upload was done, whatever close said.
-    let expected: Vec<u8> = (0..100).flat_map(|i| pseudo_random(7_000 + i, MIB)).collect();
-    match prefix.get("big.bin") {
-        None => panic!("big.bin is not in the bucket after SIGTERM (dd: {closed:?})"),
-        Some(body) => assert_same_bytes(
-            &body,
-            &expected,
-            &format!("big.bin after SIGTERM (dd: {closed:?})"),
-        ),
+    let pid = i32::try_from(mount.child().expect("a foreground child").id()).expect("a pid");
+    // SAFETY: signalling the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert_eq!(dd.finish(), Ok(()), "the close in flight at SIGTERM succeeds");
+    let child = mount.child().expect("a foreground child");
+    let status = wait_long_for_exit(child, "s3mount --foreground after SIGTERM");
+    mount.assert_stopped_cleanly(status, "after SIGTERM");
+
+    let body = prefix
+        .get("big.bin")
+        .expect("big.bin is in the bucket after SIGTERM");
+    assert_eq!(body.len() as u64, CHUNKS * MIB as u64, "size of big.bin");
+    for (i, part) in body.chunks(MIB).enumerate() {
+        assert_same_bytes(part, &chunk(i as u64), &format!("MiB {i} of big.bin"));
     }
+}
+
+/// [`common::wait_for_exit`] with the bound of large writes: a 500 MiB upload drains first.
+fn wait_long_for_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    wait_long(what, || child.try_wait().is_ok_and(|status| status.is_some()));
+    child.wait().expect("waiting for the daemon")
 }
 
 #[test]

@@ -396,6 +396,22 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+impl Mount {
+    /// What a stop must end in: `status` (the foreground daemon's exit) is 0, and the mount is
+    /// gone with it.
+    pub fn assert_stopped_cleanly(&self, status: ExitStatus, what: &str) {
+        assert!(
+            status.success(),
+            "exit status of s3mount {what}: {status}\nlog:\n{}",
+            self.log_text()
+        );
+        assert!(
+            !is_mounted(self.path()),
+            "s3mount exited {what} and left its mount behind"
+        );
+    }
+}
+
 /// Waits for a child to exit, killing it (and failing) after [`WAIT`].
 pub fn wait_for_exit(child: &mut Child, what: &str) -> ExitStatus {
     let deadline = Instant::now() + WAIT;
@@ -525,8 +541,19 @@ impl Mount {
 
     /// Mounts `source` with `--foreground` as a child process and waits for the mount to appear.
     pub fn foreground(source: &[&str], extra: &[&str]) -> Mount {
+        Self::foreground_with(source, extra, |_, _| {})
+    }
+
+    /// Like [`Mount::foreground`], with `configure` given the command and the mount point before
+    /// the daemon starts: to give it an environment (`NOTIFY_SOCKET`) or to watch the path.
+    pub fn foreground_with(
+        source: &[&str],
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command, &Path),
+    ) -> Mount {
         let (mount_dir, path, log_dir, log) = Self::dirs();
-        let child = s3mount_command()
+        let mut command = s3mount_command();
+        command
             .args(source)
             .arg(&path)
             .args(endpoint_args_unless_given(extra))
@@ -538,9 +565,9 @@ impl Mount {
             .args(extra)
             .env("XDG_CACHE_HOME", log_dir.path().join("xdg-cache"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting s3mount --foreground");
+            .stderr(Stdio::null());
+        configure(&mut command, &path);
+        let child = command.spawn().expect("starting s3mount --foreground");
         let mut mount = Mount {
             path,
             log,
