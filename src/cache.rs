@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Semaphore, watch};
 
-use crate::object::{ObjectClient, ObjectError};
+use crate::object::{ObjectClient, ObjectError, ObjectHead};
 use disk::{BlockName, DiskCache};
 
 /// The cache's unit: 1 MiB, as Mountpoint. Small enough that a random 4 KiB read costs one
@@ -195,6 +195,53 @@ impl BlockReader {
             }
         }
         (owned, waiting)
+    }
+
+    /// Whether the disk cache holds the first block of `key` at `etag`: then an open that
+    /// finds that version current reads it from disk, and needs only S3's head.
+    pub fn has_first_block(&self, key: &str, etag: &str) -> bool {
+        let Some(disk) = &self.disk else { return false };
+        let object = ObjectVersion {
+            key: key.to_owned(),
+            etag: etag.to_owned(),
+            size: 0,
+            version_id: None,
+        };
+        disk.contains(&block_name(&*self.client, &object, 0))
+    }
+
+    /// Opens the current version of `key` with one GetObject of its first block
+    /// ([`ObjectClient::get_start`]): its head, and that block (the whole object when it is
+    /// smaller), which goes to the disk cache and to waiting readers as any fetched block does,
+    /// and is returned for the opener's first reads.
+    pub async fn open_with_first_block(&self, key: &str) -> Result<(ObjectHead, Bytes), ObjectError> {
+        self.counters.get_requests.fetch_add(1, Ordering::Relaxed);
+        let start = self.client.get_start(key, BLOCK_SIZE).await?;
+        let head = start.head;
+        let expected = BLOCK_SIZE.min(head.size);
+        if start.data.len() as u64 != expected {
+            return Err(ObjectError::Service {
+                code: "ShortRead".into(),
+                message: format!("asked {expected} bytes of {key}, got {}", start.data.len()),
+            });
+        }
+        self.counters.get_bytes.fetch_add(expected, Ordering::Relaxed);
+        crate::metrics::bytes_read(crate::metrics::ReadSource::S3, expected);
+        if expected > 0 {
+            let object = ObjectVersion {
+                key: key.to_owned(),
+                etag: head.etag.clone(),
+                size: head.size,
+                version_id: head.version_id.clone(),
+            };
+            let (mut owned, _already_in_flight) = self.claim(&object, &[0]);
+            if owned.senders.contains_key(&0) {
+                self.counters.cache_miss_blocks.fetch_add(1, Ordering::Relaxed);
+                owned.publish(0, Ok(start.data.clone()));
+                self.store_in_background(&object, 0, start.data.clone(), &mut owned);
+            }
+        }
+        Ok((head, start.data))
     }
 
     /// One ranged GET for a run of blocks, of exactly the run's bytes (a short body is an

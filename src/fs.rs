@@ -461,7 +461,9 @@ impl S3Fs {
     async fn open_for_read(&self, ino: u64, path: &Arc<str>) -> Result<Opened, FsError> {
         let key = self.config.root.file_key(path);
         let sent = self.metadata.stamp();
-        let head = self.head_for_open(path, &key).await?;
+        let known = self.metadata.get(path).flatten();
+        let (mut head, first) = self.ask_for_open(path, &key, known.as_ref()).await?;
+        keep_known_checksum(&mut head, known.as_ref());
         let fresh = file_entry_from_head(&head);
         let version = fresh.fingerprint();
         self.forget_stale_kernel_view(ino, &fresh);
@@ -473,12 +475,15 @@ impl S3Fs {
             size: head.size,
             version_id: head.version_id,
         };
-        let prefetcher = Prefetcher::new(
+        let mut prefetcher = Prefetcher::new(
             self.reader.clone(),
             self.budget.clone(),
             self.config.read_ahead.clone(),
             object,
         );
+        if let Some(first) = first {
+            prefetcher.seed_start(first);
+        }
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let file = OpenFile {
             ino,
@@ -534,16 +539,54 @@ impl S3Fs {
         }
     }
 
-    /// The object an open finds (close-to-open: always asked); a vanished one is forgotten.
+    /// The object an open finds (close-to-open: always asked of S3), in one request; a vanished
+    /// one is forgotten. For a file this mount last saw (listed, or looked up within the
+    /// metadata TTL) holding at most one block, a GET of the first block, which the first read
+    /// needs anyway and which comes with the head, rather than a HEAD and then that GET: a round
+    /// trip saved per file, most of the time of reading small files from an S3 tens of
+    /// milliseconds away. A HEAD otherwise: when it was larger (how it will be read is not
+    /// known: a random 4 KiB read of a large file must not pay for a first block it does not
+    /// want), empty, not seen (`--metadata-ttl 0`), or when the disk cache holds the first
+    /// block of the version last seen (a warm cache).
+    async fn ask_for_open(
+        &self,
+        path: &str,
+        key: &str,
+        known: Option<&Entry>,
+    ) -> Result<(ObjectHead, Option<Bytes>), FsError> {
+        let get_first_block = known.is_some_and(|entry| {
+            (1..=crate::cache::BLOCK_SIZE).contains(&entry.size)
+                && !entry
+                    .etag
+                    .as_deref()
+                    .is_some_and(|etag| self.reader.has_first_block(key, etag))
+        });
+        let answer = if get_first_block {
+            self.reader
+                .open_with_first_block(key)
+                .await
+                .map(|(head, first)| (head, Some(first)))
+        } else {
+            self.client.head(key).await.map(|head| (head, None))
+        };
+        answer.map_err(|error| self.open_failed(path, error))
+    }
+
+    /// The object an open for writing finds (close-to-open: always asked).
     async fn head_for_open(&self, path: &str, key: &str) -> Result<ObjectHead, FsError> {
-        match self.client.head(key).await {
-            Ok(head) => Ok(head),
-            Err(ObjectError::NoSuchKey(_)) => {
-                self.metadata.forget(path);
-                Err(FsError::NotFound)
-            }
-            Err(error) => Err(error.into()),
+        self.client
+            .head(key)
+            .await
+            .map_err(|error| self.open_failed(path, error))
+    }
+
+    /// An open's request failed: a vanished object is forgotten, and ENOENT.
+    fn open_failed(&self, path: &str, error: ObjectError) -> FsError {
+        if let ObjectError::NoSuchKey(_) = error {
+            self.metadata.forget(path);
+            return FsError::NotFound;
         }
+        error.into()
     }
 
     fn handle(&self, handle: u64) -> Result<Handle, FsError> {
@@ -963,6 +1006,20 @@ fn file_entry_from_head(head: &ObjectHead) -> Entry {
             version_id: head.version_id.clone(),
             checksum_crc32c: head.checksum_crc32c.clone(),
         })),
+    }
+}
+
+/// A GET's answer carries no whole-object checksum: keep the one a HEAD of the same version
+/// told earlier, so `user.s3.checksum_crc32c` does not vanish because the file was opened.
+fn keep_known_checksum(head: &mut ObjectHead, known: Option<&Entry>) {
+    if head.checksum_crc32c.is_some() {
+        return;
+    }
+    let Some(known) = known.filter(|entry| entry.etag.as_deref() == Some(head.etag.as_str())) else {
+        return;
+    };
+    if let Some(details) = &known.details {
+        head.checksum_crc32c = details.checksum_crc32c.clone();
     }
 }
 

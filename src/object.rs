@@ -53,6 +53,17 @@ pub struct ListPage {
     pub next_continuation_token: Option<String>,
 }
 
+/// The first bytes of the current version of an object and its head, as one GetObject answers
+/// them: what an open for reading needs (see [`ObjectClient::get_start`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectStart {
+    /// The object's head. A GET's answer carries no whole-object checksum: `checksum_crc32c`
+    /// is `None` there, whatever the object has.
+    pub head: ObjectHead,
+    /// Its first `min(len, size)` bytes.
+    pub data: Bytes,
+}
+
 /// What HeadObject tells about one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectHead {
@@ -276,6 +287,24 @@ pub trait ObjectClient: Send + Sync + 'static {
         if_match: Option<&str>,
     ) -> Result<Bytes, ObjectError>;
 
+    /// The head and the first `len` bytes of the current version of `key`. S3 answers both in
+    /// one GetObject of `bytes=0-(len-1)`: an open that needs both (close-to-open asks S3 for the
+    /// current version; the first read then needs its first bytes) makes one round trip, not a
+    /// HEAD and then a GET. This default makes those two requests, the GET pinned to the head's
+    /// ETag (and version); clients that can do it in one override it.
+    async fn get_start(&self, key: &str, len: u64) -> Result<ObjectStart, ObjectError> {
+        let head = self.head(key).await?;
+        let data = self
+            .get_version_range(
+                key,
+                head.version_id.as_deref(),
+                0..len.min(head.size),
+                Some(&head.etag),
+            )
+            .await?;
+        Ok(ObjectStart { head, data })
+    }
+
     /// One ListObjectVersions page.
     async fn list_versions(&self, request: &VersionListRequest) -> Result<VersionPage, ObjectError>;
 
@@ -426,6 +455,10 @@ impl<T: ObjectClient + ?Sized> ObjectClient for std::sync::Arc<T> {
         if_match: Option<&str>,
     ) -> Result<Bytes, ObjectError> {
         (**self).get_version_range(key, version_id, range, if_match).await
+    }
+
+    async fn get_start(&self, key: &str, len: u64) -> Result<ObjectStart, ObjectError> {
+        (**self).get_start(key, len).await
     }
 
     async fn list_versions(&self, request: &VersionListRequest) -> Result<VersionPage, ObjectError> {

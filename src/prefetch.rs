@@ -122,6 +122,31 @@ impl Prefetcher {
         }
     }
 
+    /// Starts with the object's first bytes already here (the open's GET brought them), so
+    /// the first reads wait for nothing. They hold read-ahead budget as any part does; with none
+    /// to spare now they are not kept, and the first read finds them in the block cache (or
+    /// fetches them again without one).
+    pub fn seed_start(&mut self, first: Bytes) {
+        if first.is_empty() || !self.parts.is_empty() {
+            return;
+        }
+        let len = first.len() as u64;
+        let Some(permit) = self.budget.try_reserve(len) else {
+            return;
+        };
+        let (sender, receiver) = watch::channel(None);
+        let task = tokio::spawn(async move {
+            sender.send_replace(Some(Ok(first)));
+        });
+        self.parts.push_back(Part {
+            range: 0..len,
+            result: receiver,
+            task,
+            _permit: Some(permit),
+        });
+        self.fetched_to = block_ceil(len);
+    }
+
     pub fn object(&self) -> &ObjectVersion {
         &self.object
     }

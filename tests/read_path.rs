@@ -19,6 +19,7 @@ use std::sync::{Arc, Barrier};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
+use common::metrics::{MetricsEndpoint, Scrape};
 use common::{Mount, TestPrefix, assert_fails_before_mount, pseudo_random, settings};
 
 const KIB: usize = 1024;
@@ -545,6 +546,56 @@ fn a_random_4k_read_costs_one_block() {
         "a random 4 KiB read must cost one 1 MiB block, not read-ahead: {stats:?}"
     );
     assert_eq!(stats.get_requests, 1, "one GET: {stats:?}");
+}
+
+/// `find | xargs cat` over small files: each open is the one GET that brings the whole file
+/// (its head comes with it), and close-to-open still holds: a file replaced after the listing
+/// reads as its new self, and reading it again after its replacement does too.
+#[test]
+fn small_files_cost_one_get_each_and_a_replacement_after_the_listing_is_seen() {
+    let prefix = TestPrefix::new("small-one-get");
+    let files: Vec<(String, Vec<u8>)> = (0..20u64)
+        .map(|i| {
+            (
+                format!("d/f{i:02}"),
+                pseudo_random(100 + i, 10 * KIB + i as usize),
+            )
+        })
+        .collect();
+    for (name, data) in &files {
+        prefix.put(name, data.clone());
+    }
+    let (_parent, cache) = cache_dir();
+    let endpoint = MetricsEndpoint::on_free_port();
+    let addr = endpoint.arg();
+    let mut options = vec!["--metrics-addr", &addr];
+    options.extend(cache_options(&cache));
+    let mount = Mount::start(&[&prefix.source()], &options);
+    let listed = std::fs::read_dir(mount.join("d")).expect("listing d").count();
+    assert_eq!(listed, files.len());
+    let before = endpoint.wait_until_answering(&mount);
+
+    let replaced = pseudo_random(999, 30 * KIB);
+    prefix.put(&files[0].0, replaced.clone());
+    for (i, (name, data)) in files.iter().enumerate() {
+        let read = std::fs::read(mount.join(name)).expect("reading a small file");
+        let expected = if i == 0 { &replaced } else { data };
+        assert!(
+            read == *expected,
+            "{name} reads as the object is now ({} bytes)",
+            read.len()
+        );
+    }
+    let heads = |scrape: &Scrape| scrape.sum("s3mount_s3_requests_total", &[("operation", "HeadObject")]);
+    let after = endpoint.scrape(&mount);
+    assert_eq!(heads(&after) - heads(&before), 0.0, "the opens send no HEAD");
+    let stats = unmount_for_stats(mount);
+    eprintln!("20 small files: {stats:?}");
+    assert_eq!(
+        stats.get_requests,
+        files.len() as u64,
+        "one GET per file: {stats:?}"
+    );
 }
 
 /// A file's SHA-256 and length.

@@ -408,10 +408,14 @@ async fn server_errors_become_errors_not_panics() {
     };
     fs.readdir(d.ino, handle, 2, &mut add).await.unwrap();
     assert_eq!(names, vec!["f"]);
+    // The open's GET (of the first block) fails: the open does, with EIO; the next one works.
     client.fail_next(Op::Get, 1, ObjectError::Unreachable("reset".into()));
     let f = lookup_path(&fs, "d/f").await.unwrap();
+    assert_eq!(
+        fs.open(f.ino, libc::O_RDONLY).await.unwrap_err().errno(),
+        libc::EIO
+    );
     let handle = fs.open(f.ino, libc::O_RDONLY).await.unwrap().handle;
-    assert_eq!(fs.read(handle, 0, 10).await.unwrap_err().errno(), libc::EIO);
     assert_eq!(&fs.read(handle, 0, 10).await.unwrap()[..], b"x");
 }
 
@@ -956,4 +960,132 @@ async fn a_listing_sent_before_an_unlink_does_not_bring_the_file_back() {
         1,
         "its other entries are kept"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Opening for reading: one request
+
+/// Bytes of `len` that differ at every offset a block boundary could misplace.
+fn patterned(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ (i / 4096) as u8).collect()
+}
+
+/// Reads the whole file as the kernel does, 128 KiB at a time.
+async fn read_handle(fs: &S3Fs, handle: u64, size: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(size);
+    while data.len() < size {
+        let chunk = fs.read(handle, data.len() as u64, 128 << 10).await.unwrap();
+        assert!(!chunk.is_empty(), "a read before the end returned nothing");
+        data.extend_from_slice(&chunk);
+    }
+    data
+}
+
+#[tokio::test]
+async fn an_open_for_reading_is_one_get_and_a_small_file_needs_no_other_request() {
+    let client = Arc::new(Bucket::memory("b"));
+    let body = patterned(100 << 10);
+    client.put_object("small.bin", body.clone());
+    let fs = mount(&client, "");
+    let ino = lookup_path(&fs, "small.bin").await.unwrap().ino;
+    let (heads, gets) = (client.calls(Op::Head), client.calls(Op::Get));
+
+    let handle = fs.open(ino, libc::O_RDONLY).await.unwrap().handle;
+    assert_eq!(client.calls(Op::Head) - heads, 0, "the open sends no HEAD");
+    assert_eq!(client.calls(Op::Get) - gets, 1, "the open is one GET");
+    assert_eq!(read_handle(&fs, handle, body.len()).await, body);
+    assert_eq!(fs.read(handle, body.len() as u64, 4096).await.unwrap().len(), 0);
+    assert_eq!(
+        client.calls(Op::Get) - gets,
+        1,
+        "the reads are served by the open's GET"
+    );
+}
+
+#[tokio::test]
+async fn a_file_listed_larger_than_a_block_opens_with_a_head() {
+    let client = Arc::new(Bucket::memory("b"));
+    let body = patterned((3 << 20) + 5);
+    client.put_object("big.bin", body.clone());
+    let fs = mount(&client, "");
+    let ino = lookup_path(&fs, "big.bin").await.unwrap().ino;
+    let (heads, gets) = (client.calls(Op::Head), client.calls(Op::Get));
+    let handle = fs.open(ino, libc::O_RDONLY).await.unwrap().handle;
+    // How it will be read is not known: a random reader wants no first block.
+    assert_eq!(client.calls(Op::Head) - heads, 1, "the open is a HEAD");
+    assert_eq!(client.calls(Op::Get) - gets, 0, "and fetches nothing");
+    assert_eq!(read_handle(&fs, handle, body.len()).await, body);
+    // A backward seek into the first block after reading on.
+    assert_eq!(&fs.read(handle, 10, 20).await.unwrap()[..], &body[10..30]);
+}
+
+#[tokio::test]
+async fn an_empty_file_opens_and_reads_as_empty() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("empty", Vec::<u8>::new());
+    let fs = mount(&client, "");
+    let ino = lookup_path(&fs, "empty").await.unwrap().ino;
+    let handle = fs.open(ino, libc::O_RDONLY).await.unwrap().handle;
+    assert_eq!(fs.read(handle, 0, 4096).await.unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn an_open_by_get_sees_the_object_replaced_since_the_listing() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("f", "old contents");
+    let fs = mount(&client, "");
+    let ino = lookup_path(&fs, "f").await.unwrap().ino;
+    client.put_object("f", "the new contents, longer");
+    let handle = fs.open(ino, libc::O_RDONLY).await.unwrap().handle;
+    assert_eq!(
+        &fs.read(handle, 0, 4096).await.unwrap()[..],
+        b"the new contents, longer"
+    );
+    let attr = fs.getattr(ino).await.unwrap();
+    assert_eq!(attr.size, 24, "the open's answer updates the size");
+    fs.release(handle).await;
+
+    // Replaced by a file of several blocks: the open's GET brings the first, reads go on.
+    let body = patterned((2 << 20) + 3);
+    client.put_object("f", body.clone());
+    let handle = fs.open(ino, libc::O_RDONLY).await.unwrap().handle;
+    assert_eq!(read_handle(&fs, handle, body.len()).await, body);
+    assert_eq!(fs.getattr(ino).await.unwrap().size, body.len() as u64);
+}
+
+#[tokio::test]
+async fn an_open_whose_first_block_is_cached_sends_a_head_and_no_get() {
+    let client = Arc::new(Bucket::memory("b"));
+    let body = patterned(300 << 10);
+    client.put_object("f", body.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let limits = crate::cache::disk::DiskCacheLimits {
+        max_bytes: 1 << 30,
+        min_free_bytes: 0,
+    };
+    let disk = Arc::new(crate::cache::disk::DiskCache::open(dir.path(), limits).unwrap());
+    let fs = S3Fs::new(client.clone(), config(""), Some(disk.clone()), None);
+    let ino = lookup_path(&fs, "f").await.unwrap().ino;
+    let handle = fs.open(ino, libc::O_RDONLY).await.unwrap().handle;
+    assert_eq!(read_handle(&fs, handle, body.len()).await, body);
+    fs.release(handle).await;
+    // The block goes to disk in the background.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while disk.size() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first block never reached the disk cache"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let (heads, gets) = (client.calls(Op::Head), client.calls(Op::Get));
+    let handle = fs.open(ino, libc::O_RDONLY).await.unwrap().handle;
+    assert_eq!(read_handle(&fs, handle, body.len()).await, body);
+    assert_eq!(
+        client.calls(Op::Head) - heads,
+        1,
+        "a warm open asks S3 with a HEAD"
+    );
+    assert_eq!(client.calls(Op::Get) - gets, 0, "and reads from the disk cache");
 }

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::{
-    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata, Op,
-    PutOptions, VersionListRequest, VersionPage,
+    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata, ObjectStart,
+    Op, PutOptions, VersionListRequest, VersionPage,
 };
 
 const OP_COUNT: usize = Op::ALL.len();
@@ -243,6 +243,12 @@ impl<C: ObjectClient> ObjectClient for FaultClient<C> {
             .inner
             .get_version_range(key, version_id, range, if_match)
             .await;
+        self.answer(Op::Get, answer, lost).await
+    }
+
+    async fn get_start(&self, key: &str, len: u64) -> Result<ObjectStart, ObjectError> {
+        let lost = self.begin(Op::Get).await?;
+        let answer = self.inner.get_start(key, len).await;
         self.answer(Op::Get, answer, lost).await
     }
 

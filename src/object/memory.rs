@@ -46,7 +46,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata,
+    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata, ObjectStart,
     ObjectSummary, Op, PutOptions, VersionListRequest, VersionPage, VersionSummary, conditions_on_create,
 };
 
@@ -575,6 +575,18 @@ impl ObjectClient for MemoryClient {
             .get_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(bytes)
+    }
+
+    /// One GetObject, as S3 answers it: the head without its checksum, and the first bytes.
+    async fn get_start(&self, key: &str, len: u64) -> Result<ObjectStart, ObjectError> {
+        self.begin(Op::Get);
+        let mut head = self.head_object(key)?;
+        head.checksum_crc32c = None;
+        let data = self.read_range(key, 0..len.min(head.size), Some(&head.etag))?;
+        self.counters
+            .get_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(ObjectStart { head, data })
     }
 
     /// As S3 lists an unversioned bucket: every object once, as version `null`.

@@ -23,8 +23,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{
-    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata, Op,
-    PutOptions, VersionListRequest, VersionPage,
+    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata, ObjectStart,
+    Op, PutOptions, VersionListRequest, VersionPage,
 };
 
 /// The first pause between attempts; each later one doubles, up to [`MAX_BACKOFF`].
@@ -239,6 +239,15 @@ impl<C: ObjectClient> ObjectClient for RetryClient<C> {
                     .get_version_range(key, version_id, range.clone(), if_match)
             })
             .await?)
+    }
+
+    async fn get_start(&self, key: &str, len: u64) -> Result<ObjectStart, ObjectError> {
+        let what = Request {
+            op: Op::Get,
+            key,
+            bytes: len,
+        };
+        Ok(self.run(what, || self.inner.get_start(key, len)).await?)
     }
 
     async fn list_versions(&self, request: &VersionListRequest) -> Result<VersionPage, ObjectError> {

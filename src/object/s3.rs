@@ -38,7 +38,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::buffers::BufferPool;
 use super::{
-    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata,
+    CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata, ObjectStart,
     ObjectSummary, PutOptions, VersionListRequest, VersionPage, VersionSummary, WriteSettings,
     conditions_on_create,
 };
@@ -190,11 +190,61 @@ impl S3Client {
 
     /// Waits for `future` at most the request timeout: a step of a request that got no answer
     /// (or no byte of its body) in that time failed, as timed out.
+    /// The `expected` bytes of a GET's body, streamed into one (pooled) buffer; a body that ends
+    /// early is an error worth a retry, as a reset is.
+    async fn read_body(&self, key: &str, mut body: ByteStream, expected: u64) -> Result<Bytes, ObjectError> {
+        let mut data = self.buffers.take(usize::try_from(expected).unwrap_or(usize::MAX));
+        let what = format!("body of {key}");
+        while let Some(chunk) = self.bounded(&what, body.next()).await? {
+            let chunk = chunk.map_err(|e| ObjectError::Unreachable(format!("reading {what}: {e}")))?;
+            data.extend_from_slice(&chunk);
+        }
+        if (data.len() as u64) < expected {
+            // The connection ended cleanly but early: as good as a reset, and worth a retry.
+            return Err(ObjectError::Unreachable(format!(
+                "{what} ended after {} of {expected} bytes",
+                data.len()
+            )));
+        }
+        Ok(self.buffers.freeze(data))
+    }
+
     async fn bounded<T>(&self, what: &str, future: impl Future<Output = T>) -> Result<T, ObjectError> {
         tokio::time::timeout(self.request_timeout, future)
             .await
             .map_err(|_| ObjectError::TimedOut(format!("{what}: nothing within {:?}", self.request_timeout)))
     }
+}
+
+/// An [`ObjectHead`] of a HeadObject or GetObject answer (two SDK types with the same
+/// accessors), of `size` bytes and checksum `checksum`.
+macro_rules! head_of {
+    ($output:expr, $size:expr, $checksum:expr) => {{
+        let output = &$output;
+        let owned = |value: Option<&str>| value.map(str::to_owned);
+        let metadata = ObjectMetadata {
+            content_type: owned(output.content_type()),
+            cache_control: owned(output.cache_control()),
+            content_encoding: owned(output.content_encoding()),
+            content_disposition: owned(output.content_disposition()),
+            content_language: owned(output.content_language()),
+            storage_class: owned(output.storage_class().map(StorageClass::as_str)),
+            sse: owned(output.server_side_encryption().map(ServerSideEncryption::as_str)),
+            sse_kms_key_id: owned(output.ssekms_key_id()),
+            user: output
+                .metadata()
+                .map(|user| user.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+        };
+        ObjectHead {
+            size: $size,
+            last_modified: to_system_time(output.last_modified()),
+            etag: output.e_tag().unwrap_or_default().to_owned(),
+            version_id: owned(output.version_id()),
+            metadata: metadata.normalized(),
+            checksum_crc32c: $checksum,
+        }
+    }};
 }
 
 #[async_trait]
@@ -328,29 +378,55 @@ impl ObjectClient for S3Client {
             .send()
             .await
             .map_err(|e| self.map_error(e, key))?;
-        let owned = |value: Option<&str>| value.map(str::to_owned);
-        let metadata = ObjectMetadata {
-            content_type: owned(output.content_type()),
-            cache_control: owned(output.cache_control()),
-            content_encoding: owned(output.content_encoding()),
-            content_disposition: owned(output.content_disposition()),
-            content_language: owned(output.content_language()),
-            storage_class: owned(output.storage_class().map(StorageClass::as_str)),
-            sse: owned(output.server_side_encryption().map(ServerSideEncryption::as_str)),
-            sse_kms_key_id: owned(output.ssekms_key_id()),
-            user: output
-                .metadata()
-                .map(|user| user.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_default(),
+        let size = output.content_length().unwrap_or(0).max(0) as u64;
+        Ok(head_of!(
+            output,
+            size,
+            output.checksum_crc32_c().map(str::to_owned)
+        ))
+    }
+
+    async fn get_start(&self, key: &str, len: u64) -> Result<ObjectStart, ObjectError> {
+        if len == 0 {
+            let head = self.head(key).await?;
+            return Ok(ObjectStart {
+                head,
+                data: Bytes::new(),
+            });
+        }
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes=0-{}", len - 1))
+            .send();
+        let output = match self.bounded(&format!("GET {key}"), request).await? {
+            Ok(output) => output,
+            // An empty object has no byte 0: S3 refuses any range of it. Its head says all.
+            Err(error) => match self.map_error(error, key) {
+                ObjectError::InvalidRange(_) => {
+                    let head = self.head(key).await?;
+                    return Ok(ObjectStart {
+                        head,
+                        data: Bytes::new(),
+                    });
+                }
+                other => return Err(other),
+            },
         };
-        Ok(ObjectHead {
-            size: output.content_length().unwrap_or(0).max(0) as u64,
-            last_modified: to_system_time(output.last_modified()),
-            etag: output.e_tag().unwrap_or_default().to_owned(),
-            version_id: owned(output.version_id()),
-            metadata: metadata.normalized(),
-            checksum_crc32c: owned(output.checksum_crc32_c()),
-        })
+        let length = output.content_length().map_or(0, |length| length.max(0) as u64);
+        // `Content-Range: bytes 0-N/SIZE` gives the object's size; a server that ignored the
+        // range sent it all, and its length is the size.
+        let size = output
+            .content_range()
+            .and_then(|range| range.rsplit_once('/'))
+            .and_then(|(_, total)| total.parse::<u64>().ok())
+            .unwrap_or(length);
+        let head = head_of!(output, size, None);
+        let expected = length.min(len).min(size);
+        let data = self.read_body(key, output.body, expected).await?;
+        Ok(ObjectStart { head, data })
     }
 
     async fn get_version_range(
@@ -385,21 +461,7 @@ impl ObjectClient for S3Client {
             .content_length()
             .map_or(range.end - range.start, |length| length.max(0) as u64)
             .min(range.end - range.start);
-        let mut body = output.body;
-        let mut data = self.buffers.take(usize::try_from(expected).unwrap_or(usize::MAX));
-        let what = format!("body of {key}");
-        while let Some(chunk) = self.bounded(&what, body.next()).await? {
-            let chunk = chunk.map_err(|e| ObjectError::Unreachable(format!("reading {what}: {e}")))?;
-            data.extend_from_slice(&chunk);
-        }
-        if (data.len() as u64) < expected {
-            // The connection ended cleanly but early: as good as a reset, and worth a retry.
-            return Err(ObjectError::Unreachable(format!(
-                "{what} ended after {} of {expected} bytes",
-                data.len()
-            )));
-        }
-        Ok(self.buffers.freeze(data))
+        self.read_body(key, output.body, expected).await
     }
 
     async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<String, ObjectError> {

@@ -9,6 +9,7 @@
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
 pub mod fault_proxy;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
