@@ -41,7 +41,7 @@ use crate::writeback::WriteContext;
 use dir::{DirStream, Hidden, Listed, ListedKind};
 pub use error::FsError;
 use inode::{InodeTable, ROOT_INO};
-use metadata::{MetadataCache, Stamp};
+use metadata::{DirKnowledge, MetadataCache, Stamp};
 use names::{RootPrefix, check_os_name, join};
 
 /// How many distinct hidden keys we remember having warned about, so each is logged once.
@@ -763,6 +763,9 @@ impl S3Fs {
                 entry => Ok(entry),
             };
         }
+        if self.known_absent(path).await {
+            return Ok(None);
+        }
         let key = self.config.root.file_key(path);
         let list = ListRequest {
             prefix: self.config.root.dir_prefix(path),
@@ -786,6 +789,48 @@ impl S3Fs {
         self.metadata
             .remember_answer(path.to_owned(), entry.clone(), sent);
         Ok(entry)
+    }
+
+    /// Whether `path` is known to hold nothing without asking S3: its directory's every name is
+    /// known, and fresh (or made fresh again by one listing page), and it is not among them.
+    async fn known_absent(&self, path: &str) -> bool {
+        match self.metadata.dir_knowledge(path) {
+            DirKnowledge::Absent => true,
+            DirKnowledge::Unknown => false,
+            DirKnowledge::Stale { dir } => {
+                self.list_complete_dir(&dir).await;
+                self.metadata.dir_knowledge(path) == DirKnowledge::Absent
+            }
+        }
+    }
+
+    /// Lists the directory `dir` again (one page) to keep knowing its every name; a directory
+    /// of more names than a page, or a failed listing, is not kept whole any more.
+    async fn list_complete_dir(&self, dir: &str) {
+        let prefix = self.config.root.dir_prefix(dir);
+        let list = ListRequest {
+            prefix: prefix.clone(),
+            delimiter: Some("/".to_owned()),
+            continuation_token: None,
+            max_keys: Some(metadata::COMPLETE_DIR_NAMES as u32),
+        };
+        let sent = self.metadata.stamp();
+        let at = std::time::Instant::now();
+        match self.client.list(&list).await {
+            Ok(page) if page.next_continuation_token.is_none() => {
+                let files = page.objects.iter().map(|object| object.key.as_str());
+                let dirs = page.common_prefixes.iter().map(String::as_str);
+                let names = files
+                    .chain(dirs)
+                    .filter_map(|key| key.strip_prefix(prefix.as_str()))
+                    .map(|name| name.trim_end_matches('/'))
+                    .filter(|name| !name.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                self.metadata.remember_complete_dir(dir, names, sent, Some(at));
+            }
+            _ => self.metadata.forget_complete_dir(dir),
+        }
     }
 
     /// The key that holds `path`'s metadata: its object, or a directory's marker.

@@ -8,10 +8,18 @@
 //! stamp taken before its request was sent, every change made on this mount stamps its path, and
 //! an answer older than the last change of its path is dropped. Owns only that rule and the
 //! cache's bounds; what an entry means is the file system's.
+//!
+//! It also keeps, for a few directories, every name in them as of an instant ("complete
+//! directories": one this mount just made, or listed whole): a lookup of any other name there is
+//! answered "nothing there" without a request for as long as a negative answer is trusted (a
+//! second at most), so `cp -r` into a new directory costs its PUTs and not a HEAD and a LIST per
+//! file as well. Past that second the knowledge is refreshed by one listing page, never trusted
+//! longer: another writer's new key shows within the same second as after a negative lookup.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
@@ -26,6 +34,29 @@ const NEGATIVE_TTL_CAP: Duration = Duration::from_secs(1);
 /// time bounds (about a minute of retries and one attempt), so no answer to a request sent
 /// before the change can arrive after its stamp is gone.
 const CHANGE_MEMORY: Duration = Duration::from_secs(300);
+
+/// Most directories whose every name is kept; the oldest goes first. Each holds its names.
+const COMPLETE_DIRS: usize = 256;
+/// A directory of more names than one listing page holds is not kept whole: its refresh would
+/// take more than one request.
+pub const COMPLETE_DIR_NAMES: usize = 1000;
+
+/// Every name in one directory, as of `as_of` (`None`: as of a time too long ago to trust).
+struct CompleteDir {
+    names: HashSet<String>,
+    as_of: Option<Instant>,
+}
+
+/// What the complete-directory knowledge says of a path nothing is cached for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirKnowledge {
+    /// Its directory's names are known and fresh, and it is not among them.
+    Absent,
+    /// Its directory's names were known, and are too old now: list `dir` again.
+    Stale { dir: String },
+    /// Nothing to say: ask S3.
+    Unknown,
+}
 
 /// When an answer's request was sent, relative to this mount's changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -44,6 +75,10 @@ pub struct MetadataCache {
     /// Held across the check and the insert of an answer, and across a change, so that a change
     /// cannot slip between them.
     order: Arc<Mutex<()>>,
+    /// Directory path -> every name in it (see the module's text).
+    complete: Arc<Mutex<HashMap<String, CompleteDir>>>,
+    /// How long complete-directory knowledge answers lookups: the negative TTL.
+    complete_for: Duration,
 }
 
 impl MetadataCache {
@@ -61,6 +96,8 @@ impl MetadataCache {
             all_changed: Arc::default(),
             clock: Arc::default(),
             order: Arc::default(),
+            complete: Arc::default(),
+            complete_for: ttl.min(NEGATIVE_TTL_CAP),
         }
     }
 
@@ -87,6 +124,9 @@ impl MetadataCache {
         }
         for (path, entry) in answers {
             if self.changed.get(&path).is_none_or(|changed| changed <= sent.0) {
+                if entry.is_some() {
+                    self.note_name(&path, true);
+                }
                 self.entries.insert(path, entry);
             }
         }
@@ -96,6 +136,10 @@ impl MetadataCache {
     pub fn changed_to(&self, path: String, entry: Option<Entry>) {
         let _order = lock(&self.order);
         self.changed.insert(path.clone(), self.tick());
+        self.note_name(&path, entry.is_some());
+        if entry.is_none() {
+            lock(&self.complete).remove(&path);
+        }
         self.entries.insert(path, entry);
     }
 
@@ -104,6 +148,10 @@ impl MetadataCache {
         let _order = lock(&self.order);
         self.changed.insert(path.to_owned(), self.tick());
         self.entries.invalidate(path);
+        // Something may be there now: its directory's names count it (a name there is asked of
+        // S3, never taken as absent), and what it held is not known any more.
+        self.note_name(path, true);
+        lock(&self.complete).remove(path);
     }
 
     /// A change of any number of paths (a directory rename): everything is asked again.
@@ -111,6 +159,64 @@ impl MetadataCache {
         let _order = lock(&self.order);
         self.all_changed.store(self.tick(), Ordering::SeqCst);
         self.entries.invalidate_all();
+        lock(&self.complete).clear();
+    }
+
+    /// `names` are every name in the directory `dir`, as S3 (or this mount's own mkdir) said to a
+    /// request sent at `sent`, at the instant `at` (`None`: long enough ago that it needs a
+    /// refresh before use). Kept only if this mount changed nothing since `sent`: a change in
+    /// between may be missing from them.
+    pub fn remember_complete_dir(&self, dir: &str, names: HashSet<String>, sent: Stamp, at: Option<Instant>) {
+        let _order = lock(&self.order);
+        let mut complete = lock(&self.complete);
+        if self.clock.load(Ordering::SeqCst) != sent.0 || names.len() > COMPLETE_DIR_NAMES {
+            complete.remove(dir);
+            return;
+        }
+        if complete.len() >= COMPLETE_DIRS && !complete.contains_key(dir) {
+            let oldest = complete
+                .iter()
+                .min_by_key(|(_, known)| known.as_of)
+                .map(|(d, _)| d.clone());
+            if let Some(oldest) = oldest {
+                complete.remove(&oldest);
+            }
+        }
+        complete.insert(dir.to_owned(), CompleteDir { names, as_of: at });
+    }
+
+    /// No longer keeps every name of `dir` (its listing is too long, or failed).
+    pub fn forget_complete_dir(&self, dir: &str) {
+        lock(&self.complete).remove(dir);
+    }
+
+    /// What the complete-directory knowledge says of `path` (for which nothing is cached).
+    pub fn dir_knowledge(&self, path: &str) -> DirKnowledge {
+        let dir = parent_of(path);
+        let complete = lock(&self.complete);
+        let Some(known) = complete.get(dir) else {
+            return DirKnowledge::Unknown;
+        };
+        if known.names.contains(name_of(path)) {
+            return DirKnowledge::Unknown;
+        }
+        if known.as_of.is_some_and(|at| at.elapsed() < self.complete_for) {
+            DirKnowledge::Absent
+        } else {
+            DirKnowledge::Stale { dir: dir.to_owned() }
+        }
+    }
+
+    /// Keeps a complete directory's names in step with what is now known at `path`.
+    fn note_name(&self, path: &str, exists: bool) {
+        let mut complete = lock(&self.complete);
+        if let Some(known) = complete.get_mut(parent_of(path)) {
+            if exists {
+                known.names.insert(name_of(path).to_owned());
+            } else {
+                known.names.remove(name_of(path));
+            }
+        }
     }
 
     /// Drops what is known of `path`, as S3 said it is gone (always safe: S3 is asked again).
@@ -121,6 +227,16 @@ impl MetadataCache {
     fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::SeqCst) + 1
     }
+}
+
+/// The directory holding `path` (`""` for the root's children).
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(parent, _)| parent)
+}
+
+/// The last component of `path`.
+fn name_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or(path, |(_, name)| name)
 }
 
 /// Positive entries live for the metadata TTL, negative ones for at most [`NEGATIVE_TTL_CAP`];

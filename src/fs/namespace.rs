@@ -67,6 +67,11 @@ impl S3Fs {
     ) -> Result<Attr, FsError> {
         self.writes()?;
         let path = self.child_path(parent, name)?;
+        // Nothing is at the path, nor under it, as of the answer resolve gets: S3's now, or a
+        // negative answer cached for up to a second, which the new directory's first lookup
+        // then refreshes (see `MetadataCache::remember_complete_dir`).
+        let sent = self.metadata.stamp();
+        let asked_now = self.metadata.get(&path).is_none().then(std::time::Instant::now);
         if self.resolve(&path).await?.is_some() {
             return Err(FsError::Exists);
         }
@@ -79,6 +84,8 @@ impl S3Fs {
             .client
             .put_with(&marker, bytes::Bytes::new(), &options)
             .await?;
+        self.metadata
+            .remember_complete_dir(&path, std::collections::HashSet::new(), sent, asked_now);
         let entry = Entry {
             etag: Some(etag),
             details: Some(Arc::new(Details {

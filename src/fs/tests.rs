@@ -1089,3 +1089,112 @@ async fn an_open_whose_first_block_is_cached_sends_a_head_and_no_get() {
     );
     assert_eq!(client.calls(Op::Get) - gets, 0, "and reads from the disk cache");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Complete directories: lookups of new names in a directory this mount just made
+
+/// Head and List calls so far.
+fn lookups_sent(client: &Bucket) -> (u64, u64) {
+    (client.calls(Op::Head), client.calls(Op::List))
+}
+
+#[tokio::test]
+async fn copying_files_into_a_new_directory_sends_only_their_puts() {
+    let client = Arc::new(Bucket::memory("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = writable(&client, &dir);
+    assert_eq!(
+        fs.lookup(ROOT_INO, OsStr::new("dst")).await.unwrap_err().errno(),
+        libc::ENOENT
+    );
+    let dst = fs.mkdir(ROOT_INO, OsStr::new("dst")).await.unwrap().ino;
+    let before = lookups_sent(&client);
+    // As cp does: a lookup that finds nothing, then create, write, close.
+    for i in 0..10 {
+        let name = format!("f{i}");
+        let missing = fs.lookup(dst, OsStr::new(&name)).await.unwrap_err();
+        assert_eq!(missing.errno(), libc::ENOENT, "{name} before its create");
+        let (_, handle) = create_file(&fs, dst, &name, name.as_bytes()).await;
+        fs.flush(handle).await.unwrap();
+        fs.release(handle).await;
+    }
+    let (heads, lists) = lookups_sent(&client);
+    // The negative answer mkdir's lookup left is up to a second old: at most one listing page
+    // makes it fresh again, and then no request per file.
+    assert_eq!(heads - before.0, 0, "no HEAD per new name");
+    assert!(
+        lists - before.1 <= 1,
+        "at most one listing, not one per file: {}",
+        lists - before.1
+    );
+    for i in 0..10 {
+        let name = format!("f{i}");
+        assert_eq!(
+            client.body(&format!("dst/{name}")).as_deref(),
+            Some(name.as_bytes())
+        );
+        let found = fs.lookup(dst, OsStr::new(&name)).await.unwrap();
+        assert_eq!(found.size, name.len() as u64, "{name} is found after its upload");
+    }
+}
+
+#[tokio::test]
+async fn a_new_directory_shows_another_writers_key_within_the_negative_ttl() {
+    let client = Arc::new(Bucket::memory("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = writable(&client, &dir);
+    let dst = fs.mkdir(ROOT_INO, OsStr::new("dst")).await.unwrap().ino;
+    client.put_object("dst/theirs", "from another machine");
+    // Within the second a negative answer is trusted it may be hidden; after it, never.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let found = fs.lookup(dst, OsStr::new("theirs")).await.unwrap();
+    assert_eq!(found.size, 20);
+}
+
+#[tokio::test]
+async fn names_made_unlinked_or_renamed_in_a_new_directory_are_answered_right() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("elsewhere", "moved in");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = writable(&client, &dir);
+    let dst = fs.mkdir(ROOT_INO, OsStr::new("dst")).await.unwrap().ino;
+    let (_, handle) = create_file(&fs, dst, "a", b"a").await;
+    fs.flush(handle).await.unwrap();
+    fs.release(handle).await;
+    fs.rename(ROOT_INO, OsStr::new("elsewhere"), dst, OsStr::new("b"), 0)
+        .await
+        .unwrap();
+    fs.mkdir(dst, OsStr::new("sub")).await.unwrap();
+    assert_eq!(fs.lookup(dst, OsStr::new("a")).await.unwrap().size, 1);
+    assert_eq!(fs.lookup(dst, OsStr::new("b")).await.unwrap().size, 8);
+    assert_eq!(fs.lookup(dst, OsStr::new("sub")).await.unwrap().kind, Kind::Dir);
+    fs.unlink(dst, OsStr::new("a")).await.unwrap();
+    assert_eq!(
+        fs.lookup(dst, OsStr::new("a")).await.unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert!(!client.contains("dst/a"));
+}
+
+#[tokio::test]
+async fn with_metadata_ttl_0_every_lookup_asks_s3() {
+    let client = Arc::new(Bucket::memory("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let staging = crate::staging::Staging::open(dir.path()).unwrap();
+    let fs = S3Fs::new(
+        client.clone(),
+        FsConfig {
+            metadata_ttl: Duration::ZERO,
+            ..config("")
+        },
+        None,
+        Some(staging),
+    );
+    let dst = fs.mkdir(ROOT_INO, OsStr::new("dst")).await.unwrap().ino;
+    let before = lookups_sent(&client);
+    assert_eq!(
+        fs.lookup(dst, OsStr::new("x")).await.unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert_eq!(lookups_sent(&client).0 - before.0, 1, "the lookup HEADs");
+}
