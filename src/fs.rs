@@ -814,7 +814,6 @@ impl S3Fs {
             continuation_token: None,
             max_keys: Some(metadata::COMPLETE_DIR_NAMES as u32),
         };
-        let sent = self.metadata.stamp();
         let at = std::time::Instant::now();
         match self.client.list(&list).await {
             Ok(page) if page.next_continuation_token.is_none() => {
@@ -827,7 +826,7 @@ impl S3Fs {
                     .filter(|name| !name.is_empty())
                     .map(str::to_owned)
                     .collect();
-                self.metadata.remember_complete_dir(dir, names, sent, Some(at));
+                self.metadata.refresh_complete_dir(dir, names, at);
             }
             _ => self.metadata.forget_complete_dir(dir),
         }

@@ -162,17 +162,15 @@ impl MetadataCache {
         lock(&self.complete).clear();
     }
 
-    /// `names` are every name in the directory `dir`, as S3 (or this mount's own mkdir) said to a
-    /// request sent at `sent`, at the instant `at` (`None`: long enough ago that it needs a
-    /// refresh before use). Kept only if this mount changed nothing since `sent`: a change in
-    /// between may be missing from them.
-    pub fn remember_complete_dir(&self, dir: &str, names: HashSet<String>, sent: Stamp, at: Option<Instant>) {
+    /// `dir` was just made by this mount, empty, as of `at` (`None`: as of a negative answer up
+    /// to a second old, so that its first lookup refreshes it). Nothing of this mount can have
+    /// changed in it yet: the kernel looks nothing up in a directory before its mkdir returns.
+    pub fn remember_new_dir(&self, dir: &str, at: Option<Instant>) {
+        if self.complete_for.is_zero() {
+            return; // --metadata-ttl 0: every lookup asks S3.
+        }
         let _order = lock(&self.order);
         let mut complete = lock(&self.complete);
-        if self.clock.load(Ordering::SeqCst) != sent.0 || names.len() > COMPLETE_DIR_NAMES {
-            complete.remove(dir);
-            return;
-        }
         if complete.len() >= COMPLETE_DIRS && !complete.contains_key(dir) {
             let oldest = complete
                 .iter()
@@ -182,7 +180,26 @@ impl MetadataCache {
                 complete.remove(&oldest);
             }
         }
+        let names = HashSet::new();
         complete.insert(dir.to_owned(), CompleteDir { names, as_of: at });
+    }
+
+    /// A listing of the kept directory `dir`, sent at the instant `at`, found `listed`: its
+    /// names are known as of `at` again. What this mount changed there meanwhile is already in
+    /// the names kept (every change updates them), so the two are joined: a name too many only
+    /// means that name is asked of S3. Dropped when the directory is no longer kept (removed,
+    /// or a rename moved everything meanwhile), or has grown past one listing page.
+    pub fn refresh_complete_dir(&self, dir: &str, listed: HashSet<String>, at: Instant) {
+        let _order = lock(&self.order);
+        let mut complete = lock(&self.complete);
+        let Some(known) = complete.get_mut(dir) else {
+            return;
+        };
+        known.names.extend(listed);
+        known.as_of = Some(at);
+        if known.names.len() > COMPLETE_DIR_NAMES {
+            complete.remove(dir);
+        }
     }
 
     /// No longer keeps every name of `dir` (its listing is too long, or failed).
@@ -331,5 +348,61 @@ mod tests {
             None,
             "asked again after a change whose outcome is not known"
         );
+    }
+
+    #[test]
+    fn a_new_directory_answers_absent_for_names_it_was_not_given_and_not_for_others() {
+        let cache = MetadataCache::new(Duration::from_secs(60));
+        cache.remember_new_dir("d", Some(Instant::now()));
+        assert_eq!(cache.dir_knowledge("d/x"), DirKnowledge::Absent);
+        cache.changed_to("d/made".to_owned(), file(1));
+        cache.changed_unknown("d/staged");
+        assert_eq!(cache.dir_knowledge("d/made"), DirKnowledge::Unknown);
+        assert_eq!(cache.dir_knowledge("d/staged"), DirKnowledge::Unknown);
+        cache.changed_to("d/made".to_owned(), None);
+        assert_eq!(cache.dir_knowledge("d/made"), DirKnowledge::Absent);
+        assert_eq!(cache.dir_knowledge("other/x"), DirKnowledge::Unknown);
+        assert_eq!(cache.dir_knowledge("x"), DirKnowledge::Unknown);
+    }
+
+    #[test]
+    fn knowledge_older_than_the_negative_ttl_must_be_refreshed_and_a_refresh_joins_what_changed() {
+        let cache = MetadataCache::new(Duration::from_secs(60));
+        cache.remember_new_dir("d", None);
+        assert_eq!(
+            cache.dir_knowledge("d/x"),
+            DirKnowledge::Stale { dir: "d".to_owned() }
+        );
+        // Made by this mount while the listing was on its way: the listing lacks it.
+        cache.changed_to("d/new".to_owned(), file(1));
+        let listed: HashSet<String> = ["theirs".to_owned()].into();
+        cache.refresh_complete_dir("d", listed, Instant::now());
+        assert_eq!(cache.dir_knowledge("d/x"), DirKnowledge::Absent);
+        assert_eq!(cache.dir_knowledge("d/new"), DirKnowledge::Unknown);
+        assert_eq!(cache.dir_knowledge("d/theirs"), DirKnowledge::Unknown);
+    }
+
+    #[test]
+    fn a_rename_of_everything_or_a_removed_directory_drops_the_knowledge_and_a_late_refresh() {
+        let cache = MetadataCache::new(Duration::from_secs(60));
+        cache.remember_new_dir("d", Some(Instant::now()));
+        cache.changed_everything();
+        assert_eq!(cache.dir_knowledge("d/x"), DirKnowledge::Unknown);
+        cache.refresh_complete_dir("d", HashSet::new(), Instant::now());
+        assert_eq!(
+            cache.dir_knowledge("d/x"),
+            DirKnowledge::Unknown,
+            "no refresh of a dropped directory"
+        );
+        cache.remember_new_dir("e", Some(Instant::now()));
+        cache.changed_to("e".to_owned(), None);
+        assert_eq!(cache.dir_knowledge("e/x"), DirKnowledge::Unknown);
+    }
+
+    #[test]
+    fn with_metadata_ttl_0_nothing_is_known_absent() {
+        let cache = MetadataCache::new(Duration::ZERO);
+        cache.remember_new_dir("d", Some(Instant::now()));
+        assert_eq!(cache.dir_knowledge("d/x"), DirKnowledge::Unknown);
     }
 }

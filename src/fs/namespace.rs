@@ -69,8 +69,7 @@ impl S3Fs {
         let path = self.child_path(parent, name)?;
         // Nothing is at the path, nor under it, as of the answer resolve gets: S3's now, or a
         // negative answer cached for up to a second, which the new directory's first lookup
-        // then refreshes (see `MetadataCache::remember_complete_dir`).
-        let sent = self.metadata.stamp();
+        // then refreshes (see `MetadataCache::remember_new_dir`).
         let asked_now = self.metadata.get(&path).is_none().then(std::time::Instant::now);
         if self.resolve(&path).await?.is_some() {
             return Err(FsError::Exists);
@@ -84,8 +83,7 @@ impl S3Fs {
             .client
             .put_with(&marker, bytes::Bytes::new(), &options)
             .await?;
-        self.metadata
-            .remember_complete_dir(&path, std::collections::HashSet::new(), sent, asked_now);
+        self.metadata.remember_new_dir(&path, asked_now);
         let entry = Entry {
             etag: Some(etag),
             details: Some(Arc::new(Details {
