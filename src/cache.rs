@@ -201,13 +201,21 @@ impl BlockReader {
     /// finds that version current reads it from disk, and needs only S3's head.
     pub fn has_first_block(&self, key: &str, etag: &str) -> bool {
         let Some(disk) = &self.disk else { return false };
-        let object = ObjectVersion {
-            key: key.to_owned(),
-            etag: etag.to_owned(),
-            size: 0,
-            version_id: None,
-        };
-        disk.contains(&block_name(&*self.client, &object, 0))
+        disk.contains(&block_name_at(&*self.client, key, etag, 0))
+    }
+
+    /// A GET of file data answered `data` where `expected` bytes were asked: a short answer is
+    /// an error, a whole one is counted (stats line and metrics) as bytes from S3.
+    fn count_fetched(&self, key: &str, expected: u64, data: &Bytes) -> Result<(), ObjectError> {
+        if data.len() as u64 != expected {
+            return Err(ObjectError::Service {
+                code: "ShortRead".into(),
+                message: format!("asked {expected} bytes of {key}, got {}", data.len()),
+            });
+        }
+        self.counters.get_bytes.fetch_add(expected, Ordering::Relaxed);
+        crate::metrics::bytes_read(crate::metrics::ReadSource::S3, expected);
+        Ok(())
     }
 
     /// Opens the current version of `key` with one GetObject of its first block
@@ -219,14 +227,7 @@ impl BlockReader {
         let start = self.client.get_start(key, BLOCK_SIZE).await?;
         let head = start.head;
         let expected = BLOCK_SIZE.min(head.size);
-        if start.data.len() as u64 != expected {
-            return Err(ObjectError::Service {
-                code: "ShortRead".into(),
-                message: format!("asked {expected} bytes of {key}, got {}", start.data.len()),
-            });
-        }
-        self.counters.get_bytes.fetch_add(expected, Ordering::Relaxed);
-        crate::metrics::bytes_read(crate::metrics::ReadSource::S3, expected);
+        self.count_fetched(key, expected, &start.data)?;
         if expected > 0 {
             let object = ObjectVersion {
                 key: key.to_owned(),
@@ -264,14 +265,7 @@ impl BlockReader {
                 Some(&object.etag),
             )
             .await?;
-        if data.len() as u64 != expected {
-            return Err(ObjectError::Service {
-                code: "ShortRead".into(),
-                message: format!("asked {expected} bytes of {}, got {}", object.key, data.len()),
-            });
-        }
-        self.counters.get_bytes.fetch_add(expected, Ordering::Relaxed);
-        crate::metrics::bytes_read(crate::metrics::ReadSource::S3, expected);
+        self.count_fetched(&object.key, expected, &data)?;
         Ok(run
             .map(|block| {
                 let start = ((block * BLOCK_SIZE) - range.start) as usize;
@@ -454,10 +448,15 @@ impl Drop for InFlightGuard<'_> {
 }
 
 fn block_name(client: &dyn ObjectClient, object: &ObjectVersion, index: u64) -> BlockName {
+    block_name_at(client, &object.key, &object.etag, index)
+}
+
+/// A block's name: the bucket, the key and the ETag (a version's blocks are never another's).
+fn block_name_at(client: &dyn ObjectClient, key: &str, etag: &str, index: u64) -> BlockName {
     BlockName {
         namespace: client.bucket().to_owned(),
-        key: object.key.clone(),
-        etag: object.etag.clone(),
+        key: key.to_owned(),
+        etag: etag.to_owned(),
         index,
     }
 }

@@ -322,6 +322,29 @@ fn scrape_after_reading(endpoint: &MetricsEndpoint, mount: &Mount, before: &Scra
     after
 }
 
+/// Reads `files` (relative path, contents) through `mount`, checking their bytes, and checks
+/// that it sent no GetObject since `before`; the scrape after the reads.
+fn read_without_a_get(
+    endpoint: &MetricsEndpoint,
+    mount: &Mount,
+    before: &Scrape,
+    files: &[(&str, Vec<u8>)],
+    what: &str,
+) -> Scrape {
+    for (relative, data) in files {
+        read_and_check(&mount.join(relative), data);
+    }
+    let total: usize = files.iter().map(|(_, data)| data.len()).sum();
+    let after = scrape_after_reading(endpoint, mount, before, total);
+    assert_eq!(
+        delta(before, &after, S3_REQUESTS, ANY_GET),
+        0.0,
+        "reading {what} sends no GetObject:\n{}",
+        after.show(S3_REQUESTS)
+    );
+    after
+}
+
 /// Mounts `prefix` with its metrics at `endpoint` and a block cache that may fill the disk.
 fn mount_with_metrics(prefix: &TestPrefix, endpoint: &MetricsEndpoint) -> Mount {
     let addr = endpoint.arg();
@@ -578,17 +601,7 @@ fn warm_fills_the_cache_so_reading_the_warmed_files_costs_no_get() {
     );
 
     let before = endpoint.scrape(&mount);
-    for (relative, data) in &warmed {
-        read_and_check(&mount.join(relative), data);
-    }
-    let total: usize = warmed.iter().map(|(_, data)| data.len()).sum();
-    let after = scrape_after_reading(&endpoint, &mount, &before, total);
-    assert_eq!(
-        delta(&before, &after, S3_REQUESTS, ANY_GET),
-        0.0,
-        "reading warmed files sends no GetObject:\n{}",
-        after.show(S3_REQUESTS)
-    );
+    let after = read_without_a_get(&endpoint, &mount, &before, &warmed, "warmed files");
 
     // The control: a file that was not warmed is fetched, so the counter does count.
     read_and_check(&mount.join("other.bin"), &other);
@@ -631,16 +644,12 @@ fn warm_of_an_s3_url_fills_a_cache_dir_that_a_later_mount_reads_without_a_get() 
     let endpoint = MetricsEndpoint::on_free_port();
     let mount = mount_with_metrics_and_cache(&prefix, &endpoint, &cache);
     let before = endpoint.wait_until_answering(&mount);
-    for (relative, data) in &files {
-        read_and_check(&mount.join(relative), data);
-    }
-    let total: usize = files.iter().map(|(_, data)| data.len()).sum();
-    let after = scrape_after_reading(&endpoint, &mount, &before, total);
-    assert_eq!(
-        delta(&before, &after, S3_REQUESTS, ANY_GET),
-        0.0,
-        "reading what warm put in the cache directory sends no GetObject:\n{}",
-        after.show(S3_REQUESTS)
+    read_without_a_get(
+        &endpoint,
+        &mount,
+        &before,
+        &files,
+        "what warm put in the cache directory",
     );
 }
 
