@@ -10,7 +10,9 @@
 //! bench_sdk upload      BUCKET KEY SIZE_BYTES
 //! bench_sdk upload-many BUCKET PREFIX COUNT SIZE_BYTES [--posix-every N]
 //! bench_sdk list        BUCKET PREFIX [--page-size N]
+//! bench_sdk list-tree   BUCKET PREFIX [--page-size N]
 //! bench_sdk download    BUCKET KEY [--part-size BYTES] [--concurrency N]
+//! bench_sdk download-parallel BUCKET KEY... [--part-size BYTES] [--concurrency N]
 //! bench_sdk random-read BUCKET KEY [--block-size BYTES] [--seconds S]
 //! bench_sdk download-many BUCKET PREFIX [--concurrency N]
 //! bench_sdk put-file    BUCKET KEY FILE [--part-size BYTES] [--concurrency N]
@@ -22,11 +24,13 @@
 //! bench_sdk make-files  DIR COUNT SIZE_BYTES [--seed N]
 //! ```
 //!
-//! `download` is the sequential baseline (a sliding window of ranged GETs), `random-read` the
+//! `download` is the sequential baseline (a sliding window of ranged GETs), `download-parallel`
+//! that of many readers at once (one such window per key given, a key given twice read twice), `random-read` the
 //! baseline of `fio --rw=randread --ioengine=psync` (one reader, one aligned block at a time),
 //! `download-many` the baseline of reading many small files (list, then GET them all), `list` the
 //! baseline of listing a directory through the mount (`ls -l`, `find`, `stat` of its files): the
-//! prefix with delimiter `/`, page after page. `upload-many --posix-every N` gives every Nth
+//! prefix with delimiter `/`, page after page; `list-tree` the baseline of `find` over a tree of
+//! directories (each directory listed so in turn, depth first, as `find` walks). `upload-many --posix-every N` gives every Nth
 //! object the headers s3fs keeps a file's mode, owner and mtime in (`x-amz-meta-mode` and
 //! others), so a mount has attributes to read from those.
 //!
@@ -90,7 +94,9 @@ const USAGE: &str = "usage:
   bench_sdk upload      BUCKET KEY SIZE_BYTES
   bench_sdk upload-many BUCKET PREFIX COUNT SIZE_BYTES [--posix-every N]
   bench_sdk list        BUCKET PREFIX [--page-size N]
+  bench_sdk list-tree   BUCKET PREFIX [--page-size N]
   bench_sdk download    BUCKET KEY [--part-size BYTES] [--concurrency N]
+  bench_sdk download-parallel BUCKET KEY... [--part-size BYTES] [--concurrency N]
   bench_sdk random-read BUCKET KEY [--block-size BYTES] [--seconds S]
   bench_sdk download-many BUCKET PREFIX [--concurrency N]
   bench_sdk put-file    BUCKET KEY FILE [--part-size BYTES] [--concurrency N]
@@ -135,6 +141,13 @@ async fn main() -> anyhow::Result<()> {
             };
             list(&client().await, bucket, prefix, options.page_keys).await
         }
+        "list-tree" => {
+            let options = Options::parse(rest)?;
+            let [bucket, prefix] = options.positional.as_slice() else {
+                bail!("{USAGE}")
+            };
+            list_tree(&client().await, bucket, prefix, options.page_keys).await
+        }
         "download" => {
             let options = Options::parse(rest)?;
             let [bucket, key] = options.positional.as_slice() else {
@@ -144,6 +157,21 @@ async fn main() -> anyhow::Result<()> {
                 &client().await,
                 bucket,
                 key,
+                options.part_bytes,
+                options.concurrency,
+            )
+            .await
+        }
+        "download-parallel" => {
+            let options = Options::parse(rest)?;
+            let [bucket, keys @ ..] = options.positional.as_slice() else {
+                bail!("{USAGE}")
+            };
+            ensure!(!keys.is_empty(), "{USAGE}");
+            download_parallel(
+                &client().await,
+                bucket,
+                keys,
                 options.part_bytes,
                 options.concurrency,
             )
@@ -574,6 +602,71 @@ async fn list(client: &Client, bucket: &str, prefix: &str, page_keys: i32) -> an
     Ok(())
 }
 
+/// Lists the directory `prefix` and every directory under it as [`list`] lists one, one after
+/// the other, depth first: the baseline of `find` over that tree, which lists each directory in
+/// turn and asks nothing per file.
+async fn list_tree(client: &Client, bucket: &str, prefix: &str, page_keys: i32) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut to_list = vec![format!("{}/", prefix.trim_end_matches('/'))];
+    let (mut dirs, mut pages, mut objects) = (0u64, 0u64, 0u64);
+    while let Some(dir) = to_list.pop() {
+        dirs += 1;
+        let mut listing = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(&dir)
+            .delimiter("/")
+            .max_keys(page_keys)
+            .encoding_type(EncodingType::Url)
+            .into_paginator()
+            .send();
+        let mut subdirs = Vec::new();
+        while let Some(page) = listing.next().await {
+            let page = page.map_err(|e| anyhow::anyhow!("listing {dir}: {}", DisplayErrorContext(&e)))?;
+            pages += 1;
+            objects += page.contents().len() as u64;
+            // URL-encoded as asked (`/` is `%2F`).
+            subdirs.extend(
+                page.common_prefixes()
+                    .iter()
+                    .filter_map(|p| p.prefix().map(url_decoded)),
+            );
+        }
+        // Popped last first: reversed, the walk goes in name order as `find` does.
+        to_list.extend(subdirs.into_iter().rev());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "dirs={dirs} pages={pages} objects={objects} seconds={seconds:.3} keys_per_s={:.0}",
+        objects as f64 / seconds
+    );
+    Ok(())
+}
+
+/// `text` with its `%XX` escapes decoded (what `encoding-type=url` did to a key).
+fn url_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Key -> size of every object under `prefix`.
 async fn list_sizes(
     client: &Client,
@@ -613,6 +706,52 @@ async fn download(
         .await?
         .with_context(|| format!("no object s3://{bucket}/{key}"))?;
     let started = Instant::now();
+    let total = read_whole(client, bucket, key, size, part_bytes, concurrency).await?;
+    report_read(total, started);
+    Ok(())
+}
+
+/// `keys` read whole at once, each by its own reader as [`download`] reads one (its own window
+/// of `concurrency` ranged GETs): the baseline of that many processes each reading a file
+/// through a mount. A key given twice is read twice, as two readers of one file would.
+async fn download_parallel(
+    client: &Client,
+    bucket: &str,
+    keys: &[String],
+    part_bytes: u64,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let mut sizes = Vec::with_capacity(keys.len());
+    for key in keys {
+        let size = object_size(client, bucket, key)
+            .await?
+            .with_context(|| format!("no object s3://{bucket}/{key}"))?;
+        sizes.push(size);
+    }
+    let started = Instant::now();
+    let mut readers = JoinSet::new();
+    for (key, size) in keys.iter().zip(sizes) {
+        let (client, bucket, key) = (client.clone(), bucket.to_owned(), key.clone());
+        readers.spawn(async move { read_whole(&client, &bucket, &key, size, part_bytes, concurrency).await });
+    }
+    let mut total = 0u64;
+    while let Some(done) = readers.join_next().await {
+        total += done??;
+    }
+    report_read(total, started);
+    Ok(())
+}
+
+/// The bytes of `key` (of `size` bytes), with ranged GETs of `part_bytes`, `concurrency` of
+/// them in flight; returns how many came, checked against `size`.
+async fn read_whole(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    size: u64,
+    part_bytes: u64,
+    concurrency: usize,
+) -> anyhow::Result<u64> {
     let mut in_flight = JoinSet::new();
     let mut next_start = 0u64;
     let mut total = 0u64;
@@ -645,14 +784,22 @@ async fn download(
             total += done??;
         }
     }
+    ensure!(
+        total == size,
+        "read {total} bytes of the {size}-byte s3://{bucket}/{key}"
+    );
+    Ok(total)
+}
+
+/// The line `scripts/bench` reads: bytes, seconds since `started`, the rate, and this process's
+/// CPU time (user and system).
+fn report_read(total: u64, started: Instant) {
     let seconds = started.elapsed().as_secs_f64();
-    ensure!(total == size, "read {total} bytes of a {size}-byte object");
     println!(
         "bytes={total} seconds={seconds:.3} mib_per_s={:.1} cpu_s={:.3}",
         total as f64 / MIB / seconds,
         cpu_seconds()
     );
-    Ok(())
 }
 
 /// One reader doing ranged GETs of `block_bytes` at random block-aligned offsets, one after the

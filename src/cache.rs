@@ -101,6 +101,17 @@ impl BlockReader {
         object: &ObjectVersion,
         blocks: Range<u64>,
     ) -> Result<Bytes, ObjectError> {
+        Ok(concat(self.read_block_list(object, blocks).await?.into_iter()))
+    }
+
+    /// [`BlockReader::read_blocks`] one buffer per block, as they came (slices of one GET's
+    /// body, or cached files): no copy to join them, which a reader of a block at a time (the
+    /// kernel's 1 MiB reads) never needs.
+    pub async fn read_block_list(
+        &self,
+        object: &ObjectVersion,
+        blocks: Range<u64>,
+    ) -> Result<Vec<Bytes>, ObjectError> {
         let blocks = blocks.start..blocks.end.min(object.size.div_ceil(BLOCK_SIZE));
         let mut found: Vec<Option<Bytes>> = self.cached_on_disk(object, blocks.clone()).await;
         let missing: Vec<u64> = blocks
@@ -112,7 +123,7 @@ impl BlockReader {
                 found[(block - blocks.start) as usize] = Some(data);
             }
         }
-        Ok(concat(found.into_iter().flatten()))
+        Ok(found.into_iter().flatten().collect())
     }
 
     /// What the disk cache holds of `blocks`, in order (`None` where it holds nothing).
@@ -120,12 +131,16 @@ impl BlockReader {
         let Some(disk) = self.disk.clone() else {
             return blocks.map(|_| None).collect();
         };
+        let count = (blocks.end - blocks.start) as usize;
         let names: Vec<BlockName> = blocks
             .map(|index| block_name(&*self.client, object, index))
             .collect();
-        let found = tokio::task::spawn_blocking(move || names.iter().map(|name| disk.get(name)).collect())
-            .await
-            .unwrap_or_else(|_| Vec::new());
+        // A lookup task that did not finish (a runtime shutting down) holds nothing: every block
+        // is fetched, and the caller still gets one answer per block.
+        let found: Vec<Option<Bytes>> =
+            tokio::task::spawn_blocking(move || names.iter().map(|name| disk.get(name)).collect())
+                .await
+                .unwrap_or_else(|_| vec![None; count]);
         let hits = found.iter().flatten().count() as u64;
         self.counters.cache_hit_blocks.fetch_add(hits, Ordering::Relaxed);
         let hit_bytes = found.iter().flatten().map(|b| b.len() as u64).sum();

@@ -18,6 +18,7 @@ mod metadata;
 pub mod names;
 mod namespace;
 pub mod posix;
+mod readdir;
 mod write;
 pub mod xattr;
 
@@ -38,10 +39,9 @@ use crate::prefetch::{MemoryBudget, Prefetcher, ReadAheadConfig};
 use crate::staging::Staging;
 use crate::upload::{UploadBudget, UploadConfig};
 use crate::writeback::WriteContext;
-use dir::{DirStream, Hidden, Listed, ListedKind};
 pub use error::FsError;
 use inode::{InodeTable, ROOT_INO};
-use metadata::{DirKnowledge, MetadataCache, Stamp};
+use metadata::{DirKnowledge, MetadataCache};
 use names::{RootPrefix, check_os_name, join};
 
 /// How many distinct hidden keys we remember having warned about, so each is logged once.
@@ -297,13 +297,6 @@ pub struct Opened {
     pub keep_cache: bool,
 }
 
-/// An open directory: a listing stream, behind an async mutex because filling a reply may
-/// wait for the next page.
-struct OpenDir {
-    path: Arc<str>,
-    stream: tokio::sync::Mutex<DirStream>,
-}
-
 /// The file system. All methods take `&self` and are safe to call concurrently.
 pub struct S3Fs {
     client: Arc<dyn ObjectClient>,
@@ -316,7 +309,7 @@ pub struct S3Fs {
     staged: write::StagedTable,
     /// `None` on a read-only mount.
     writes: Option<Arc<WriteContext>>,
-    dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
+    dirs: Mutex<HashMap<u64, Arc<readdir::OpenDir>>>,
     next_handle: AtomicU64,
     warned_keys: Cache<String, ()>,
     /// Directories have no time of their own in S3; they show the mount time.
@@ -327,9 +320,6 @@ pub struct S3Fs {
     /// Bounds the HEADs that fetch listed files' metadata ahead of their lookups.
     details_ahead: Arc<tokio::sync::Semaphore>,
 }
-
-/// Offsets 1 and 2 are `.` and `..`; listed names start after them.
-const DOT_ENTRIES: u64 = 2;
 
 impl S3Fs {
     /// A file system over `client`; blocks are cached in `disk` when given, writes staged in
@@ -598,79 +588,6 @@ impl S3Fs {
         self.writes.as_ref().ok_or(FsError::ReadOnly)
     }
 
-    pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
-        let path = self.path_of(ino)?;
-        let entry = self.resolve(&path).await?.ok_or(FsError::NotFound)?;
-        if entry.kind != Kind::Dir {
-            return Err(FsError::NotADirectory);
-        }
-        let prefix = self.config.root.dir_prefix(&path);
-        let stream = DirStream::new(prefix, DOT_ENTRIES, self.config.list_page_size)
-            .with_local_files(self.staged.children(&path));
-        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let dir = OpenDir {
-            path,
-            stream: tokio::sync::Mutex::new(stream),
-        };
-        lock(&self.dirs).insert(handle, Arc::new(dir));
-        Ok(handle)
-    }
-
-    /// Hands entries after `offset` to `add` until it returns `true` (reply buffer full) or the
-    /// directory ends. Lists one page at a time.
-    pub async fn readdir(
-        &self,
-        ino: u64,
-        handle: u64,
-        offset: u64,
-        add: &mut (dyn FnMut(DirEntry) -> bool + Send),
-    ) -> Result<(), FsError> {
-        let dir = lock(&self.dirs).get(&handle).cloned().ok_or(FsError::BadHandle)?;
-        let parent_ino = self.parent_ino(&dir.path);
-        let dots = [(1, ".", ino), (2, "..", parent_ino)];
-        for (entry_offset, name, entry_ino) in dots {
-            if offset < entry_offset {
-                let entry = DirEntry {
-                    ino: entry_ino,
-                    offset: entry_offset,
-                    kind: Kind::Dir,
-                    name: name.into(),
-                };
-                if add(entry) {
-                    return Ok(());
-                }
-            }
-        }
-        let mut stream = dir.stream.lock().await;
-        if offset < stream.earliest_offset() {
-            stream.restart();
-        }
-        stream.skip_through(offset);
-        loop {
-            while let Some(listed) = stream.front() {
-                if listed.offset > offset {
-                    let entry = self.dir_entry(&dir.path, listed);
-                    if add(entry) {
-                        return Ok(());
-                    }
-                }
-                stream.pop_front();
-            }
-            if stream.is_exhausted() {
-                return Ok(());
-            }
-            let sent = self.metadata.stamp();
-            let outcome = stream.fetch_page(self.client.as_ref()).await?;
-            self.remember_listing(&dir.path, &outcome.added, sent);
-            self.fetch_details_ahead(&dir.path, &outcome.added);
-            self.warn_hidden(&outcome.hidden);
-        }
-    }
-
-    pub fn releasedir(&self, handle: u64) {
-        lock(&self.dirs).remove(&handle);
-    }
-
     pub fn statfs(&self) -> StatFs {
         // Large round numbers: "free" must never make `cp` or `df` believe the disk is full.
         const PLENTY: u64 = 1 << 40;
@@ -715,29 +632,6 @@ impl S3Fs {
 
     fn path_of(&self, ino: u64) -> Result<Arc<str>, FsError> {
         lock(&self.inodes).path(ino).ok_or(FsError::BadHandle)
-    }
-
-    fn parent_ino(&self, path: &str) -> u64 {
-        match path.rsplit_once('/') {
-            Some((parent, _)) => lock(&self.inodes).peek(parent),
-            None => ROOT_INO,
-        }
-    }
-
-    fn dir_entry(&self, dir_path: &str, listed: &Listed) -> DirEntry {
-        let ino = lock(&self.inodes).peek(&dir::listed_path(dir_path, listed));
-        let kind = match listed.kind {
-            // A symlink another tool wrote shows as a file until it is looked up (a listing
-            // carries no metadata); see docs/SEMANTICS.md.
-            ListedKind::File(_) | ListedKind::Local => Kind::File,
-            ListedKind::Dir => Kind::Dir,
-        };
-        DirEntry {
-            ino,
-            offset: listed.offset,
-            kind,
-            name: listed.name.clone(),
-        }
     }
 
     /// What is at `path`: from the cache if fresh, else from S3 (a HEAD of the file key and a
@@ -893,69 +787,6 @@ impl S3Fs {
             }),
             Err(ObjectError::NoSuchKey(_)) => Ok(Entry::dir(self.mount_time)),
             Err(error) => Err(error.into()),
-        }
-    }
-
-    /// Caches what a listing page (requested at `sent`) told about each entry, so `ls -l` costs
-    /// no request per entry.
-    fn remember_listing(&self, dir_path: &str, added: &[Listed], sent: Stamp) {
-        let answers = added.iter().filter_map(|listed| {
-            let entry = match &listed.kind {
-                ListedKind::File(object) => Entry {
-                    kind: Kind::File,
-                    size: object.size,
-                    mtime: object.last_modified,
-                    etag: Some(object.etag.clone()),
-                    details: None,
-                },
-                ListedKind::Dir => Entry::dir(self.mount_time),
-                // Staged here, not in S3: `resolve` asks the staged file.
-                ListedKind::Local => return None,
-            };
-            Some((dir::listed_path(dir_path, listed), Some(entry)))
-        });
-        self.metadata.remember_answers(answers, sent);
-    }
-
-    /// With exact POSIX metadata, HEADs the files a listing page showed, [`DETAILS_AHEAD`] at a
-    /// time in the background, so that the lookups `ls -l` makes next (one at a time, each of
-    /// which would HEAD) find their metadata cached. A file whose metadata arrived meanwhile (its
-    /// lookup came first), or that changed on this mount, is skipped or its answer dropped.
-    fn fetch_details_ahead(&self, dir_path: &str, added: &[Listed]) {
-        if self.config.posix_metadata != PosixMetadata::Exact {
-            return;
-        }
-        for listed in added {
-            let ListedKind::File(object) = &listed.kind else {
-                continue;
-            };
-            let path = dir::listed_path(dir_path, listed);
-            let key = object.key.clone();
-            let (client, metadata) = (self.client.clone(), self.metadata.clone());
-            let permits = self.details_ahead.clone();
-            tokio::spawn(async move {
-                let Ok(_permit) = permits.acquire_owned().await else {
-                    return;
-                };
-                let wanted = matches!(metadata.get(&path), Some(Some(entry)) if entry.details.is_none());
-                if !wanted {
-                    return;
-                }
-                let sent = metadata.stamp();
-                // Best effort: a failure leaves the lookup to HEAD it.
-                if let Ok(head) = client.head(&key).await {
-                    metadata.remember_answer(path, Some(file_entry_from_head(&head)), sent);
-                }
-            });
-        }
-    }
-
-    fn warn_hidden(&self, hidden: &[Hidden]) {
-        for item in hidden {
-            if !self.warned_keys.contains_key(&item.key) {
-                self.warned_keys.insert(item.key.clone(), ());
-                tracing::warn!(key = %item.key, reason = ?item.reason, "hiding key that cannot be a path");
-            }
         }
     }
 

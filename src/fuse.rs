@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, Notifier,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -279,6 +279,19 @@ impl Filesystem for FuseAdapter {
                 "the kernel cannot pass O_TRUNC with open: a truncating open empties the object at once"
             );
         }
+        // READDIRPLUS: a directory's entries come with their attributes, so `ls -l` needs no
+        // LOOKUP per name. AUTO lets the kernel use it for a directory's first reply and then
+        // only where lookups follow (all of `ls -l`, not the rest of a `find`), which spares a
+        // bare listing most of the inodes it would create.
+        if self.fs.wants_readdirplus()
+            && config
+                .add_capabilities(
+                    fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+                )
+                .is_err()
+        {
+            tracing::debug!("the kernel has no READDIRPLUS: each listed name is looked up on its own");
+        }
         Ok(())
     }
 
@@ -380,6 +393,41 @@ impl Filesystem for FuseAdapter {
         });
     }
 
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        let fs = self.fs.clone();
+        let ttl = self.ttl;
+        let started = std::time::Instant::now();
+        self.runtime.spawn(async move {
+            let mut reply = reply;
+            let mut add = |e: &crate::fs::DirEntry, attr: &Attr, lasting: bool| {
+                // An entry the kernel may not keep is checked again at its next use.
+                let ttl = if lasting { ttl } else { Duration::ZERO };
+                reply.add(
+                    INodeNo(e.ino),
+                    e.offset,
+                    &e.name,
+                    &ttl,
+                    &file_attr(attr),
+                    Generation(0),
+                )
+            };
+            match fs.readdirplus(ino.0, fh.0, offset, &mut add).await {
+                Ok(()) => {
+                    metrics::fuse_request("readdirplus", 0, started.elapsed());
+                    reply.ok();
+                }
+                Err(error) => reply.error(failed(&fs, "readdirplus", ino.0, started, &error)),
+            }
+        });
+    }
+
     fn releasedir(
         &self,
         _req: &Request,
@@ -400,12 +448,13 @@ impl Filesystem for FuseAdapter {
     }
 
     // Extended attributes: only `user.` exists. The kernel asks for `security.capability` on
-    // writes and `ls` for ACLs and SELinux labels: answered here, with no request to S3.
+    // writes and `ls` for ACLs and SELinux labels: answered here, with no request to S3 (see
+    // `Name::foreign_read_error`).
 
     fn getxattr(&self, _: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
         use std::os::unix::ffi::OsStrExt;
         if Name::is_foreign(name.as_bytes()) {
-            reply.error(Errno::ENODATA);
+            reply.error(Errno::from_i32(Name::foreign_read_error(name.as_bytes()).errno()));
             return;
         }
         let name = name.to_owned();

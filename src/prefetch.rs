@@ -71,7 +71,11 @@ pub struct ReadAheadConfig {
     pub part_size: u64,
 }
 
-type PartResult = Option<Result<Bytes, ObjectError>>;
+/// A part's bytes, one buffer per block as the block reader hands them: a 1 MiB read at a
+/// block boundary is one of them, not a slice of a copy of the whole part.
+type PartData = Arc<[Bytes]>;
+
+type PartResult = Option<Result<PartData, ObjectError>>;
 
 /// A range of the object being fetched (or fetched) in the background.
 struct Part {
@@ -136,7 +140,7 @@ impl Prefetcher {
         };
         let (sender, receiver) = watch::channel(None);
         let task = tokio::spawn(async move {
-            sender.send_replace(Some(Ok(first)));
+            sender.send_replace(Some(Ok(Arc::from([first]))));
         });
         self.parts.push_back(Part {
             range: 0..len,
@@ -272,7 +276,7 @@ impl Prefetcher {
         let object = self.object.clone();
         let blocks = start / BLOCK_SIZE..end.div_ceil(BLOCK_SIZE);
         let task = tokio::spawn(async move {
-            let result = reader.read_blocks(&object, blocks).await;
+            let result = reader.read_block_list(&object, blocks).await.map(PartData::from);
             sender.send_replace(Some(result));
         });
         Part {
@@ -322,20 +326,36 @@ async fn collect(
             Some(result) => result?,
             None => {
                 let blocks = part_range.start / BLOCK_SIZE..part_range.end.div_ceil(BLOCK_SIZE);
-                reader.read_blocks(object, blocks).await?
+                PartData::from(reader.read_block_list(object, blocks).await?)
             }
         };
         let from = range.start.max(part_range.start) - part_range.start;
         let to = range.end.min(part_range.end) - part_range.start;
-        if to as usize > data.len() {
-            return Err(ObjectError::Service {
-                code: "ShortRead".into(),
-                message: "part shorter than asked".into(),
-            });
-        }
-        pieces.push(data.slice(from as usize..to as usize));
+        cut(&data, from..to, &mut pieces)?;
     }
     Ok(concat(pieces.into_iter()))
+}
+
+/// Appends the slices of `blocks` (a part's, the first starting at its offset 0) that hold the
+/// part's bytes `range` to `pieces`; an error when the part is shorter than that.
+fn cut(blocks: &[Bytes], range: Range<u64>, pieces: &mut Vec<Bytes>) -> Result<(), ObjectError> {
+    let mut block_start = 0u64;
+    for block in blocks {
+        let block_end = block_start + block.len() as u64;
+        if block_start < range.end && range.start < block_end {
+            let from = range.start.max(block_start) - block_start;
+            let to = range.end.min(block_end) - block_start;
+            pieces.push(block.slice(from as usize..to as usize));
+        }
+        block_start = block_end;
+    }
+    if block_start < range.end {
+        return Err(ObjectError::Service {
+            code: "ShortRead".into(),
+            message: "part shorter than asked".into(),
+        });
+    }
+    Ok(())
 }
 
 fn block_ceil(offset: u64) -> u64 {

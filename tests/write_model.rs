@@ -2642,10 +2642,11 @@ async fn write_after_a_failed_close_survives_a_crash() {
 async fn chmod_of_a_link_listed_as_a_file_keeps_it_a_link() {
     let client = Arc::new(Bucket::memory("bugs"));
     let cache_dir = TempDir::new().unwrap();
+    // The link is another writer's (this mount's cache does not know it), so the listing, which
+    // carries no metadata, is all this mount has seen of it.
+    let link_metadata = HashMap::from([("mode".to_owned(), "41471".to_owned())]);
+    client.put_object_with("l", &b"target"[..], None, link_metadata);
     let fs = mount_with_ttl(&client, &cache_dir, Duration::from_secs(60));
-    fs.symlink(ROOT_INO, OsStr::new("l"), b"target", None)
-        .await
-        .unwrap();
     list(&fs, ROOT_INO).await;
     let attr = fs.lookup(ROOT_INO, OsStr::new("l")).await.unwrap();
     assert_eq!(attr.kind, Kind::File, "the listed link shows as a regular file");
@@ -2661,6 +2662,34 @@ async fn chmod_of_a_link_listed_as_a_file_keeps_it_a_link() {
         "the link's mode (S_IFLNK|0777) was replaced: {user:?}"
     );
     assert_eq!(errno(fs.readlink(attr.ino).await), Ok(b"target".to_vec()));
+}
+
+/// chown after a listing of a file this mount wrote leaves `st_mtime` as it was. (Found by the
+/// model: the entry this mount made at the upload carries the last write's time to the
+/// nanosecond; the listing kept it (it knows more than the page of the same object), and the
+/// chown pinned the time a HEAD tells, Last-Modified to the second, so `st_mtime` moved.)
+#[tokio::test]
+async fn chown_after_a_listing_of_a_file_this_mount_wrote_keeps_its_mtime() {
+    let client = Arc::new(Bucket::memory("bugs"));
+    client.put_object("a", &b"old contents"[..]);
+    let cache_dir = TempDir::new().unwrap();
+    let fs = mount_with_ttl(&client, &cache_dir, Duration::from_secs(60));
+    let attr = fs.lookup(ROOT_INO, OsStr::new("a")).await.unwrap();
+    fs.setattr(attr.ino, Some(0), None).await.unwrap();
+    list(&fs, ROOT_INO).await;
+    let before = fs.getattr(attr.ino).await.unwrap();
+    let change = AttrChange {
+        uid: Some(0),
+        gid: Some(0),
+        ..AttrChange::default()
+    };
+    let changed = fs.setattr_all(attr.ino, None, &change, None).await.unwrap();
+    assert_eq!(changed.mtime, before.mtime, "st_mtime in chown's answer");
+    assert_eq!(
+        fs.getattr(attr.ino).await.unwrap().mtime,
+        before.mtime,
+        "st_mtime after chown"
+    );
 }
 
 /// A file opened with O_TRUNC whose close failed (S3 unreachable) is uploaded by the next mount

@@ -36,6 +36,7 @@ use bytes::Bytes;
 use s3mount::object::{CompletedPart, ObjectClient, ObjectMetadata, PutOptions};
 
 use common::fault_proxy::FaultProxy;
+use common::metrics::{MetricsEndpoint, Scrape};
 use common::{
     Mount, TestPrefix, assert_same_bytes, client, close, pseudo_random, run_bounded, runtime, settings,
 };
@@ -954,6 +955,129 @@ fn s3fs_modes_owners_times_and_symlinks_show_and_ln_s_writes_them_the_same_way()
         );
     }
     assert_eq!(read_file(&mount.join("made-dirlink/file")), b"pointed at\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listing with attributes (READDIRPLUS)
+
+/// Everything `stat` shows of a path (not following a link).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StatFields {
+    ino: u64,
+    mode: u32,
+    owner: (u32, u32),
+    nlink: u64,
+    size: u64,
+    blocks: (u64, u64),
+    /// (mtime, ctime, atime), each as seconds and nanoseconds.
+    times: [(i64, i64); 3],
+}
+
+fn stat_fields(path: &Path) -> StatFields {
+    let m = std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+    StatFields {
+        ino: m.ino(),
+        mode: m.mode(),
+        owner: (m.uid(), m.gid()),
+        nlink: m.nlink(),
+        size: m.size(),
+        blocks: (m.blksize(), m.blocks()),
+        times: [
+            (m.mtime(), m.mtime_nsec()),
+            (m.ctime(), m.ctime_nsec()),
+            (m.atime(), m.atime_nsec()),
+        ],
+    }
+}
+
+/// Lists `dir` and stats each entry as `ls -l` does, by name.
+fn ls_l(dir: &Path) -> Vec<(String, StatFields)> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("listing")
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let fields = stat_fields(&dir.join(&name));
+            (name, fields)
+        })
+        .collect()
+}
+
+#[test]
+fn ls_l_is_answered_by_the_listing_with_the_attributes_a_lookup_gives() {
+    let prefix = TestPrefix::new("x-rdplus");
+    let s3fs = |entries: &[(&str, &str)]| ObjectMetadata {
+        user: user(entries),
+        ..ObjectMetadata::default()
+    };
+    let stored = [
+        ("mode", REGULAR_0600),
+        ("uid", "1001"),
+        ("gid", "1002"),
+        ("mtime", "1600000000"),
+    ];
+    for n in 0..30 {
+        prefix.put(&format!("d/plain{n:02}"), vec![b'p'; n * 100]);
+    }
+    prefix.put_with_metadata("d/stored", "kept attributes\n", &s3fs(&stored));
+    prefix.put_with_metadata("d/opened", "opened first\n", &s3fs(&stored));
+    prefix.put("d/sub/inner", "x");
+    prefix.put_with_metadata("d/marked/", "", &s3fs(&[("mode", "16832"), ("uid", "1003")]));
+    let endpoint = MetricsEndpoint::on_free_port();
+    let addr = endpoint.arg();
+    let mount = Mount::start(&[&prefix.source()], &["--metrics-addr", &addr]);
+    let dir = mount.join("d");
+    // One file looked at closely before the listing, one being written during it.
+    assert_eq!(read_file(&dir.join("opened")), b"opened first\n");
+    let mut writing = std::fs::File::create(dir.join("writing")).expect("creating a file");
+    writing.write_all(b"staged, not uploaded").expect("writing");
+    let before = endpoint.wait_until_answering(&mount);
+
+    let listed = ls_l(&dir);
+    let after_listing = endpoint.scrape(&mount);
+    let fuse = |scrape: &Scrape, op: &str| scrape.sum("s3mount_fuse_requests_total", &[("operation", op)]);
+    let s3 = |scrape: &Scrape, op: &str| scrape.sum("s3mount_s3_requests_total", &[("operation", op)]);
+    assert_eq!(listed.len(), 30 + 5, "{listed:?}");
+    assert!(
+        fuse(&after_listing, "readdirplus") - fuse(&before, "readdirplus") >= 1.0,
+        "the kernel listed with READDIRPLUS: {}",
+        after_listing.show("s3mount_fuse_requests_total")
+    );
+    assert_eq!(
+        fuse(&after_listing, "lookup") - fuse(&before, "lookup"),
+        0.0,
+        "no entry needed a lookup of its own: {}",
+        after_listing.show("s3mount_fuse_requests_total")
+    );
+    assert_eq!(s3(&after_listing, "HeadObject") - s3(&before, "HeadObject"), 0.0);
+
+    // The kernel forgets every entry; stat asks the daemon again, entry by entry.
+    std::fs::write("/proc/sys/vm/drop_caches", "2").expect("dropping the kernel's dentries (root)");
+    let looked_up: Vec<_> = listed
+        .iter()
+        .map(|(name, _)| (name.clone(), stat_fields(&dir.join(name))))
+        .collect();
+    let after_lookups = endpoint.scrape(&mount);
+    // All but the file held open (whose dentry is in use), and `d` again.
+    assert!(
+        fuse(&after_lookups, "lookup") - fuse(&after_listing, "lookup") >= listed.len() as f64 - 1.0,
+        "each stat was a lookup: {}",
+        after_lookups.show("s3mount_fuse_requests_total")
+    );
+    for ((name, from_listing), (_, from_lookup)) in listed.iter().zip(&looked_up) {
+        assert_eq!(
+            from_listing, from_lookup,
+            "{name}: the listing's attributes and a lookup's"
+        );
+    }
+    let of = |name: &str| &listed.iter().find(|(n, _)| n == name).expect(name).1;
+    assert_eq!(of("writing").size, 20, "the staged size");
+    assert_eq!(of("plain07").size, 700);
+    assert_eq!(of("sub").mode & 0o170000, 0o040000, "a prefix is a directory");
+    close(writing).expect("closing (the upload)");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-//! Directory streams: a paged ListObjectsV2 turned into readdir entries, one page in memory at a
-//! time, so a directory of 100,000 keys never needs the whole listing (or bucket) in memory.
+//! Directory streams: a paged ListObjectsV2 turned into readdir entries, a page in memory at a
+//! time (and a few listed ahead, see `readdir`), so a directory of 100,000 keys never needs
+//! the whole listing (or bucket) in memory.
 //!
 //! Owns the merge of a page's objects and common prefixes into one name order, the hiding of
 //! keys that cannot be names, and the rule for a name that is both a file and a prefix: the
@@ -9,7 +10,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use crate::object::{ListRequest, ObjectClient, ObjectError, ObjectSummary};
+use crate::object::{ListPage, ListRequest, ObjectClient, ObjectError, ObjectSummary};
 
 use super::names::{NameError, check_component, join};
 
@@ -138,16 +139,29 @@ impl DirStream {
     /// Fetches the next page and turns it into ready entries. Returns what it had to hide, and the
     /// entries it added (so the caller can cache their metadata).
     pub async fn fetch_page(&mut self, client: &dyn ObjectClient) -> Result<PageOutcome, ObjectError> {
-        if self.exhausted {
+        let Some(request) = self.next_request() else {
             return Ok(PageOutcome::default());
-        }
-        let request = ListRequest {
+        };
+        let page = client.list(&request).await?;
+        Ok(self.accept_page(page))
+    }
+
+    /// The request of the next page (`None` once the listing has ended), for a caller that sends
+    /// it itself (ahead of need) and hands the answer to [`DirStream::accept_page`].
+    pub fn next_request(&self) -> Option<ListRequest> {
+        (!self.exhausted).then(|| ListRequest {
             prefix: self.prefix.clone(),
             delimiter: Some("/".to_owned()),
             continuation_token: self.continuation.clone(),
             max_keys: self.page_size,
-        };
-        let page = client.list(&request).await?;
+        })
+    }
+
+    /// Turns the answer to [`DirStream::next_request`] into ready entries (see `fetch_page`).
+    pub fn accept_page(&mut self, page: ListPage) -> PageOutcome {
+        if self.exhausted {
+            return PageOutcome::default();
+        }
         self.continuation = page.next_continuation_token;
         let mut outcome = PageOutcome::default();
         let before = self.ready.len();
@@ -164,7 +178,7 @@ impl DirStream {
             }
         }
         outcome.added = self.ready.iter().skip(before).cloned().collect();
-        Ok(outcome)
+        outcome
     }
 
     fn accept(&mut self, item: PageItem, hidden: &mut Vec<Hidden>) {

@@ -105,6 +105,16 @@ impl MetadataCache {
         self.entries.get(path)
     }
 
+    /// What the cache holds of `path` (a file or directory), without counting as a use of it:
+    /// what a listing page checks for each name, most of which the cache does not hold (a
+    /// read, even a miss, costs the cache's bookkeeping).
+    pub fn peek(&self, path: &str) -> Option<Entry> {
+        if !self.entries.contains_key(path) {
+            return None;
+        }
+        self.entries.get(path).flatten()
+    }
+
     /// The stamp to take before sending a request whose answer goes in the cache.
     pub fn stamp(&self) -> Stamp {
         Stamp(self.clock.load(Ordering::SeqCst))
@@ -122,14 +132,32 @@ impl MetadataCache {
         if self.all_changed.load(Ordering::SeqCst) > sent.0 {
             return;
         }
+        // Most answers (every page of a listing that no change of this mount overlapped) need
+        // no look at what changed, one cache read per entry saved.
+        let unchanged = self.nothing_changed_since(sent);
         for (path, entry) in answers {
-            if self.changed.get(&path).is_none_or(|changed| changed <= sent.0) {
+            if unchanged || self.changed.get(&path).is_none_or(|changed| changed <= sent.0) {
                 if entry.is_some() {
                     self.note_name(&path, true);
                 }
                 self.entries.insert(path, entry);
             }
         }
+    }
+
+    /// Whether this mount changed `path` (or every path) after an answer sent at `sent` was
+    /// asked for: what that answer says of it may be older than what this mount did.
+    pub fn changed_since(&self, path: &str, sent: Stamp) -> bool {
+        if self.nothing_changed_since(sent) {
+            return false;
+        }
+        self.all_changed.load(Ordering::SeqCst) > sent.0
+            || self.changed.get(path).is_some_and(|changed| changed > sent.0)
+    }
+
+    /// Whether this mount changed nothing at all after `sent`: every change ticks the clock.
+    fn nothing_changed_since(&self, sent: Stamp) -> bool {
+        self.clock.load(Ordering::SeqCst) <= sent.0
     }
 
     /// A change this mount made: what is at `path` now.

@@ -225,7 +225,7 @@ async fn a_huge_directory_streams_one_page_at_a_time() {
         };
         fs.readdir(dir.ino, handle, offset, &mut add).await.unwrap();
         let open = lock(&fs.dirs).get(&handle).cloned().unwrap();
-        most_buffered = most_buffered.max(open.stream.lock().await.buffered());
+        most_buffered = most_buffered.max(open.listing.lock().await.stream.buffered());
         if batch == 0 {
             break;
         }
@@ -234,6 +234,151 @@ async fn a_huge_directory_streams_one_page_at_a_time() {
     }
     assert_eq!(count, 100_002);
     assert!(most_buffered <= 1000, "buffered {most_buffered} entries");
+}
+
+/// opendir of a directory the cache knows nothing of any more (its entry expired, or was evicted
+/// by the entries of directories listed before it, as in a `find` over 100,000 keys) asks S3
+/// nothing: the kernel opens only what it holds as a directory, and the listing tells the rest.
+#[tokio::test]
+async fn opendir_of_a_directory_no_longer_cached_sends_no_request() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("d/a", "1");
+    client.put_object("d/b", "2");
+    let mut cfg = config("");
+    cfg.metadata_ttl = Duration::ZERO;
+    let fs = S3Fs::new(client.clone(), cfg, None, None);
+    let dir = lookup_path(&fs, "d").await.unwrap();
+    client.reset_counters();
+    let handle = fs.opendir(dir.ino).await.unwrap();
+    let counts = client.counters();
+    assert_eq!((counts.head, counts.list), (0, 0), "opendir sent requests");
+    fs.releasedir(handle);
+    let names: Vec<String> = list_names(&fs, dir.ino)
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, [".", "..", "a", "b"]);
+    assert_eq!(client.counters().head, 0, "listing d sent a HEAD");
+}
+
+/// Waits (at most 10 s) until `client` has been sent `count` LISTs in all.
+async fn lists_sent(client: &Bucket, count: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client.counters().list < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} LISTs sent, {count} expected",
+            client.counters().list
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Reads `dir` from `offset` through a reply that takes `room` entries; their names.
+async fn readdir_names(fs: &S3Fs, dir: u64, handle: u64, offset: u64, room: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut add = |e: DirEntry| {
+        if names.len() == room {
+            return true;
+        }
+        names.push(e.name);
+        false
+    };
+    fs.readdir(dir, handle, offset, &mut add).await.unwrap();
+    names
+}
+
+#[tokio::test]
+async fn listing_pages_are_asked_for_ahead_while_the_reader_takes_this_one() {
+    let client = Arc::new(Bucket::memory("b"));
+    for n in 0..30 {
+        client.put_object(&format!("d/f{n:02}"), "x");
+    }
+    let mut cfg = config("");
+    cfg.list_page_size = Some(10);
+    let fs = S3Fs::new(client.clone(), cfg, None, None);
+    let d = lookup_path(&fs, "d").await.unwrap().ino;
+    let handle = fs.opendir(d).await.unwrap();
+    let before = client.counters().list;
+    // The dots and eight of the first page's ten names (its last is held until the next page
+    // shows no `f09/`): the other two pages, not needed yet, are listed meanwhile.
+    let first = readdir_names(&fs, d, handle, 0, 10).await;
+    assert_eq!(first.last().map(String::as_str), Some("f07"));
+    lists_sent(&client, before + 3).await;
+    let rest = readdir_names(&fs, d, handle, 10, 100).await;
+    let expected: Vec<String> = (8..30).map(|n| format!("f{n:02}")).collect();
+    assert_eq!(rest, expected);
+    assert_eq!(
+        client.counters().list,
+        before + 3,
+        "each page asked for once, none after the last"
+    );
+    // A rewind lists from the start again, the page asked for ahead of it dropped.
+    let again = readdir_names(&fs, d, handle, 0, 100).await;
+    assert_eq!(again.len(), 32);
+    fs.releasedir(handle);
+}
+
+#[tokio::test]
+async fn a_page_listed_ahead_longer_ago_than_the_ttl_is_listed_again() {
+    let client = Arc::new(Bucket::memory("b"));
+    for n in 0..30 {
+        client.put_object(&format!("d/f{n:02}"), "x");
+    }
+    let mut cfg = config("");
+    cfg.list_page_size = Some(10);
+    cfg.metadata_ttl = Duration::from_millis(300);
+    let fs = S3Fs::new(client.clone(), cfg, None, None);
+    let d = lookup_path(&fs, "d").await.unwrap().ino;
+    let handle = fs.opendir(d).await.unwrap();
+    let before = client.counters().list;
+    readdir_names(&fs, d, handle, 0, 10).await;
+    lists_sent(&client, before + 3).await;
+    // The reader pauses past the TTL: what waits is too old to hand out.
+    client.put_object("d/f15x", "new meanwhile");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let rest = readdir_names(&fs, d, handle, 10, 100).await;
+    fs.releasedir(handle);
+    assert!(rest.iter().any(|name| name == "f15x"), "listed again: {rest:?}");
+    assert_eq!(rest.len(), 23);
+    // Pages 2 and 3 asked again, and a fourth the new key pushed the last one into.
+    assert_eq!(client.counters().list, before + 6);
+}
+
+#[tokio::test]
+async fn a_page_asked_for_ahead_before_an_unlink_does_not_bring_the_file_back() {
+    let client = Arc::new(Bucket::memory("b"));
+    for n in 0..20 {
+        client.put_object(&format!("d/f{n:02}"), "x");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config("");
+    cfg.list_page_size = Some(10);
+    let staging = crate::staging::Staging::open(dir.path()).unwrap();
+    let fs = S3Fs::new(client.clone(), cfg, None, Some(staging));
+    let d = lookup_path(&fs, "d").await.unwrap().ino;
+    lookup_path(&fs, "d/f15").await.unwrap();
+    let handle = fs.opendir(d).await.unwrap();
+    let before = client.counters().list;
+    client.set_answer_latency(Op::List, Duration::from_millis(300));
+    readdir_names(&fs, d, handle, 0, 10).await;
+    // The second page is on its way (answered 300 ms after it was asked) when f15 goes.
+    lists_sent(&client, before + 2).await;
+    client.set_answer_latency(Op::List, Duration::ZERO);
+    fs.unlink(d, OsStr::new("f15")).await.unwrap();
+    let rest = readdir_names(&fs, d, handle, 10, 100).await;
+    assert!(
+        rest.iter().any(|name| name == "f15"),
+        "the page predates the unlink: {rest:?}"
+    );
+    fs.releasedir(handle);
+    assert_eq!(
+        fs.lookup(d, OsStr::new("f15")).await.unwrap_err().errno(),
+        libc::ENOENT,
+        "the page predates the unlink and must not have cached the file again"
+    );
+    assert_eq!(lookup_path(&fs, "d/f16").await.unwrap().size, 1);
 }
 
 #[tokio::test]

@@ -648,11 +648,15 @@ async fn foreign_namespaces_are_enotsup_to_set_and_enodata_to_read() {
     let fs = writable(&client, &dir);
     let ino = ino_of(&fs, "f").await;
     client.reset_counters();
-    for name in [
-        "security.selinux",
-        "system.posix_acl_access",
-        "trusted.overlay.opaque",
-        "team",
+    // Features this file system does not have are not supported even to read (so `ls -l` stops
+    // asking); any other foreign name is merely not there.
+    for (name, read) in [
+        ("security.selinux", libc::ENOTSUP),
+        ("system.posix_acl_access", libc::ENOTSUP),
+        ("system.posix_acl_default", libc::ENOTSUP),
+        ("security.capability", libc::ENODATA),
+        ("trusted.overlay.opaque", libc::ENODATA),
+        ("team", libc::ENODATA),
     ] {
         assert_eq!(errno(set(&fs, ino, name, b"v").await), libc::ENOTSUP, "{name}");
         assert_eq!(
@@ -660,7 +664,7 @@ async fn foreign_namespaces_are_enotsup_to_set_and_enodata_to_read() {
             libc::ENOTSUP,
             "{name}"
         );
-        assert_eq!(errno(get(&fs, ino, name).await), libc::ENODATA, "{name}");
+        assert_eq!(errno(get(&fs, ino, name).await), read, "{name}");
     }
     assert_eq!(client.counters(), RequestCounts::default());
 }
@@ -1185,15 +1189,15 @@ async fn exact_fetches_a_listings_metadata_ahead_of_the_lookups() {
     client.reset_counters();
     assert_eq!(list_dir(&fs, d).await.len(), 100);
     ahead_done(&fs).await;
-    // And one of `d/`, the directory's marker (it has none), when opendir looks `d` up.
-    assert_eq!(client.counters().head, 101, "one HEAD ahead per listed file");
+    // opendir sends nothing: the kernel opens only what it holds as a directory.
+    assert_eq!(client.counters().head, 100, "one HEAD ahead per listed file");
     for n in 0..100 {
         let attr = fs.lookup(d, os(&format!("f{n:03}"))).await.unwrap();
         assert_eq!(attr.perm, 0o600, "f{n:03}");
     }
     assert_eq!(
         client.counters().head,
-        101,
+        100,
         "the lookups found every file's metadata cached"
     );
 }
@@ -1311,6 +1315,189 @@ async fn mkdir_as_records_only_what_differs_on_the_marker() {
     assert_eq!(client.body("private/").as_deref(), Some(&b""[..]));
     let seen = lookup_path(&fresh(&client, config("")), "private").await.unwrap();
     assert_eq!((seen.kind, seen.perm, seen.gid), (Kind::Dir, 0o700, 8));
+}
+
+// ---------------------------------------------------------------------------------------------
+// READDIRPLUS
+
+/// One readdirplus call on `handle` from `offset` through a reply that takes `room` entries and
+/// refuses the next (as a full kernel buffer does): what it took (each entry, its attributes,
+/// whether the kernel may keep them) and whether it refused one.
+async fn readdirplus_batch(
+    fs: &S3Fs,
+    ino: u64,
+    handle: u64,
+    offset: u64,
+    room: usize,
+) -> (Vec<(DirEntry, Attr, bool)>, bool) {
+    let (mut batch, mut refused) = (Vec::new(), false);
+    let mut add = |entry: &DirEntry, attr: &Attr, lasting: bool| {
+        if batch.len() == room {
+            refused = true;
+            return true;
+        }
+        batch.push((entry.clone(), attr.clone(), lasting));
+        false
+    };
+    fs.readdirplus(ino, handle, offset, &mut add).await.unwrap();
+    (batch, refused)
+}
+
+/// Every entry of directory `ino` with the attributes readdirplus gives it, 7 a reply, and how
+/// many entries the full replies refused.
+async fn readdirplus_all(fs: &S3Fs, ino: u64) -> (Vec<(DirEntry, Attr)>, usize) {
+    let handle = fs.opendir(ino).await.unwrap();
+    let (mut entries, mut refused, mut offset) = (Vec::new(), 0, 0);
+    loop {
+        let (batch, full) = readdirplus_batch(fs, ino, handle, offset, 7).await;
+        refused += usize::from(full);
+        let Some((last, _, _)) = batch.last() else { break };
+        offset = last.offset;
+        for (entry, attr, lasting) in batch {
+            assert!(lasting, "{}: nothing changed, the kernel may keep it", entry.name);
+            entries.push((entry, attr));
+        }
+    }
+    fs.releasedir(handle);
+    (entries, refused)
+}
+
+#[tokio::test]
+async fn a_name_unlinked_after_its_page_was_listed_is_not_kept_by_the_kernel() {
+    let client = Arc::new(Bucket::memory("b"));
+    for n in 0..20 {
+        client.put_object(&format!("d/f{n:02}"), "x");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config("");
+    cfg.list_page_size = Some(10);
+    let fs = writable_with(&client, &dir, cfg);
+    let d = ino_of(&fs, "d").await;
+    let handle = fs.opendir(d).await.unwrap();
+    // The dots and f00..f03: the rest of the first page waits in the stream, the second page is
+    // listed ahead. Then, between two getdents calls, one name of each goes.
+    let (first, _) = readdirplus_batch(&fs, d, handle, 0, 6).await;
+    assert_eq!(first.last().unwrap().0.name, "f03");
+    fs.unlink(d, os("f05")).await.unwrap();
+    fs.unlink(d, os("f15")).await.unwrap();
+    let (rest, full) = readdirplus_batch(&fs, d, handle, first.last().unwrap().0.offset, 100).await;
+    assert!(!full);
+    fs.releasedir(handle);
+    let names: Vec<&str> = rest.iter().map(|(entry, _, _)| entry.name.as_str()).collect();
+    assert_eq!(names.len(), 16, "the pages predate the unlinks: {names:?}");
+    for (entry, _, lasting) in &rest {
+        let gone = entry.name == "f05" || entry.name == "f15";
+        assert_eq!(*lasting, !gone, "{}", entry.name);
+    }
+    assert_eq!(errno(fs.lookup(d, os("f05")).await), libc::ENOENT);
+    assert_eq!(errno(fs.lookup(d, os("f15")).await), libc::ENOENT);
+}
+
+#[tokio::test]
+async fn readdirplus_gives_each_entry_the_attributes_its_lookup_answers() {
+    for mode in [PosixMetadata::Lazy, PosixMetadata::Off, PosixMetadata::Exact] {
+        let client = Arc::new(Bucket::memory("b"));
+        let stored_posix = meta(&[
+            ("mode", "33152"),
+            ("uid", "1001"),
+            ("gid", "1002"),
+            ("mtime", "1600000000"),
+        ]);
+        client.put_object("d/plain", "abc");
+        client.put_object_with("d/stored", "xyz", None, stored_posix.clone());
+        client.put_object_with("d/opened", "opened", None, stored_posix);
+        client.put_object_with("d/link", "", None, meta(&[("--symlink-target", "plain")]));
+        client.put_object("d/sub/x", "1");
+        client.put_object_with("d/marked/", "", None, meta(&[("mode", "16832"), ("uid", "1003")]));
+        for n in 0..12 {
+            client.put_object(&format!("d/many{n:02}"), vec![b'm'; n]);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config("");
+        cfg.posix_metadata = mode;
+        let fs = writable_with(&client, &dir, cfg);
+        let d = ino_of(&fs, "d").await;
+        // One file looked at closely (its metadata known), a symlink looked up, one file being
+        // written here.
+        assert_eq!(lookup_path(&fs, "d/link").await.unwrap().kind, Kind::Symlink);
+        let opened = ino_of(&fs, "d/opened").await;
+        let read = fs.open(opened, libc::O_RDONLY).await.unwrap();
+        fs.release(read.handle).await;
+        let (created, writing) = fs.create(d, os("writing"), libc::O_WRONLY).await.unwrap();
+        fs.write(writing.handle, 0, b"staged bytes").await.unwrap();
+        let live_before = fs.live_inodes();
+        client.reset_counters();
+
+        let (entries, refused) = readdirplus_all(&fs, d).await;
+        let counts = client.counters();
+        if mode != PosixMetadata::Exact {
+            assert_eq!(
+                counts.head, 0,
+                "{mode:?}: no HEAD, the listing is enough: {counts:?}"
+            );
+        }
+        let names: Vec<&str> = entries.iter().map(|(entry, _)| entry.name.as_str()).collect();
+        assert_eq!(names.len(), 2 + 19, "{mode:?}: {names:?}");
+        assert!(refused >= 2, "{mode:?}: the reply filled up, refused {refused}");
+        let listed: Vec<_> = entries.iter().filter(|(entry, _)| entry.offset > 2).collect();
+        // `opened`, `link` and `writing` were already known to the kernel; the others are new
+        // references.
+        let known = [opened, created.ino, ino_of(&fs, "d/link").await];
+        let new = listed
+            .iter()
+            .filter(|(entry, _)| !known.contains(&entry.ino))
+            .count();
+        assert_eq!(
+            fs.live_inodes(),
+            live_before + new,
+            "{mode:?}: one reference per entry taken, none for refused ones or the dots"
+        );
+        for (entry, attr) in &listed {
+            let looked_up = fs.lookup(d, os(&entry.name)).await.unwrap();
+            assert_eq!(*attr, looked_up, "{mode:?}: {}", entry.name);
+            assert_eq!(
+                (entry.ino, entry.kind),
+                (attr.ino, attr.kind),
+                "{mode:?}: {}",
+                entry.name
+            );
+        }
+        let attr_of = |name: &str| {
+            listed
+                .iter()
+                .find(|(entry, _)| entry.name == name)
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(attr_of("writing").size, 12, "{mode:?}: the staged size");
+        assert_eq!(
+            attr_of("link").kind,
+            Kind::Symlink,
+            "{mode:?}: a link looked at stays one"
+        );
+        assert_eq!(attr_of("sub").kind, Kind::Dir);
+        if mode == PosixMetadata::Exact {
+            assert_eq!(attr_of("opened").perm, 0o600, "a file looked at closely");
+            assert_eq!((attr_of("stored").perm, attr_of("stored").uid), (0o600, 1001));
+            assert_eq!(attr_of("link").kind, Kind::Symlink);
+            assert_eq!(attr_of("marked").uid, 1003);
+        } else {
+            // Lazy: what the listing just showed has the defaults, as its lookup does.
+            assert_eq!(
+                attr_of("stored").perm,
+                0o644,
+                "{mode:?}: listed only: the defaults"
+            );
+            let expected = if mode == PosixMetadata::Lazy { 0o600 } else { 0o644 };
+            assert_eq!(
+                attr_of("opened").perm,
+                expected,
+                "{mode:?}: what the open's request told is kept"
+            );
+        }
+        fs.release(writing.handle).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -111,6 +111,25 @@ impl Name {
     pub fn is_foreign(name: &[u8]) -> bool {
         !name.starts_with(USER.as_bytes())
     }
+
+    /// What reading the foreign `name` answers: `ENOTSUP` for a feature this file system does
+    /// not have at all (POSIX ACLs, SELinux labels), `ENODATA` for any other. `ls -l` asks for
+    /// an ACL and a label of every file it lists until a file system says once that it has no
+    /// such thing (coreutils then remembers it for that file system): 2 FUSE round trips per
+    /// file saved, most of what `ls -l` of a large directory cost after READDIRPLUS. What a
+    /// local file system mounted without ACLs answers too.
+    pub fn foreign_read_error(name: &[u8]) -> FsError {
+        const ABSENT_FEATURES: [&[u8]; 3] = [
+            b"system.posix_acl_access",
+            b"system.posix_acl_default",
+            b"security.selinux",
+        ];
+        if ABSENT_FEATURES.contains(&name) {
+            FsError::NotSupported
+        } else {
+            FsError::NoAttribute
+        }
+    }
 }
 
 /// A byte HTTP allows in a header name (RFC 9110 `tchar`), lower-case letters only.
@@ -255,6 +274,9 @@ impl S3Fs {
     pub async fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, FsError> {
         // A name that cannot be set (a POSIX one, bad bytes) is simply not there.
         let parsed = Name::parse(name.as_bytes()).unwrap_or(Name::UnknownSystem);
+        if parsed == Name::Foreign {
+            return Err(Name::foreign_read_error(name.as_bytes()));
+        }
         let (key, entry) = self.detailed_entry(ino).await?;
         let value = match parsed {
             Name::User(name) => entry
