@@ -418,8 +418,8 @@ async fn read_range(file: Arc<File>, range: Range<u64>, budget: &UploadBudget) -
     let read = tokio::task::spawn_blocking(move || {
         let len = (range.end - range.start) as usize;
         let mut buffer = pool.take(len);
-        buffer.resize(len, 0);
-        file.read_exact_at(&mut buffer, range.start)?;
+        buffer.resize(len);
+        file.read_exact_at(buffer.as_mut_slice(), range.start)?;
         Ok::<_, std::io::Error>(pool.freeze(buffer))
     });
     match read.await {

@@ -263,12 +263,12 @@ fn a_corrupted_block_on_disk_is_detected_and_fetched_again() {
     let files = block_files(&cache);
     assert_eq!(files.len(), 8, "blocks cached: {files:?}");
 
-    // One flipped byte in the middle of one block file: inside the data, past the header.
+    // One flipped byte in the middle of one block file: inside the data (which comes first).
     let victim = &files[files.len() / 2];
     let mut raw = std::fs::read(victim).expect("reading a block file");
     assert!(
         raw.len() > MIB,
-        "a whole block and its header: {} bytes",
+        "a whole block and its footer: {} bytes",
         raw.len()
     );
     let middle = raw.len() / 2;
@@ -415,7 +415,7 @@ fn a_cache_smaller_than_a_block_caches_nothing_and_reads_still_work() {
     let data = pseudo_random(6, size);
     prefix.put("f.bin", data.clone());
     let (_parent, cache) = cache_dir();
-    // A block file is 1 MiB of data plus its header: it never fits in 1 MiB.
+    // A block file is 1 MiB of data plus its footer: it never fits in 1 MiB.
     let extra = [
         "--cache",
         cache_arg(&cache),

@@ -1,11 +1,12 @@
 //! The on-disk block store: fixed-size blocks of objects, one file each, on local NVMe/EBS.
 //!
-//! Owns the directory layout, the block file format (a header naming the block and carrying the
-//! CRC32C of its data), atomic writes (temp file, then rename), the LRU bound and the free-space
-//! floor, and the lock that keeps two mounts out of one directory. It is synchronous: callers
-//! run it on blocking threads. It knows nothing of S3 requests or of who is waiting for a block.
+//! Owns the directory layout, the block file format (the data, then a footer naming the block
+//! and carrying the CRC32C of its data), atomic writes (temp file, then rename; with O_DIRECT
+//! where the file system takes it), the LRU bound and the free-space floor, and the lock that
+//! keeps two mounts out of one directory. It is synchronous: callers run it on blocking threads.
+//! It knows nothing of S3 requests or of who is waiting for a block.
 //!
-//! A block file is trusted only if its header names exactly the block asked for, its length is
+//! A block file is trusted only if its footer names exactly the block asked for, its length is
 //! right and its CRC32C matches; anything else (torn write, truncation, bit rot, a hash
 //! collision) is deleted and reported as a miss, never returned.
 
@@ -25,9 +26,17 @@ use sha2::{Digest, Sha256};
 use crate::lockfile::{LockError, lock_dir};
 
 /// File format marker and version; a different layout gets a different magic.
-const MAGIC: &[u8; 8] = b"s3mblk01";
-/// Magic, CRC32C, data length, name length.
-const HEADER_LEN: usize = 8 + 4 + 4 + 4;
+const MAGIC: &[u8; 8] = b"s3mblk02";
+/// The magic of the layout before (a header ahead of the data): such files are dropped quietly.
+const OLD_MAGIC: &[u8; 8] = b"s3mblk01";
+/// The footer's fixed part, after the name: name length, data length, CRC32C, magic.
+const FOOTER_LEN: usize = 4 + 4 + 4 + 8;
+/// A block file's length, and the address of the buffer it is written from, are multiples of
+/// this (the largest logical sector size in use), as O_DIRECT asks.
+const DIRECT_ALIGN: usize = 4096;
+/// Write buffers kept for reuse between block writes: a fresh 1 MiB buffer for each block cost
+/// more CPU in page faults and zeroing than its copy.
+const SPARE_WRITE_BUFFERS: usize = 8;
 /// Names longer than this cannot be ours (S3 keys are at most 1,024 bytes, ETags short).
 const MAX_NAME_LEN: usize = 4096;
 
@@ -42,7 +51,7 @@ pub struct BlockName {
 }
 
 impl BlockName {
-    /// The self-description stored in the header: unambiguous, since keys cannot hold NUL.
+    /// The self-description stored in the footer: unambiguous, since keys cannot hold NUL.
     fn describe(&self) -> Vec<u8> {
         format!("{}\0{}\0{}\0{}", self.namespace, self.key, self.etag, self.index).into_bytes()
     }
@@ -108,6 +117,10 @@ pub struct DiskCache {
     _lock: Flock<File>,
     /// Set after the first write failure was logged, so a full or broken disk warns once.
     warned: AtomicBool,
+    /// Cleared when the file system refuses O_DIRECT (tmpfs, some FUSE and network file
+    /// systems): block files then go through the page cache.
+    direct_writes: AtomicBool,
+    spare_buffers: Mutex<Vec<Vec<u8>>>,
     next_tmp: AtomicU64,
     pub counters: DiskCacheCounters,
 }
@@ -151,6 +164,8 @@ impl DiskCache {
             index: Mutex::new(index),
             _lock: lock,
             warned: AtomicBool::new(false),
+            direct_writes: AtomicBool::new(true),
+            spare_buffers: Mutex::new(Vec::new()),
             next_tmp: AtomicU64::new(0),
             counters: DiskCacheCounters::default(),
         };
@@ -195,6 +210,11 @@ impl DiskCache {
                 self.lock_index().lru.promote(&file_name);
                 Some(Bytes::from(raw).slice(range))
             }
+            None if raw.starts_with(OLD_MAGIC) => {
+                // Written by an older s3mount: not damaged, only in a layout no longer read.
+                self.forget_file(&file_name, &path);
+                None
+            }
             None => {
                 self.drop_damaged(&file_name, &path);
                 None
@@ -206,13 +226,13 @@ impl DiskCache {
     /// (disk full, unwritable) are logged once and otherwise ignored: the cache is best-effort.
     pub fn put(&self, name: &BlockName, data: &[u8]) {
         let file_name = name.file_name();
-        let header = header(&name.describe(), data);
-        let size = (header.len() + data.len()) as u64;
+        let description = name.describe();
+        let size = encoded_len(description.len(), data.len()) as u64;
         if let Err(refusal) = self.evict_to_fit(size) {
             self.note_failure(&io::Error::new(io::ErrorKind::StorageFull, refusal.to_string()));
             return;
         }
-        match self.write_atomically(&file_name, &header, data) {
+        match self.write_atomically(&file_name, &description, data) {
             Ok(()) => {
                 let mut index = self.lock_index();
                 if let Some(old) = index.lru.put(file_name, size) {
@@ -224,20 +244,25 @@ impl DiskCache {
         }
     }
 
-    fn write_atomically(&self, file_name: &str, header: &[u8], data: &[u8]) -> io::Result<()> {
+    fn take_buffer(&self) -> Vec<u8> {
+        lock(&self.spare_buffers).pop().unwrap_or_default()
+    }
+
+    fn give_back_buffer(&self, buffer: Vec<u8>) {
+        let mut spares = lock(&self.spare_buffers);
+        if spares.len() < SPARE_WRITE_BUFFERS {
+            spares.push(buffer);
+        }
+    }
+
+    fn write_atomically(&self, file_name: &str, description: &[u8], data: &[u8]) -> io::Result<()> {
         let tmp_path = self.tmp.join(format!(
             "{}.{}",
             std::process::id(),
             self.next_tmp.fetch_add(1, Ordering::Relaxed)
         ));
         let written = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp_path)?;
-            file.write_all(header)?;
-            file.write_all(data)?;
+            self.write_new_file(&tmp_path, description, data)?;
             let final_path = self.block_path(file_name);
             if let Some(parent) = final_path.parent() {
                 fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
@@ -248,6 +273,56 @@ impl DiskCache {
             let _ = fs::remove_file(&tmp_path);
         }
         written
+    }
+
+    /// Writes the block file of `data` to a new file at `path`.
+    fn write_new_file(&self, path: &Path, description: &[u8], data: &[u8]) -> io::Result<()> {
+        let mut buffer = self.take_buffer();
+        let written = self.write_new_file_with(path, description, data, &mut buffer);
+        self.give_back_buffer(buffer);
+        written
+    }
+
+    /// With O_DIRECT while the file system takes it, which spares the copy into the page cache
+    /// and its reclaim later; else through the page cache. Whole blocks of a GET's body (whole
+    /// sectors at a sector-aligned address) go from where they were received, and `buffer`
+    /// holds only the footer's sector; anything else is copied into `buffer` for O_DIRECT.
+    fn write_new_file_with(
+        &self,
+        path: &Path,
+        description: &[u8],
+        data: &[u8],
+        buffer: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        if self.direct_writes.load(Ordering::Relaxed) {
+            let data_in_place = is_whole_sectors(data);
+            let from = if data_in_place { data.len() } else { 0 };
+            let rest = BlockFile::encode(buffer, description, data, from);
+            if rest.aligned {
+                let pieces: &[&[u8]] = if data_in_place {
+                    &[data, rest.bytes]
+                } else {
+                    &[rest.bytes]
+                };
+                match write_file(path, pieces, libc::O_DIRECT) {
+                    Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                        tracing::debug!(dir = %self.dir.display(), %error,
+                            "the block cache's file system refuses O_DIRECT: block files go through the page cache");
+                        self.direct_writes.store(false, Ordering::Relaxed);
+                        let _ = fs::remove_file(path);
+                    }
+                    written => return written,
+                }
+            }
+        }
+        let rest = BlockFile::encode(buffer, description, data, data.len());
+        write_file(path, &[data, rest.bytes], 0)
+    }
+
+    /// Whether block files are still written with O_DIRECT.
+    #[cfg(test)]
+    fn writes_direct(&self) -> bool {
+        self.direct_writes.load(Ordering::Relaxed)
     }
 
     /// Evicts until `incoming` more bytes fit under the size bound and above the free-space
@@ -294,6 +369,11 @@ impl DiskCache {
     fn drop_damaged(&self, file_name: &str, path: &Path) {
         tracing::warn!(path = %path.display(), "dropping a damaged cache block; it will be fetched again");
         self.counters.corrupt_dropped.fetch_add(1, Ordering::Relaxed);
+        self.forget_file(file_name, path);
+    }
+
+    /// Deletes a block file and its index entry.
+    fn forget_file(&self, file_name: &str, path: &Path) {
         let _ = fs::remove_file(path);
         let mut index = self.lock_index();
         if let Some(size) = index.lru.pop(file_name) {
@@ -315,36 +395,97 @@ impl DiskCache {
     }
 
     fn lock_index(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.index)
     }
 }
 
-/// The header of a block file; the data follows it. Kept apart from the data so writing a block
-/// never copies it.
-fn header(description: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + description.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(description.len() as u32).to_le_bytes());
-    out.extend_from_slice(description);
-    out
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The range of the data within `raw`, if `raw` is an intact block named `description`.
+/// A block file's bytes, as written in one go: the data at offset 0 (so a whole block is
+/// sector-aligned on disk and read back as one slice), zeros, then the block's description and
+/// the footer (name length, data length, CRC32C of the data, magic) ending the file, whose length
+/// is the smallest multiple of [`DIRECT_ALIGN`] that holds them all.
+struct BlockFile<'a> {
+    /// The file's bytes from where [`BlockFile::encode`] was asked to start.
+    bytes: &'a [u8],
+    /// Whether `bytes` starts at an address aligned to [`DIRECT_ALIGN`].
+    aligned: bool,
+}
+
+impl<'a> BlockFile<'a> {
+    /// Lays the file's bytes from `from` on out in `buffer` (its earlier contents dropped, its
+    /// memory reused): `from` is 0 (the whole file, a copy of the data) or the data's length (the
+    /// rest, written after the data from where it is). Only the padding is zeroed.
+    fn encode(buffer: &'a mut Vec<u8>, description: &[u8], data: &[u8], from: usize) -> Self {
+        debug_assert!(from == 0 || from == data.len());
+        let len = encoded_len(description.len(), data.len());
+        buffer.clear();
+        // Room for the bytes at any alignment, so the pushes below never move the buffer.
+        buffer.reserve(len - from + DIRECT_ALIGN);
+        let offset = buffer.as_ptr().align_offset(DIRECT_ALIGN);
+        // `align_offset` may decline to align; such a buffer is written through the page cache.
+        let aligned = offset < DIRECT_ALIGN;
+        let start = if aligned { offset } else { 0 };
+        buffer.resize(start, 0);
+        if from == 0 {
+            buffer.extend_from_slice(data);
+        }
+        buffer.resize(start + len - from - FOOTER_LEN - description.len(), 0);
+        buffer.extend_from_slice(description);
+        buffer.extend_from_slice(&(description.len() as u32).to_le_bytes());
+        buffer.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        buffer.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+        buffer.extend_from_slice(MAGIC);
+        debug_assert_eq!(buffer.len(), start + len - from);
+        Self {
+            bytes: &buffer[start..],
+            aligned,
+        }
+    }
+}
+
+/// Whether `data` can be written with O_DIRECT from where it is.
+fn is_whole_sectors(data: &[u8]) -> bool {
+    !data.is_empty()
+        && data.as_ptr().align_offset(DIRECT_ALIGN) == 0
+        && data.len().is_multiple_of(DIRECT_ALIGN)
+}
+
+/// The length of the block file of `data_len` bytes named by a description of `name_len`.
+fn encoded_len(name_len: usize, data_len: usize) -> usize {
+    (data_len + name_len + FOOTER_LEN).next_multiple_of(DIRECT_ALIGN)
+}
+
+/// The range of the data within `raw`, if `raw` is an intact block file named `description`.
 fn decode(raw: &[u8], description: &[u8]) -> Option<std::ops::Range<usize>> {
-    let header = raw.get(..HEADER_LEN)?;
-    if &header[..8] != MAGIC {
+    let footer_start = raw.len().checked_sub(FOOTER_LEN)?;
+    let footer = &raw[footer_start..];
+    if &footer[12..] != MAGIC {
         return None;
     }
-    let word = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
-    let (crc, data_len, name_len) = (word(8), word(12) as usize, word(16) as usize);
-    if name_len > MAX_NAME_LEN || raw.get(HEADER_LEN..HEADER_LEN + name_len)? != description {
+    let word = |at: usize| u32::from_le_bytes([footer[at], footer[at + 1], footer[at + 2], footer[at + 3]]);
+    let (name_len, data_len, crc) = (word(0) as usize, word(4) as usize, word(8));
+    // The exact length catches a torn or truncated file before any slicing depends on it.
+    if name_len > MAX_NAME_LEN || raw.len() != encoded_len(name_len, data_len) {
         return None;
     }
-    let start = HEADER_LEN + name_len;
-    let data = raw.get(start..)?;
-    (data.len() == data_len && crc32c::crc32c(data) == crc).then_some(start..raw.len())
+    if &raw[footer_start - name_len..footer_start] != description {
+        return None;
+    }
+    (crc32c::crc32c(&raw[..data_len]) == crc).then_some(0..data_len)
+}
+
+/// Writes `pieces`, one after the other, to a new file at `path` opened with the extra `flags`.
+fn write_file(path: &Path, pieces: &[&[u8]], flags: i32) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(flags)
+        .open(path)?;
+    pieces.iter().try_for_each(|piece| file.write_all(piece))
 }
 
 /// Takes the cache directory's lock, or says who holds it.
@@ -466,9 +607,12 @@ mod tests {
             let path = only_block_file(dir.path());
             let mut raw = fs::read(&path).unwrap();
             match damage {
-                0 => *raw.last_mut().unwrap() ^= 1, // a flipped bit in the data
+                0 => raw[100] ^= 1,                 // a flipped bit in the data
                 1 => raw.truncate(raw.len() - 100), // a torn write
-                _ => raw[HEADER_LEN] = b'x',        // another block's name
+                _ => {
+                    let name_end = raw.len() - FOOTER_LEN;
+                    raw[name_end - 1] = b'x' // another block's name
+                }
             }
             fs::write(&path, &raw).unwrap();
             assert_eq!(cache.get(&name("k", 0)), None, "damage {damage}");
@@ -482,7 +626,7 @@ mod tests {
     fn the_size_bound_evicts_least_recently_used_first() {
         let dir = tempfile::tempdir().unwrap();
         let block = vec![1u8; 1000];
-        let one = (header(&name("k", 0).describe(), &block).len() + block.len()) as u64;
+        let one = encoded_len(name("k", 0).describe().len(), block.len()) as u64;
         let cache = DiskCache::open(dir.path(), limits(3 * one)).unwrap();
         for index in 0..3 {
             cache.put(&name("k", index), &block);
@@ -502,6 +646,95 @@ mod tests {
         drop(cache);
         let cache = DiskCache::open(dir.path(), limits(one)).unwrap();
         assert!(cache.size() <= one);
+    }
+
+    #[test]
+    fn a_block_file_starts_with_its_data_and_is_whole_sectors_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        // A whole block needs one sector more for its name; a short one shares its last sector.
+        let cases = [
+            (vec![3u8; 1 << 20], (1 << 20) + DIRECT_ALIGN),
+            (vec![4u8; 5000], 2 * DIRECT_ALIGN),
+            (Vec::new(), DIRECT_ALIGN),
+        ];
+        for (data, file_len) in cases {
+            cache.put(&name("k", 0), &data);
+            let raw = fs::read(only_block_file(dir.path())).unwrap();
+            assert_eq!(&raw[..data.len()], &data[..], "the data at offset 0");
+            assert_eq!(raw.len(), file_len, "{} bytes of data", data.len());
+            assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&data[..]));
+            assert_eq!(cache.size(), raw.len() as u64);
+        }
+    }
+
+    /// Whether the file system holding `dir` takes an O_DIRECT write of one aligned sector.
+    fn takes_direct_writes(dir: &Path) -> bool {
+        let mut buffer = Vec::new();
+        let file = BlockFile::encode(&mut buffer, b"probe", b"", 0);
+        file.aligned && write_file(&dir.join("probe"), &[file.bytes], libc::O_DIRECT).is_ok()
+    }
+
+    #[test]
+    fn blocks_are_written_direct_where_the_disk_allows_and_buffered_alike_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let block = vec![9u8; 1 << 20];
+        cache.put(&name("k", 0), &block);
+        assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&block[..]));
+        let probe_dir = tempfile::tempdir_in(dir.path()).unwrap();
+        assert_eq!(
+            cache.writes_direct(),
+            takes_direct_writes(probe_dir.path()),
+            "O_DIRECT is kept exactly where the file system takes it"
+        );
+        // A block as a GET's body holds it, sector-aligned: written from where it is.
+        let mut received: Vec<u8> = Vec::with_capacity(block.len() + DIRECT_ALIGN);
+        let pad = received.as_ptr().align_offset(DIRECT_ALIGN);
+        received.resize(pad, 0);
+        received.extend_from_slice(&block);
+        let in_place = &received[pad..];
+        assert!(is_whole_sectors(in_place));
+        cache.put(&name("k", 1), in_place);
+        // Through the page cache (as on tmpfs).
+        cache.direct_writes.store(false, Ordering::Relaxed);
+        cache.put(&name("k", 2), &block);
+        let file_of = |index| fs::read(cache.block_path(&name("k", index).file_name())).unwrap();
+        // The same layout whichever way it was written: only the block index in the name differs.
+        let copied = file_of(0);
+        for index in 1..3 {
+            let other = file_of(index);
+            assert_eq!(other.len(), copied.len(), "block {index}");
+            let differing = other.iter().zip(&copied).filter(|(a, b)| a != b).count();
+            assert_eq!(differing, 1, "block {index}");
+        }
+        for index in 0..3 {
+            assert_eq!(
+                cache.get(&name("k", index)).as_deref(),
+                Some(&block[..]),
+                "block {index}"
+            );
+        }
+        assert_eq!(cache.counters.write_failures.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_block_file_of_the_old_layout_is_a_quiet_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        cache.put(&name("k", 0), b"new layout");
+        let path = only_block_file(dir.path());
+        let mut old = OLD_MAGIC.to_vec();
+        old.extend_from_slice(&[0u8; 64]);
+        fs::write(&path, &old).unwrap();
+        assert_eq!(cache.get(&name("k", 0)), None);
+        assert!(!path.exists(), "the old file is deleted");
+        assert_eq!(cache.size(), 0);
+        assert_eq!(
+            cache.counters.corrupt_dropped.load(Ordering::Relaxed),
+            0,
+            "not damage"
+        );
     }
 
     #[test]
