@@ -29,8 +29,8 @@ use tempfile::TempDir;
 
 use common::metrics::{MetricsEndpoint, Scrape};
 use common::{
-    Mount, TestPrefix, WAIT, assert_same_bytes, close, is_mounted, pseudo_random, run_bounded,
-    s3mount_command, settings,
+    Mount, TestPrefix, WAIT, assert_same_bytes, block_file_count, close, is_mounted, pseudo_random,
+    run_bounded, s3mount_command, settings,
 };
 
 const KIB: usize = 1024;
@@ -77,19 +77,6 @@ fn wait_for(mount: &Mount, what: &str, mut condition: impl FnMut() -> bool) {
         );
         std::thread::sleep(POLL);
     }
-}
-
-/// How many block files the cache directory `dir` holds (`DIR/blocks/<2 hex>/<name>`, each
-/// renamed there once written whole).
-fn block_files(dir: &Path) -> usize {
-    let Ok(shards) = std::fs::read_dir(dir.join("blocks")) else {
-        return 0;
-    };
-    shards
-        .flatten()
-        .filter_map(|shard| std::fs::read_dir(shard.path()).ok())
-        .map(|files| files.flatten().count())
-        .sum()
 }
 
 /// `s3mount ARGS...` (a subcommand: status, warm), bounded in time.
@@ -533,7 +520,7 @@ fn metrics_count_reads_from_s3_and_then_from_the_block_cache() {
     wait_for(
         &mount,
         &format!("the {blocks} blocks of f.bin are in {}", cache.display()),
-        || block_files(&cache) == blocks,
+        || block_file_count(&cache) == blocks,
     );
     let cached = endpoint.scrape_until(&mount, "the block cache gauge holds the file", |s| {
         s.sum(CACHE_BYTES, &[]) >= size as f64

@@ -924,3 +924,16 @@ fn describe(command: &Command) -> String {
     }
     text
 }
+
+/// How many block files the cache directory `dir` holds (`DIR/blocks/<2 hex>/<name>`, each
+/// renamed there once written whole). Tolerates a shard vanishing meanwhile.
+pub fn block_file_count(dir: &Path) -> usize {
+    let Ok(shards) = std::fs::read_dir(dir.join("blocks")) else {
+        return 0;
+    };
+    shards
+        .flatten()
+        .filter_map(|shard| std::fs::read_dir(shard.path()).ok())
+        .map(|files| files.flatten().count())
+        .sum()
+}
