@@ -32,8 +32,9 @@ const OLD_MAGIC: &[u8; 8] = b"s3mblk01";
 /// The footer's fixed part, after the name: name length, data length, CRC32C, magic.
 const FOOTER_LEN: usize = 4 + 4 + 4 + 8;
 /// A block file's length, and the address of the buffer it is written from, are multiples of
-/// this (the largest logical sector size in use), as O_DIRECT asks.
-const DIRECT_ALIGN: usize = 4096;
+/// this (the largest logical sector size in use), as O_DIRECT asks. GET bodies start at such an
+/// address, so their whole blocks are written from where they are.
+const DIRECT_ALIGN: usize = crate::object::buffers::BODY_ALIGN;
 /// Write buffers kept for reuse between block writes: a fresh 1 MiB buffer for each block cost
 /// more CPU in page faults and zeroing than its copy.
 const SPARE_WRITE_BUFFERS: usize = 8;

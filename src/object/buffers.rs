@@ -20,8 +20,9 @@ const CLASS: usize = 1 << 20;
 /// The largest buffer made up front: the largest --part-size. A body announced as larger (or of
 /// unknown length) grows past it instead of reserving memory it may never fill.
 const LARGEST_CLASS: usize = 1 << 30;
-/// Where a body starts in its buffer: at an address that is a multiple of this (a sector, as
-/// O_DIRECT asks). The buffer has this much room more than its class for the padding before it.
+/// Where a body starts in its buffer: at an address that is a multiple of this (the largest
+/// logical sector size in use, as O_DIRECT asks; the block cache's file layout is built on it).
+/// The buffer has this much room more than its class for the padding before it.
 pub const BODY_ALIGN: usize = 4096;
 
 #[derive(Debug, Default)]
