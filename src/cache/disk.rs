@@ -320,12 +320,6 @@ impl DiskCache {
         write_file(path, &[data, rest.bytes], 0)
     }
 
-    /// Whether block files are still written with O_DIRECT.
-    #[cfg(test)]
-    fn writes_direct(&self) -> bool {
-        self.direct_writes.load(Ordering::Relaxed)
-    }
-
     /// Evicts until `incoming` more bytes fit under the size bound and above the free-space
     /// floor. Fails, saying which bound, when they cannot fit even with the cache empty.
     fn evict_to_fit(&self, incoming: u64) -> Result<(), FitRefusal> {
@@ -685,7 +679,7 @@ mod tests {
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&block[..]));
         let probe_dir = tempfile::tempdir_in(dir.path()).unwrap();
         assert_eq!(
-            cache.writes_direct(),
+            cache.direct_writes.load(Ordering::Relaxed),
             takes_direct_writes(probe_dir.path()),
             "O_DIRECT is kept exactly where the file system takes it"
         );

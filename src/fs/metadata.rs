@@ -105,9 +105,10 @@ impl MetadataCache {
         self.entries.get(path)
     }
 
-    /// What the cache holds of `path` (a file or directory), without counting as a use of it:
-    /// what a listing page checks for each name, most of which the cache does not hold (a
-    /// read, even a miss, costs the cache's bookkeeping).
+    /// What the cache holds of `path` (a file or directory), where a name it does not hold
+    /// costs no more than a look: what a listing page checks for each name, most of which the
+    /// cache does not hold (a read, even a miss, costs the cache's bookkeeping; a hit still
+    /// counts as a use).
     pub fn peek(&self, path: &str) -> Option<Entry> {
         if !self.entries.contains_key(path) {
             return None;
@@ -132,11 +133,8 @@ impl MetadataCache {
         if self.all_changed.load(Ordering::SeqCst) > sent.0 {
             return;
         }
-        // Most answers (every page of a listing that no change of this mount overlapped) need
-        // no look at what changed, one cache read per entry saved.
-        let unchanged = self.nothing_changed_since(sent);
         for (path, entry) in answers {
-            if unchanged || self.changed.get(&path).is_none_or(|changed| changed <= sent.0) {
+            if !self.changed_since(&path, sent) {
                 if entry.is_some() {
                     self.note_name(&path, true);
                 }
@@ -146,7 +144,9 @@ impl MetadataCache {
     }
 
     /// Whether this mount changed `path` (or every path) after an answer sent at `sent` was
-    /// asked for: what that answer says of it may be older than what this mount did.
+    /// asked for: what that answer says of it may be older than what this mount did. Most
+    /// answers (every page of a listing no change of this mount overlapped) need no look at
+    /// what changed.
     pub fn changed_since(&self, path: &str, sent: Stamp) -> bool {
         if self.nothing_changed_since(sent) {
             return false;

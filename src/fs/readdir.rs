@@ -409,6 +409,7 @@ impl S3Fs {
 
     /// Caches what a listing page (requested at `sent`) told about each entry, so `ls -l` costs
     /// no request per entry.
+    ///
     /// An entry the cache holds of the very object listed (same ETag and size, or a directory
     /// still a directory) knows more than the page: what a HEAD told (a symlink, stored
     /// POSIX attributes, a marker's metadata) is kept rather than replaced by the defaults, which

@@ -355,8 +355,7 @@ async fn a_page_asked_for_ahead_before_an_unlink_does_not_bring_the_file_back() 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config("");
     cfg.list_page_size = Some(10);
-    let staging = crate::staging::Staging::open(dir.path()).unwrap();
-    let fs = S3Fs::new(client.clone(), cfg, None, Some(staging));
+    let fs = writable_with(&client, &dir, cfg);
     let d = lookup_path(&fs, "d").await.unwrap().ino;
     lookup_path(&fs, "d/f15").await.unwrap();
     let handle = fs.opendir(d).await.unwrap();
@@ -593,9 +592,14 @@ fn statfs_reports_space() {
 }
 
 /// A writable file system over `client`, staging in `dir`.
-fn writable(client: &Arc<Bucket>, dir: &tempfile::TempDir) -> S3Fs {
+pub(super) fn writable(client: &Arc<Bucket>, dir: &tempfile::TempDir) -> S3Fs {
+    writable_with(client, dir, config(""))
+}
+
+/// A writable file system over `client` with `config`, staging in `dir`.
+pub(super) fn writable_with(client: &Arc<Bucket>, dir: &tempfile::TempDir, config: FsConfig) -> S3Fs {
     let staging = crate::staging::Staging::open(dir.path()).unwrap();
-    S3Fs::new(client.clone(), config(""), None, Some(staging))
+    S3Fs::new(client.clone(), config, None, Some(staging))
 }
 
 async fn create_file(fs: &S3Fs, parent: u64, name: &str, body: &[u8]) -> (u64, u64) {
@@ -1325,15 +1329,13 @@ async fn names_made_unlinked_or_renamed_in_a_new_directory_are_answered_right() 
 async fn with_metadata_ttl_0_every_lookup_asks_s3() {
     let client = Arc::new(Bucket::memory("b"));
     let dir = tempfile::tempdir().unwrap();
-    let staging = crate::staging::Staging::open(dir.path()).unwrap();
-    let fs = S3Fs::new(
-        client.clone(),
+    let fs = writable_with(
+        &client,
+        &dir,
         FsConfig {
             metadata_ttl: Duration::ZERO,
             ..config("")
         },
-        None,
-        Some(staging),
     );
     let dst = fs.mkdir(ROOT_INO, OsStr::new("dst")).await.unwrap().ino;
     let before = lookups_sent(&client);

@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::tests::config;
+use super::tests::{config, writable, writable_with};
 use super::*;
 use crate::object::Op;
 use crate::object::fault::FaultClient;
@@ -20,16 +20,6 @@ type Bucket = FaultClient<MemoryClient>;
 
 /// A time Last-Modified is backdated to, so a change of it shows: 2020-09-13T12:26:40Z.
 const OLD: u64 = 1_600_000_000;
-
-/// A writable file system over `client` with `config`, staging in `dir`.
-fn writable_with(client: &Arc<Bucket>, dir: &tempfile::TempDir, config: FsConfig) -> S3Fs {
-    let staging = crate::staging::Staging::open(dir.path()).unwrap();
-    S3Fs::new(client.clone(), config, None, Some(staging))
-}
-
-fn writable(client: &Arc<Bucket>, dir: &tempfile::TempDir) -> S3Fs {
-    writable_with(client, dir, config(""))
-}
 
 /// A read-only file system over `client`, with nothing cached: what another mount sees.
 fn fresh(client: &Arc<Bucket>, config: FsConfig) -> S3Fs {
