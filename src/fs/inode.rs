@@ -7,7 +7,6 @@
 //! collision with a live path the number is probed upward; only then can a path's number differ
 //! between two lookups. This module knows nothing of S3 or attributes.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -36,6 +35,9 @@ pub struct KernelView {
     pub pages_mixed: bool,
 }
 
+/// The table's maps: foldhash, as every listed name passes through them (see Cargo.toml).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Path <-> inode number, with lookup counts. Not synchronised: the caller holds it in a mutex.
 #[derive(Debug)]
 pub struct InodeTable {
@@ -53,8 +55,8 @@ impl InodeTable {
     pub fn new() -> Self {
         let root: Arc<str> = Arc::from("");
         let mut table = Self {
-            by_ino: HashMap::new(),
-            by_path: HashMap::new(),
+            by_ino: HashMap::default(),
+            by_path: HashMap::default(),
         };
         // The root is never forgotten: its count starts at 1 and FORGET never reaches it.
         table.by_ino.insert(

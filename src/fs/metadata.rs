@@ -58,6 +58,9 @@ pub enum DirKnowledge {
     Unknown,
 }
 
+/// The caches' hasher: foldhash, as every listed name passes through them (see Cargo.toml).
+type PathHasher = foldhash::fast::RandomState;
+
 /// When an answer's request was sent, relative to this mount's changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Stamp(u64);
@@ -66,9 +69,9 @@ pub struct Stamp(u64);
 #[derive(Clone)]
 pub struct MetadataCache {
     /// path -> what is there (`None`: nothing).
-    entries: Cache<String, Option<Entry>>,
+    entries: Cache<String, Option<Entry>, PathHasher>,
     /// path -> the stamp of this mount's last change of it.
-    changed: Cache<String, u64>,
+    changed: Cache<String, u64, PathHasher>,
     /// The stamp of the last change of every path at once (a directory rename).
     all_changed: Arc<AtomicU64>,
     clock: Arc<AtomicU64>,
@@ -88,11 +91,11 @@ impl MetadataCache {
             entries: Cache::builder()
                 .max_capacity(ENTRIES)
                 .expire_after(Expiry { positive: ttl })
-                .build(),
+                .build_with_hasher(PathHasher::default()),
             changed: Cache::builder()
                 .max_capacity(ENTRIES)
                 .time_to_live(CHANGE_MEMORY)
-                .build(),
+                .build_with_hasher(PathHasher::default()),
             all_changed: Arc::default(),
             clock: Arc::default(),
             order: Arc::default(),

@@ -135,11 +135,16 @@ impl S3Fs {
         }
         let mut listing = dir.listing.lock().await;
         listing.position(offset);
-        while let Some(listed) = self.next_listed(&dir.path, &mut listing, offset).await? {
+        let mut added = 0usize;
+        while let Some(listed) = self
+            .next_listed(&dir.path, &mut listing, offset, added == 0)
+            .await?
+        {
             let entry = self.dir_entry(&dir.path, listed);
             if add(entry) {
                 return Ok(());
             }
+            added += 1;
             listing.stream.pop_front();
         }
         Ok(())
@@ -167,7 +172,10 @@ impl S3Fs {
         listing.position(offset);
         let mut taken = 0usize;
         let filled = async {
-            while let Some(listed) = self.next_listed(&dir.path, &mut listing, offset).await? {
+            while let Some(listed) = self
+                .next_listed(&dir.path, &mut listing, offset, taken == 0)
+                .await?
+            {
                 let listed = listed.clone();
                 let path = dir::listed_path(&dir.path, &listed);
                 let listed_at = listing.entries_since;
@@ -216,12 +224,18 @@ impl S3Fs {
     }
 
     /// The next listed entry after `offset`, listing the next page when the stream has none
-    /// ready; `None` at the end of the directory.
+    /// ready; `None` at the end of the directory, and also, unless `wait`, where the next entry
+    /// would have to wait for a page not listed yet.
+    ///
+    /// A reply that already holds entries goes out rather than wait for the next page: the
+    /// reader (`ls` asks with a 1 MiB buffer, some 6,500 entries) then works on what was listed
+    /// while the next page is on its way, instead of all at once after the last page.
     async fn next_listed<'s>(
         &self,
         dir_path: &str,
         listing: &'s mut Listing,
         offset: u64,
+        wait: bool,
     ) -> Result<Option<&'s Listed>, FsError> {
         loop {
             let stream = &mut listing.stream;
@@ -235,22 +249,33 @@ impl S3Fs {
             if stream.is_exhausted() {
                 return Ok(None);
             }
-            self.next_page(dir_path, listing).await?;
+            if !self.next_page(dir_path, listing, wait).await? {
+                return Ok(None);
+            }
         }
     }
 
     /// Brings the stream its next page from the pages listed ahead (starting the listing ahead
-    /// there when it lists from elsewhere, or not at all).
-    async fn next_page(&self, dir_path: &str, listing: &mut Listing) -> Result<(), FsError> {
+    /// there when it lists from elsewhere, or not at all). Without `wait`, only a page already
+    /// listed: `false` when none is (the listing ahead is started all the same).
+    async fn next_page(&self, dir_path: &str, listing: &mut Listing, wait: bool) -> Result<bool, FsError> {
         let Some(request) = listing.stream.next_request() else {
-            return Ok(());
+            return Ok(true);
         };
         let ahead = match &mut listing.ahead {
             Some(ahead) if ahead.next == request => ahead,
             ahead => ahead.insert(self.list_ahead(request.clone())),
         };
+        let answer = match wait {
+            true => ahead.pages.recv().await,
+            false => match ahead.pages.try_recv() {
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return Ok(false),
+                Ok(answer) => Some(answer),
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
+            },
+        };
         let max_age = self.config.metadata_ttl.min(PAGE_AHEAD_MAX_AGE);
-        let (page, sent) = match ahead.pages.recv().await {
+        let (page, sent) = match answer {
             Some((Ok(page), sent, at)) if at.elapsed() <= max_age => (page, sent),
             Some((Err(error), _, _)) => {
                 listing.ahead = None;
@@ -275,7 +300,7 @@ impl S3Fs {
         self.remember_listing(dir_path, &outcome.added, sent);
         self.fetch_details_ahead(dir_path, &outcome.added);
         self.warn_hidden(&outcome.hidden);
-        Ok(())
+        Ok(true)
     }
 
     /// Starts listing from `first` on, page after page, ahead of the reader.

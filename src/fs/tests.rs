@@ -233,7 +233,8 @@ async fn a_huge_directory_streams_one_page_at_a_time() {
         offset = last;
     }
     assert_eq!(count, 100_002);
-    assert!(most_buffered <= 1000, "buffered {most_buffered} entries");
+    // A page, and the file held back from the page before (see DirStream::held).
+    assert!(most_buffered <= 1001, "buffered {most_buffered} entries");
 }
 
 /// opendir of a directory the cache knows nothing of any more (its entry expired, or was evicted
@@ -277,16 +278,39 @@ async fn lists_sent(client: &Bucket, count: u64) {
 
 /// Reads `dir` from `offset` through a reply that takes `room` entries; their names.
 async fn readdir_names(fs: &S3Fs, dir: u64, handle: u64, offset: u64, room: usize) -> Vec<String> {
-    let mut names = Vec::new();
+    readdir_entries(fs, dir, handle, offset, room)
+        .await
+        .into_iter()
+        .map(|e| e.name)
+        .collect()
+}
+
+/// Reads `dir` from `offset` through a reply that takes `room` entries.
+async fn readdir_entries(fs: &S3Fs, dir: u64, handle: u64, offset: u64, room: usize) -> Vec<DirEntry> {
+    let mut entries = Vec::new();
     let mut add = |e: DirEntry| {
-        if names.len() == room {
+        if entries.len() == room {
             return true;
         }
-        names.push(e.name);
+        entries.push(e);
         false
     };
     fs.readdir(dir, handle, offset, &mut add).await.unwrap();
-    names
+    entries
+}
+
+/// The names of `dir` from `offset` to its end, as the kernel reads them: reply after reply
+/// (each may end where the next page is not listed yet) until one comes back empty.
+async fn readdir_rest(fs: &S3Fs, dir: u64, handle: u64, mut offset: u64) -> Vec<String> {
+    let mut names = Vec::new();
+    loop {
+        let reply = readdir_entries(fs, dir, handle, offset, 100_000).await;
+        let Some(last) = reply.last() else {
+            return names;
+        };
+        offset = last.offset;
+        names.extend(reply.into_iter().map(|e| e.name));
+    }
 }
 
 #[tokio::test]
@@ -306,7 +330,7 @@ async fn listing_pages_are_asked_for_ahead_while_the_reader_takes_this_one() {
     let first = readdir_names(&fs, d, handle, 0, 10).await;
     assert_eq!(first.last().map(String::as_str), Some("f07"));
     lists_sent(&client, before + 3).await;
-    let rest = readdir_names(&fs, d, handle, 10, 100).await;
+    let rest = readdir_rest(&fs, d, handle, 10).await;
     let expected: Vec<String> = (8..30).map(|n| format!("f{n:02}")).collect();
     assert_eq!(rest, expected);
     assert_eq!(
@@ -315,7 +339,7 @@ async fn listing_pages_are_asked_for_ahead_while_the_reader_takes_this_one() {
         "each page asked for once, none after the last"
     );
     // A rewind lists from the start again, the page asked for ahead of it dropped.
-    let again = readdir_names(&fs, d, handle, 0, 100).await;
+    let again = readdir_rest(&fs, d, handle, 0).await;
     assert_eq!(again.len(), 32);
     fs.releasedir(handle);
 }
@@ -338,7 +362,7 @@ async fn a_page_listed_ahead_longer_ago_than_the_ttl_is_listed_again() {
     // The reader pauses past the TTL: what waits is too old to hand out.
     client.put_object("d/f15x", "new meanwhile");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let rest = readdir_names(&fs, d, handle, 10, 100).await;
+    let rest = readdir_rest(&fs, d, handle, 10).await;
     fs.releasedir(handle);
     assert!(rest.iter().any(|name| name == "f15x"), "listed again: {rest:?}");
     assert_eq!(rest.len(), 23);
@@ -366,7 +390,7 @@ async fn a_page_asked_for_ahead_before_an_unlink_does_not_bring_the_file_back() 
     lists_sent(&client, before + 2).await;
     client.set_answer_latency(Op::List, Duration::ZERO);
     fs.unlink(d, OsStr::new("f15")).await.unwrap();
-    let rest = readdir_names(&fs, d, handle, 10, 100).await;
+    let rest = readdir_rest(&fs, d, handle, 10).await;
     assert!(
         rest.iter().any(|name| name == "f15"),
         "the page predates the unlink: {rest:?}"

@@ -1352,6 +1352,52 @@ async fn readdirplus_all(fs: &S3Fs, ino: u64) -> (Vec<(DirEntry, Attr)>, usize) 
     (entries, refused)
 }
 
+/// The entries of `handle` after `offset` to the end of the directory, reply after reply (a
+/// reply may end where the next page is not listed yet) until one comes back empty.
+async fn readdirplus_rest(fs: &S3Fs, ino: u64, handle: u64, mut offset: u64) -> Vec<(DirEntry, Attr, bool)> {
+    let mut entries = Vec::new();
+    loop {
+        let (batch, full) = readdirplus_batch(fs, ino, handle, offset, 100_000).await;
+        assert!(!full);
+        let Some((last, _, _)) = batch.last() else {
+            return entries;
+        };
+        offset = last.offset;
+        entries.extend(batch);
+    }
+}
+
+/// `ls` asks with a 1 MiB buffer, room for thousands of entries: a reply goes out with the
+/// entries listed so far instead of waiting for the next page, so that the kernel and `ls`
+/// work on them while it is on its way.
+#[tokio::test]
+async fn a_reply_goes_out_with_what_is_listed_rather_than_wait_for_the_next_page() {
+    let client = Arc::new(Bucket::memory("b"));
+    for n in 0..30 {
+        client.put_object(&format!("d/f{n:02}"), "x");
+    }
+    let mut cfg = config("");
+    cfg.list_page_size = Some(10);
+    let fs = fresh(&client, cfg);
+    let d = ino_of(&fs, "d").await;
+    // Every page takes a while: the first is waited for (a reply needs at least one entry),
+    // the second is not.
+    client.set_answer_latency(Op::List, Duration::from_millis(200));
+    let handle = fs.opendir(d).await.unwrap();
+    let (first, full) = readdirplus_batch(&fs, d, handle, 0, 100_000).await;
+    assert!(!full);
+    let names: Vec<&str> = first.iter().map(|(entry, _, _)| entry.name.as_str()).collect();
+    // The first page's last name is held until the next page shows it is no directory.
+    let first_page: Vec<String> = (0..9).map(|n| format!("f{n:02}")).collect();
+    assert_eq!(names[..2], [".", ".."]);
+    assert_eq!(names[2..], first_page);
+    let rest = readdirplus_rest(&fs, d, handle, first.last().unwrap().0.offset).await;
+    fs.releasedir(handle);
+    let rest: Vec<String> = rest.into_iter().map(|(entry, _, _)| entry.name).collect();
+    let expected: Vec<String> = (9..30).map(|n| format!("f{n:02}")).collect();
+    assert_eq!(rest, expected, "every later name once, in order");
+}
+
 #[tokio::test]
 async fn a_name_unlinked_after_its_page_was_listed_is_not_kept_by_the_kernel() {
     let client = Arc::new(Bucket::memory("b"));
@@ -1370,8 +1416,7 @@ async fn a_name_unlinked_after_its_page_was_listed_is_not_kept_by_the_kernel() {
     assert_eq!(first.last().unwrap().0.name, "f03");
     fs.unlink(d, os("f05")).await.unwrap();
     fs.unlink(d, os("f15")).await.unwrap();
-    let (rest, full) = readdirplus_batch(&fs, d, handle, first.last().unwrap().0.offset, 100).await;
-    assert!(!full);
+    let rest = readdirplus_rest(&fs, d, handle, first.last().unwrap().0.offset).await;
     fs.releasedir(handle);
     let names: Vec<&str> = rest.iter().map(|(entry, _, _)| entry.name.as_str()).collect();
     assert_eq!(names.len(), 16, "the pages predate the unlinks: {names:?}");
