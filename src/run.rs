@@ -392,7 +392,7 @@ const KERNEL_READ_AHEAD_KIB: u32 = 1024;
 /// sequential reads arrive as 1 MiB requests. Best effort: it needs root, and a mount works
 /// without it, only with more, smaller requests. Reads only /proc and /sys, never the mount
 /// itself, which is not served yet.
-fn widen_kernel_read_ahead(mount_point: &Path) {
+pub fn widen_kernel_read_ahead(mount_point: &Path) {
     let device = std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
         .and_then(|mountinfo| {
