@@ -316,7 +316,12 @@ impl BlockReader {
     /// drops a block when too much is pending. A block's in-flight entry, holding its data,
     /// stays until it is on disk, so a reader arriving in between takes it from there rather
     /// than fetching it again.
-    fn store_in_background(&self, object: &ObjectVersion, blocks: &[(u64, Bytes)], owned: &mut InFlightGuard<'_>) {
+    fn store_in_background(
+        &self,
+        object: &ObjectVersion,
+        blocks: &[(u64, Bytes)],
+        owned: &mut InFlightGuard<'_>,
+    ) {
         let Some(disk) = self.disk.clone() else { return };
         let mut writes = Vec::with_capacity(blocks.len());
         for (block, data) in blocks {

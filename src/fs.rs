@@ -19,6 +19,7 @@ pub mod names;
 mod namespace;
 pub mod posix;
 mod readdir;
+mod walk;
 mod write;
 pub mod xattr;
 
@@ -319,6 +320,8 @@ pub struct S3Fs {
     budget: Arc<MemoryBudget>,
     /// Bounds the HEADs that fetch listed files' metadata ahead of their lookups.
     details_ahead: Arc<tokio::sync::Semaphore>,
+    /// Tree walks under way, and the first pages of directories listed ahead of them.
+    walks: Mutex<walk::Walks<readdir::ListedAhead>>,
 }
 
 impl S3Fs {
@@ -355,6 +358,9 @@ impl S3Fs {
             reader,
             budget: Arc::new(MemoryBudget::new(config.read_ahead_memory)),
             details_ahead: Arc::new(tokio::sync::Semaphore::new(DETAILS_AHEAD)),
+            walks: Mutex::new(walk::Walks::new(
+                config.metadata_ttl.min(readdir::WALK_PAGE_MAX_AGE),
+            )),
             client,
             config,
         }

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
+use common::metrics::{MetricsEndpoint, Scrape};
 use common::{
     Mount, TestPrefix, assert_fails_before_mount, is_mounted, names, pseudo_random, settings, tree,
     wait_until,
@@ -104,6 +105,53 @@ fn within(a: SystemTime, b: SystemTime, tolerance: Duration) -> bool {
 
 // ---------------------------------------------------------------------------------------------
 // The namespace
+
+/// `find` over a tree of directories, as a dataset's class folders are walked: every file is
+/// found, and each directory is listed once (the first pages of the directories the walk goes to
+/// next are asked for ahead of it, and used when it gets there, not asked for again).
+#[test]
+fn find_over_a_tree_finds_every_file_and_lists_each_directory_once() {
+    let prefix = TestPrefix::new("walk");
+    let (dirs, files) = (12, 25);
+    for d in 0..dirs {
+        for f in 0..files {
+            prefix.put(&format!("tree/d{d:02}/f{f:02}"), "x");
+        }
+    }
+    let endpoint = MetricsEndpoint::on_free_port();
+    let addr = endpoint.arg();
+    let mount = Mount::start(&[&prefix.source()], &["--metrics-addr", &addr]);
+    let before = endpoint.wait_until_answering(&mount);
+    let output = Command::new("find")
+        .arg(mount.join("tree"))
+        .args(["-type", "f"])
+        .output()
+        .expect("running find");
+    assert!(
+        output.status.success(),
+        "find: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut found: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| line.rsplit('/').take(2).collect::<Vec<_>>().join("<"))
+        .collect();
+    found.sort();
+    let mut expected: Vec<String> = (0..dirs)
+        .flat_map(|d| (0..files).map(move |f| format!("f{f:02}<d{d:02}")))
+        .collect();
+    expected.sort();
+    assert_eq!(found, expected);
+    let lists = |scrape: &Scrape| scrape.sum("s3mount_s3_requests_total", &[("operation", "ListObjectsV2")]);
+    let after = endpoint.scrape(&mount);
+    // The lookup of `tree` (one LIST of a key, beside its HEAD), its listing, one per directory.
+    assert_eq!(
+        lists(&after) - lists(&before),
+        (2 + dirs) as f64,
+        "{}",
+        after.show("s3mount_s3_requests_total")
+    );
+}
 
 #[test]
 fn tree_shows_names_kinds_sizes_contents_and_mtimes() {

@@ -107,6 +107,11 @@ impl DirStream {
         .with_local_files(local_files);
     }
 
+    /// Whether nothing has been listed yet: every offset can be served from here.
+    pub fn at_start(&self) -> bool {
+        self.next_offset == self.first_offset && self.continuation.is_none() && !self.exhausted
+    }
+
     /// The smallest offset this stream can still serve without restarting.
     pub fn earliest_offset(&self) -> u64 {
         self.ready.front().map_or(self.next_offset, |e| e.offset) - 1

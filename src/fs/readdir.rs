@@ -47,15 +47,23 @@ const PAGES_AHEAD: usize = 2;
 /// answers older than that, and this mount's own changes are still remembered against it.
 const PAGE_AHEAD_MAX_AGE: Duration = Duration::from_secs(60);
 
+/// How old the first page of a directory listed ahead of a tree walk may be when the walker
+/// opens it (at most the metadata TTL): as long as a negative lookup is trusted, so another
+/// writer's new key shows as soon as after a lookup; a walker slower than that gets no pages
+/// ahead (see `walk`).
+pub(super) const WALK_PAGE_MAX_AGE: Duration = Duration::from_secs(1);
+
 /// A task listing a directory page after page ahead of its reader, from the page the reader
 /// needed first: the chain of requests (each needs the token the previous answer gave) never
 /// waits for the reader to come back for more (the kernel hands a full reply to `ls` and waits
 /// for its next getdents), so listing a large directory costs its requests' time and little
 /// more. At most [`PAGES_AHEAD`] pages wait; cancelled when dropped (directory closed or
-/// rewound).
-struct ListedAhead {
+/// rewound). For a directory a tree walk will open next, only its first page.
+pub(super) struct ListedAhead {
     /// The request the next page received answers.
     next: ListRequest,
+    /// Lists one page and stops: a directory not opened yet (see `walk`).
+    first_only: bool,
     /// Each answer in order, with when its request was sent (what it tells is as old as that).
     pages: tokio::sync::mpsc::Receiver<(Result<ListPage, ObjectError>, Stamp, Instant)>,
     task: tokio::task::JoinHandle<()>,
@@ -90,20 +98,48 @@ impl S3Fs {
             Some(None) => return Err(FsError::NotFound),
             _ => {}
         }
-        let prefix = self.config.root.dir_prefix(&path);
-        let stream = DirStream::new(prefix, DOT_ENTRIES, self.config.list_page_size)
+        let stream = self
+            .dir_stream(&path)
             .with_local_files(self.staged.children(&path));
+        let ahead = self.walk_on(&path);
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let dir = OpenDir {
             path,
             listing: tokio::sync::Mutex::new(Listing {
                 stream,
-                ahead: None,
+                ahead,
                 entries_since: None,
             }),
         };
         lock(&self.dirs).insert(handle, Arc::new(dir));
         Ok(handle)
+    }
+
+    /// A new listing stream of the directory at `path`.
+    fn dir_stream(&self, path: &str) -> DirStream {
+        DirStream::new(
+            self.config.root.dir_prefix(path),
+            DOT_ENTRIES,
+            self.config.list_page_size,
+        )
+    }
+
+    /// The directory at `path` is being opened: its first page, when a tree walk had it listed
+    /// ahead, and the next siblings' first pages asked for when the walk goes on (see `walk`).
+    fn walk_on(&self, path: &str) -> Option<ListedAhead> {
+        if self.config.metadata_ttl.is_zero() {
+            return None; // No answer may be kept: none is asked for ahead either.
+        }
+        let now = tokio::time::Instant::now();
+        let (page, siblings) = lock(&self.walks).opened(path, now);
+        for sibling in siblings {
+            let first = self.dir_stream(&sibling).next_request();
+            if let Some(first) = first {
+                let ahead = self.list_ahead(first, true);
+                lock(&self.walks).wait_for_open(sibling, ahead, now);
+            }
+        }
+        page
     }
 
     pub fn releasedir(&self, handle: u64) {
@@ -264,7 +300,7 @@ impl S3Fs {
         };
         let ahead = match &mut listing.ahead {
             Some(ahead) if ahead.next == request => ahead,
-            ahead => ahead.insert(self.list_ahead(request.clone())),
+            ahead => ahead.insert(self.list_ahead(request.clone(), false)),
         };
         let answer = match wait {
             true => ahead.pages.recv().await,
@@ -294,17 +330,26 @@ impl S3Fs {
         }
         let outcome = listing.stream.accept_page(page);
         match (listing.stream.next_request(), &mut listing.ahead) {
-            (Some(next), Some(ahead)) => ahead.next = next,
+            (Some(next), Some(ahead)) if !ahead.first_only => ahead.next = next,
+            // A walk's first page: the rest is listed ahead from here, as for any reader.
+            (Some(next), Some(_)) => listing.ahead = Some(self.list_ahead(next, false)),
             _ => listing.ahead = None,
         }
+        let subdirs = outcome
+            .added
+            .iter()
+            .filter(|listed| listed.kind == ListedKind::Dir);
+        let subdirs = subdirs.map(|listed| dir::listed_path(dir_path, listed));
+        lock(&self.walks).listed(dir_path, request.continuation_token.is_none(), subdirs);
         self.remember_listing(dir_path, &outcome.added, sent);
         self.fetch_details_ahead(dir_path, &outcome.added);
         self.warn_hidden(&outcome.hidden);
         Ok(true)
     }
 
-    /// Starts listing from `first` on, page after page, ahead of the reader.
-    fn list_ahead(&self, first: ListRequest) -> ListedAhead {
+    /// Starts listing from `first` on, page after page, ahead of the reader; only that page
+    /// when `first_only`.
+    fn list_ahead(&self, first: ListRequest, first_only: bool) -> ListedAhead {
         let (sender, pages) = tokio::sync::mpsc::channel(PAGES_AHEAD);
         let (client, metadata) = (self.client.clone(), self.metadata.clone());
         let mut request = first.clone();
@@ -316,7 +361,7 @@ impl S3Fs {
                     .as_ref()
                     .ok()
                     .and_then(|page| page.next_continuation_token.clone());
-                if sender.send((answer, sent, at)).await.is_err() {
+                if sender.send((answer, sent, at)).await.is_err() || first_only {
                     return;
                 }
                 match token {
@@ -327,6 +372,7 @@ impl S3Fs {
         });
         ListedAhead {
             next: first,
+            first_only,
             pages,
             task,
         }
@@ -502,7 +548,7 @@ impl Listing {
     /// kernel asks for entries before what it still holds (rewinddir, a seek back), which also
     /// drops the pages listed ahead.
     fn position(&mut self, offset: u64) {
-        if offset < self.stream.earliest_offset() {
+        if offset < self.stream.earliest_offset() && !self.stream.at_start() {
             self.stream.restart();
             self.ahead = None;
             self.entries_since = None;

@@ -404,6 +404,102 @@ async fn a_page_asked_for_ahead_before_an_unlink_does_not_bring_the_file_back() 
     assert_eq!(lookup_path(&fs, "d/f16").await.unwrap().size, 1);
 }
 
+/// `t/d00` .. `t/dNN`, each holding `f0`, `f1` and `f2`.
+fn walkable_tree(client: &Bucket, dirs: usize) -> Vec<String> {
+    let names: Vec<String> = (0..dirs).map(|n| format!("d{n:02}")).collect();
+    for name in &names {
+        for f in 0..3 {
+            client.put_object(&format!("t/{name}/f{f}"), "x");
+        }
+    }
+    names
+}
+
+/// The names `find` would see in `t/NAME`, opening it as a walker does.
+async fn walk_into(fs: &S3Fs, name: &str) -> Vec<String> {
+    let ino = lookup_path(fs, &format!("t/{name}")).await.unwrap().ino;
+    list_names(fs, ino).await.into_iter().map(|(n, _)| n).collect()
+}
+
+// Paused clock: the walk's pace is not at the mercy of a loaded machine.
+#[tokio::test(start_paused = true)]
+async fn a_tree_walk_has_the_next_directories_listed_ahead_each_once() {
+    let client = Arc::new(Bucket::memory("b"));
+    let dirs = walkable_tree(&client, 10);
+    let fs = mount(&client, "");
+    let t = lookup_path(&fs, "t").await.unwrap().ino;
+    list_names(&fs, t).await;
+    let before = client.counters().list;
+    assert_eq!(walk_into(&fs, &dirs[0]).await, [".", "..", "f0", "f1", "f2"]);
+    // A second sibling opened in listing order is a walk: the next four are listed ahead.
+    walk_into(&fs, &dirs[1]).await;
+    lists_sent(&client, before + 2 + walk::WALK_AHEAD as u64).await;
+    // Their opens take those pages; each further open asks for one more sibling ahead.
+    for name in &dirs[2..] {
+        assert_eq!(
+            walk_into(&fs, name).await,
+            [".", "..", "f0", "f1", "f2"],
+            "{name}"
+        );
+    }
+    assert_eq!(client.counters().list, before + 10, "each directory listed once");
+    // Opened out of order, nothing is asked for ahead.
+    walk_into(&fs, &dirs[7]).await;
+    walk_into(&fs, &dirs[3]).await;
+    assert_eq!(client.counters().list, before + 12);
+}
+
+// Paused clock: the walk's pace is not at the mercy of a loaded machine.
+#[tokio::test(start_paused = true)]
+async fn a_page_a_walk_had_listed_ahead_is_listed_again_once_older_than_a_second_or_the_ttl() {
+    let client = Arc::new(Bucket::memory("b"));
+    let dirs = walkable_tree(&client, 6);
+    let mut cfg = config("");
+    cfg.metadata_ttl = Duration::from_millis(300);
+    let fs = S3Fs::new(client.clone(), cfg, None, None);
+    let t = lookup_path(&fs, "t").await.unwrap().ino;
+    list_names(&fs, t).await;
+    let before = client.counters().list;
+    walk_into(&fs, &dirs[0]).await;
+    walk_into(&fs, &dirs[1]).await;
+    lists_sent(&client, before + 2 + 4).await;
+    client.put_object(&format!("t/{}/new", dirs[2]), "another writer's");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let names = walk_into(&fs, &dirs[2]).await;
+    assert!(names.iter().any(|n| n == "new"), "listed again: {names:?}");
+}
+
+// Paused clock: the walk's pace is not at the mercy of a loaded machine.
+#[tokio::test(start_paused = true)]
+async fn a_page_a_walk_had_listed_ahead_does_not_bring_back_a_file_unlinked_since() {
+    let client = Arc::new(Bucket::memory("b"));
+    let dirs = walkable_tree(&client, 4);
+    let staging = tempfile::tempdir().unwrap();
+    let fs = writable(&client, &staging);
+    let t = lookup_path(&fs, "t").await.unwrap().ino;
+    list_names(&fs, t).await;
+    let before = client.counters().list;
+    walk_into(&fs, &dirs[0]).await;
+    walk_into(&fs, &dirs[1]).await;
+    lists_sent(&client, before + 4).await;
+    // The pages of d02 and d03 were asked for before this unlink.
+    let d2 = lookup_path(&fs, &format!("t/{}", dirs[2])).await.unwrap().ino;
+    lookup_path(&fs, &format!("t/{}/f1", dirs[2])).await.unwrap();
+    fs.unlink(d2, OsStr::new("f1")).await.unwrap();
+    let listed = client.counters().list;
+    walk_into(&fs, &dirs[2]).await;
+    assert_eq!(
+        client.counters().list,
+        listed,
+        "d02's page was the one listed ahead"
+    );
+    assert_eq!(
+        fs.lookup(d2, OsStr::new("f1")).await.unwrap_err().errno(),
+        libc::ENOENT,
+        "the page predates the unlink and must not have cached the file again"
+    );
+}
+
 #[tokio::test]
 async fn forget_releases_inodes_and_numbers_stay_stable() {
     let client = Arc::new(Bucket::memory("b"));
