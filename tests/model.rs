@@ -189,12 +189,24 @@ impl Harness {
 
     async fn list(&self, ino: u64) -> BTreeMap<String, Kind> {
         let handle = self.fs.opendir(ino).await.expect("opendir");
-        let mut listed = Vec::new();
-        let mut add = |entry: DirEntry| {
-            listed.push(entry);
-            false
-        };
-        self.fs.readdir(ino, handle, 0, &mut add).await.expect("readdir");
+        let mut listed: Vec<DirEntry> = Vec::new();
+        // Reply after reply, as the kernel reads: a reply may end where the next page is not
+        // listed yet; only an empty one ends the directory.
+        loop {
+            let offset = listed.last().map_or(0, |entry| entry.offset);
+            let before = listed.len();
+            let mut add = |entry: DirEntry| {
+                listed.push(entry);
+                false
+            };
+            self.fs
+                .readdir(ino, handle, offset, &mut add)
+                .await
+                .expect("readdir");
+            if listed.len() == before {
+                break;
+            }
+        }
         self.fs.releasedir(handle);
         let names: Vec<_> = listed.iter().map(|e| e.name.clone()).collect();
         let unique: BTreeSet<_> = names.iter().collect();

@@ -1,8 +1,8 @@
 //! The on-disk block store: fixed-size blocks of objects, one file each, on local NVMe/EBS.
 //!
 //! Owns the directory layout, the block file format (the data, then a footer naming the block
-//! and carrying the CRC32C of its data), atomic writes (temp file, then rename; with O_DIRECT
-//! where the file system takes it), the LRU bound and the free-space floor, and the lock that
+//! and carrying the CRC32C of its data), atomic writes (a temp file beside the block's, then a
+//! rename within its directory; with O_DIRECT where the file system takes it), the LRU bound and the free-space floor, and the lock that
 //! keeps two mounts out of one directory. It is synchronous: callers run it on blocking threads.
 //! It knows nothing of S3 requests or of who is waiting for a block.
 //!
@@ -40,6 +40,10 @@ const DIRECT_ALIGN: usize = crate::object::buffers::BODY_ALIGN;
 const SPARE_WRITE_BUFFERS: usize = 8;
 /// Names longer than this cannot be ours (S3 keys are at most 1,024 bytes, ETags short).
 const MAX_NAME_LEN: usize = 4096;
+/// How a block file being written is named until its rename: block files are hex, so a name
+/// with this start is never one (a kill between the write and the rename leaves it; `open`
+/// removes it).
+const TEMP_PREFIX: &str = ".tmp.";
 
 /// Which block of which object version. The namespace (the bucket) keeps equal keys of two
 /// buckets apart when one cache directory serves them one after the other.
@@ -111,7 +115,6 @@ struct Index {
 pub struct DiskCache {
     dir: PathBuf,
     blocks: PathBuf,
-    tmp: PathBuf,
     limits: DiskCacheLimits,
     index: Mutex<Index>,
     /// Held for the life of the cache: the exclusive lock on `dir/lock`.
@@ -143,24 +146,17 @@ impl DiskCache {
             source,
         };
         let blocks = dir.join("blocks");
-        let tmp = dir.join("tmp");
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&blocks)
             .map_err(io_error)?;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&tmp)
-            .map_err(io_error)?;
         let lock = take_lock(dir)?;
-        remove_dir_contents(&tmp).map_err(io_error)?;
+        remove_legacy_temp_dir(dir).map_err(io_error)?;
         let index = scan(&blocks).map_err(io_error)?;
         let cache = Self {
             dir: dir.to_owned(),
             blocks,
-            tmp,
             limits,
             index: Mutex::new(index),
             _lock: lock,
@@ -256,17 +252,27 @@ impl DiskCache {
         }
     }
 
+    /// Writes the block file under a temp name in its own directory, then renames it: a rename
+    /// within one directory takes only that directory's lock (one across directories takes the
+    /// file system's rename lock, and every write shared one temp directory's), and the
+    /// directory is made only when it is missing (the first block of its shard, or a cache
+    /// directory removed under a live mount).
     fn write_atomically(&self, file_name: &str, description: &[u8], data: &[u8]) -> io::Result<()> {
-        let tmp_path = self.tmp.join(format!(
-            "{}.{}",
+        let final_path = self.block_path(file_name);
+        let tmp_path = final_path.with_file_name(format!(
+            "{TEMP_PREFIX}{}.{}",
             std::process::id(),
             self.next_tmp.fetch_add(1, Ordering::Relaxed)
         ));
         let written = (|| {
-            self.write_new_file(&tmp_path, description, data)?;
-            let final_path = self.block_path(file_name);
-            if let Some(parent) = final_path.parent() {
-                fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+            match self.write_new_file(&tmp_path, description, data) {
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    if let Some(parent) = final_path.parent() {
+                        fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+                    }
+                    self.write_new_file(&tmp_path, description, data)?;
+                }
+                written => written?,
             }
             fs::rename(&tmp_path, &final_path)
         })();
@@ -497,11 +503,13 @@ fn take_lock(dir: &Path) -> Result<Flock<File>, DiskCacheError> {
     })
 }
 
-fn remove_dir_contents(dir: &Path) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let _ = fs::remove_file(entry?.path());
+/// Removes `tmp/`, where block files were written before their rename up to version 0.1 of the
+/// layout, with whatever an interrupted write left in it.
+fn remove_legacy_temp_dir(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(dir.join("tmp")) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Indexes the block files under `blocks`, least recently written first.
@@ -514,6 +522,15 @@ fn scan(blocks: &Path) -> io::Result<Index> {
         }
         for entry in fs::read_dir(shard.path())? {
             let entry = entry?;
+            if entry
+                .file_name()
+                .as_encoded_bytes()
+                .starts_with(TEMP_PREFIX.as_bytes())
+            {
+                // A write killed before its rename.
+                let _ = fs::remove_file(entry.path());
+                continue;
+            }
             let metadata = entry.metadata()?;
             let modified = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
             if let Some(name) = entry.file_name().to_str() {
@@ -762,11 +779,22 @@ mod tests {
         let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
         cache.put(&name("k", 0), b"whole");
         drop(cache);
-        // A process killed between create and rename leaves a temp file behind.
+        // A process killed between create and rename leaves a temp file beside the blocks;
+        // an older s3mount, in tmp/.
+        let block = only_block_file(dir.path());
+        let temp = block.with_file_name(".tmp.999.0");
+        fs::write(&temp, b"half a blo").unwrap();
+        fs::create_dir(dir.path().join("tmp")).unwrap();
         fs::write(dir.path().join("tmp").join("999.0"), b"half a blo").unwrap();
         let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(!temp.exists());
+        assert!(!dir.path().join("tmp").exists());
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&b"whole"[..]));
+        assert_eq!(
+            cache.size(),
+            fs::metadata(&block).unwrap().len(),
+            "the temp file is not indexed"
+        );
     }
 
     #[test]

@@ -42,16 +42,26 @@ async fn ino_of(fs: &S3Fs, path: &str) -> u64 {
 
 async fn list_dir(fs: &S3Fs, ino: u64) -> Vec<(String, Kind)> {
     let handle = fs.opendir(ino).await.unwrap();
-    let mut names = Vec::new();
-    let mut add = |e: DirEntry| {
-        if e.name != "." && e.name != ".." {
-            names.push((e.name, e.kind));
+    let mut entries: Vec<DirEntry> = Vec::new();
+    // Until an empty reply: a reply may end where the next page is not listed yet.
+    loop {
+        let offset = entries.last().map_or(0, |e| e.offset);
+        let before = entries.len();
+        let mut add = |e: DirEntry| {
+            entries.push(e);
+            false
+        };
+        fs.readdir(ino, handle, offset, &mut add).await.unwrap();
+        if entries.len() == before {
+            break;
         }
-        false
-    };
-    fs.readdir(ino, handle, 0, &mut add).await.unwrap();
+    }
     fs.releasedir(handle);
-    names
+    entries
+        .into_iter()
+        .filter(|e| e.name != "." && e.name != "..")
+        .map(|e| (e.name, e.kind))
+        .collect()
 }
 
 /// User metadata from pairs.

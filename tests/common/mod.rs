@@ -934,6 +934,17 @@ pub fn block_file_count(dir: &Path) -> usize {
     shards
         .flatten()
         .filter_map(|shard| std::fs::read_dir(shard.path()).ok())
-        .map(|files| files.flatten().count())
+        .map(|files| {
+            files
+                .flatten()
+                .filter(|f| is_block_file_name(&f.file_name()))
+                .count()
+        })
         .sum()
+}
+
+/// Whether a file in a block cache's shard is a block, not one being written (named `.tmp.*`
+/// until its rename).
+pub fn is_block_file_name(name: &std::ffi::OsStr) -> bool {
+    !name.as_encoded_bytes().starts_with(b".tmp.")
 }
