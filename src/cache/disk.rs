@@ -2,9 +2,10 @@
 //!
 //! Owns the directory layout, the block file format (the data, then a footer naming the block
 //! and carrying the CRC32C of its data), atomic writes (a temp file beside the block's, then a
-//! rename within its directory; with O_DIRECT where the file system takes it), the LRU bound and the free-space floor, and the lock that
-//! keeps two mounts out of one directory. It is synchronous: callers run it on blocking threads.
-//! It knows nothing of S3 requests or of who is waiting for a block.
+//! rename within its directory; with O_DIRECT where the file system takes it), the LRU bound
+//! and the free-space floor, and the lock that keeps two mounts out of one directory. It is
+//! synchronous: callers run it on blocking threads. It knows nothing of S3 requests or of who
+//! is waiting for a block.
 //!
 //! A block file is trusted only if its footer names exactly the block asked for, its length is
 //! right and its CRC32C matches; anything else (torn write, truncation, bit rot, a hash
@@ -503,8 +504,8 @@ fn take_lock(dir: &Path) -> Result<Flock<File>, DiskCacheError> {
     })
 }
 
-/// Removes `tmp/`, where block files were written before their rename up to version 0.1 of the
-/// layout, with whatever an interrupted write left in it.
+/// Removes `tmp/`, where an older s3mount wrote block files before their rename, with whatever
+/// an interrupted write left in it.
 fn remove_legacy_temp_dir(dir: &Path) -> io::Result<()> {
     match fs::remove_dir_all(dir.join("tmp")) {
         Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
