@@ -278,7 +278,7 @@ impl MetadataCache {
 }
 
 /// The directory holding `path` (`""` for the root's children).
-fn parent_of(path: &str) -> &str {
+pub(super) fn parent_of(path: &str) -> &str {
     path.rsplit_once('/').map_or("", |(parent, _)| parent)
 }
 

@@ -131,12 +131,12 @@ impl S3Fs {
             return None; // No answer may be kept: none is asked for ahead either.
         }
         let now = tokio::time::Instant::now();
-        let (page, siblings) = lock(&self.walks).opened(path, now);
+        let mut walks = lock(&self.walks);
+        let (page, siblings) = walks.opened(path, now);
         for sibling in siblings {
-            let first = self.dir_stream(&sibling).next_request();
-            if let Some(first) = first {
+            if let Some(first) = self.dir_stream(&sibling).next_request() {
                 let ahead = self.list_ahead(first, true);
-                lock(&self.walks).wait_for_open(sibling, ahead, now);
+                walks.wait_for_open(sibling, ahead, now);
             }
         }
         page

@@ -299,17 +299,23 @@ async fn readdir_entries(fs: &S3Fs, dir: u64, handle: u64, offset: u64, room: us
     entries
 }
 
-/// The names of `dir` from `offset` to its end, as the kernel reads them: reply after reply
+/// The names of `dir` from `offset` to its end (see [`readdir_to_end`]).
+async fn readdir_rest(fs: &S3Fs, dir: u64, handle: u64, offset: u64) -> Vec<String> {
+    let entries = readdir_to_end(fs, dir, handle, offset).await;
+    entries.into_iter().map(|e| e.name).collect()
+}
+
+/// The entries of `dir` from `offset` to its end, as the kernel reads them: reply after reply
 /// (each may end where the next page is not listed yet) until one comes back empty.
-async fn readdir_rest(fs: &S3Fs, dir: u64, handle: u64, mut offset: u64) -> Vec<String> {
-    let mut names = Vec::new();
+pub(super) async fn readdir_to_end(fs: &S3Fs, dir: u64, handle: u64, mut offset: u64) -> Vec<DirEntry> {
+    let mut entries = Vec::new();
     loop {
         let reply = readdir_entries(fs, dir, handle, offset, 100_000).await;
         let Some(last) = reply.last() else {
-            return names;
+            return entries;
         };
         offset = last.offset;
-        names.extend(reply.into_iter().map(|e| e.name));
+        entries.extend(reply);
     }
 }
 
@@ -462,7 +468,7 @@ async fn a_page_a_walk_had_listed_ahead_is_listed_again_once_older_than_a_second
     let before = client.counters().list;
     walk_into(&fs, &dirs[0]).await;
     walk_into(&fs, &dirs[1]).await;
-    lists_sent(&client, before + 2 + 4).await;
+    lists_sent(&client, before + 2 + walk::WALK_AHEAD as u64).await;
     client.put_object(&format!("t/{}/new", dirs[2]), "another writer's");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let names = walk_into(&fs, &dirs[2]).await;

@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::tests::{config, writable, writable_with};
+use super::tests::{config, readdir_to_end, writable, writable_with};
 use super::*;
 use crate::object::Op;
 use crate::object::fault::FaultClient;
@@ -42,20 +42,7 @@ async fn ino_of(fs: &S3Fs, path: &str) -> u64 {
 
 async fn list_dir(fs: &S3Fs, ino: u64) -> Vec<(String, Kind)> {
     let handle = fs.opendir(ino).await.unwrap();
-    let mut entries: Vec<DirEntry> = Vec::new();
-    // Until an empty reply: a reply may end where the next page is not listed yet.
-    loop {
-        let offset = entries.last().map_or(0, |e| e.offset);
-        let before = entries.len();
-        let mut add = |e: DirEntry| {
-            entries.push(e);
-            false
-        };
-        fs.readdir(ino, handle, offset, &mut add).await.unwrap();
-        if entries.len() == before {
-            break;
-        }
-    }
+    let entries = readdir_to_end(fs, ino, handle, 0).await;
     fs.releasedir(handle);
     entries
         .into_iter()

@@ -17,6 +17,8 @@ use std::time::Duration;
 // Tokio's clock, which a test can pause: a walk's pace is read off it.
 use tokio::time::Instant;
 
+use super::metadata::parent_of;
+
 /// Siblings whose first page is asked for ahead of the walker: enough to keep requests in
 /// flight while it works through a directory of 1,000 names, few enough that a walk stopped
 /// halfway wastes little.
@@ -130,11 +132,6 @@ impl<T> Walks<T> {
     fn waiting(&self) -> usize {
         self.waiting.len()
     }
-}
-
-/// The directory holding `path` (`""` for the root's children).
-fn parent_of(path: &str) -> &str {
-    path.rsplit_once('/').map_or("", |(parent, _)| parent)
 }
 
 #[cfg(test)]
