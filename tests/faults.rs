@@ -22,7 +22,7 @@ use tempfile::TempDir;
 
 use common::fault_proxy::FaultProxy;
 use common::{
-    Mount, TestPrefix, assert_same_bytes, block_file_count, close, process_alive, pseudo_random, settings,
+    Mount, TestPrefix, assert_same_bytes, cached_block_count, close, process_alive, pseudo_random, settings,
     wait_until,
 };
 
@@ -446,7 +446,7 @@ fn reads_go_on_when_the_cache_directory_is_removed_under_a_live_mount() {
     // Every block on disk first: a block still being written would make its shard again under
     // the rm (ENOTEMPTY), a race of the test's own, not of the daemon.
     wait_until("the 6 blocks reach the cache", || {
-        block_file_count(&cache_dir) == 6
+        cached_block_count(&cache_dir) == 6
     });
 
     std::fs::remove_dir_all(&cache_dir).expect("rm -rf of the live cache directory");

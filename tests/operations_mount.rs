@@ -29,7 +29,7 @@ use tempfile::TempDir;
 
 use common::metrics::{MetricsEndpoint, Scrape};
 use common::{
-    Mount, TestPrefix, WAIT, assert_same_bytes, block_file_count, close, is_mounted, pseudo_random,
+    Mount, TestPrefix, WAIT, assert_same_bytes, cached_block_count, close, is_mounted, pseudo_random,
     run_bounded, s3mount_command, settings,
 };
 
@@ -520,7 +520,7 @@ fn metrics_count_reads_from_s3_and_then_from_the_block_cache() {
     wait_for(
         &mount,
         &format!("the {blocks} blocks of f.bin are in {}", cache.display()),
-        || block_file_count(&cache) == blocks,
+        || cached_block_count(&cache) == blocks,
     );
     let cached = endpoint.scrape_until(&mount, "the block cache gauge holds the file", |s| {
         s.sum(CACHE_BYTES, &[]) >= size as f64

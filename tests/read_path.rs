@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 
+use s3mount::cache::disk::{StoredBlock, slots_file, stored_blocks};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -93,24 +94,9 @@ fn cache_options(dir: &Path) -> [&str; 4] {
     ["--cache", cache_arg(dir), "--cache-min-free", "0"]
 }
 
-/// Every block file under `DIR/blocks/<2 hex>/`.
-fn block_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let Ok(shards) = std::fs::read_dir(dir.join("blocks")) else {
-        return files;
-    };
-    for shard in shards {
-        let shard = shard.expect("a shard entry").path();
-        for entry in std::fs::read_dir(&shard).unwrap_or_else(|e| panic!("read_dir {}: {e}", shard.display()))
-        {
-            let entry = entry.expect("a block entry");
-            if common::is_block_file_name(&entry.file_name()) {
-                files.push(entry.path());
-            }
-        }
-    }
-    files.sort();
-    files
+/// Every block the cache directory `dir` holds, read from its slots file.
+fn block_files(dir: &Path) -> Vec<StoredBlock> {
+    stored_blocks(dir).unwrap_or_else(|e| panic!("reading the block cache in {}: {e}", dir.display()))
 }
 
 /// Reads a whole file through the mount; returns its SHA-256 and length.
@@ -266,17 +252,20 @@ fn a_corrupted_block_on_disk_is_detected_and_fetched_again() {
     let files = block_files(&cache);
     assert_eq!(files.len(), 8, "blocks cached: {files:?}");
 
-    // One flipped byte in the middle of one block file: inside the data (which comes first).
+    // One flipped byte in the middle of one block's data.
     let victim = &files[files.len() / 2];
-    let mut raw = std::fs::read(victim).expect("reading a block file");
-    assert!(
-        raw.len() > MIB,
-        "a whole block and its footer: {} bytes",
-        raw.len()
-    );
-    let middle = raw.len() / 2;
-    raw[middle] ^= 0x5a;
-    std::fs::write(victim, &raw).expect("writing the damaged block");
+    assert_eq!(victim.data_len, MIB as u64, "a whole block: {victim:?}");
+    let slots = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(slots_file(&cache))
+        .expect("opening the slots file");
+    let middle = victim.data_offset + victim.data_len / 2;
+    let mut byte = [0u8];
+    slots.read_exact_at(&mut byte, middle).expect("reading a block");
+    slots
+        .write_all_at(&[byte[0] ^ 0x5a], middle)
+        .expect("writing the damaged block");
 
     let log = mount_read_unmount_log(&prefix, &extra, "f.bin", &data);
     let stats = parse_stats(&log);
@@ -440,9 +429,8 @@ fn a_cache_smaller_than_a_block_caches_nothing_and_reads_still_work() {
         files.len() <= 1,
         "only the short last block may be cached: {files:?}"
     );
-    for path in &files {
-        let len = std::fs::metadata(path).expect("stat block").len();
-        assert!(len <= MIB as u64, "{} is {len} bytes", path.display());
+    for block in &files {
+        assert!(block.data_len < MIB as u64, "{block:?}");
     }
 
     let second = mount_read_unmount(&prefix, &extra, "f.bin", &data);
@@ -494,12 +482,9 @@ fn cache_directories_and_files_are_private() {
         mount_read_unmount(&prefix, &cache_options(cache), "f.bin", &data);
         let files = block_files(cache);
         assert_eq!(files.len(), 3, "blocks cached in {}", cache.display());
-        let mut dirs = vec![cache.join("blocks")];
-        dirs.extend(files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)));
-        for dir in &dirs {
-            assert_eq!(mode(dir), 0o700, "mode of {}", dir.display());
-        }
-        for file in files.iter().chain([&cache.join("lock")]) {
+        let blocks = cache.join("blocks");
+        assert_eq!(mode(&blocks), 0o700, "mode of {}", blocks.display());
+        for file in [&slots_file(cache), &cache.join("lock")] {
             assert_eq!(mode(file), 0o600, "mode of {}", file.display());
         }
     }

@@ -198,17 +198,20 @@ async fn a_damaged_block_on_disk_is_fetched_again_never_returned() {
     let bed = bed(2 * MIB);
     bed.reader.read_blocks(&bed.object, 0..2).await.unwrap();
     bed.settled(2).await;
-    // Flip one byte in the middle of every block file.
+    // Flip one byte in the middle of every stored block's data.
+    let slots = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(super::disk::slots_file(bed.disk().dir()))
+        .unwrap();
     let mut damaged = 0;
-    for shard in std::fs::read_dir(bed.disk().dir().join("blocks")).unwrap() {
-        for file in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let path = file.unwrap().path();
-            let mut raw = std::fs::read(&path).unwrap();
-            let middle = raw.len() / 2;
-            raw[middle] ^= 0xff;
-            std::fs::write(&path, raw).unwrap();
-            damaged += 1;
-        }
+    for block in super::disk::stored_blocks(bed.disk().dir()).unwrap() {
+        use std::os::unix::fs::FileExt;
+        let middle = block.data_offset + block.data_len / 2;
+        let mut byte = [0u8];
+        slots.read_exact_at(&mut byte, middle).unwrap();
+        slots.write_all_at(&[byte[0] ^ 0xff], middle).unwrap();
+        damaged += 1;
     }
     assert_eq!(damaged, 2);
     bed.client.reset_counters();

@@ -925,26 +925,8 @@ fn describe(command: &Command) -> String {
     text
 }
 
-/// How many block files the cache directory `dir` holds (`DIR/blocks/<2 hex>/<name>`, each
-/// renamed there once written whole). Tolerates a shard vanishing meanwhile.
-pub fn block_file_count(dir: &Path) -> usize {
-    let Ok(shards) = std::fs::read_dir(dir.join("blocks")) else {
-        return 0;
-    };
-    shards
-        .flatten()
-        .filter_map(|shard| std::fs::read_dir(shard.path()).ok())
-        .map(|files| {
-            files
-                .flatten()
-                .filter(|f| is_block_file_name(&f.file_name()))
-                .count()
-        })
-        .sum()
-}
-
-/// Whether a file in a block cache's shard is a block, not one being written (named `.tmp.*`
-/// until its rename).
-pub fn is_block_file_name(name: &std::ffi::OsStr) -> bool {
-    !name.as_encoded_bytes().starts_with(b".tmp.")
+/// How many blocks the cache directory `dir` holds: slots of `DIR/blocks/slots` whose trailer
+/// is written (the block's data goes first, its trailer last).
+pub fn cached_block_count(dir: &Path) -> usize {
+    s3mount::cache::disk::stored_blocks(dir).map_or(0, |blocks| blocks.len())
 }
