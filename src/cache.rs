@@ -490,7 +490,7 @@ fn block_name_at(client: &dyn ObjectClient, key: &str, etag: &str, index: u64) -
     }
 }
 
-/// Sorted block numbers grouped into runs of consecutive ones.
+/// Block (or slot) numbers, sorted, grouped into runs of consecutive ones.
 fn contiguous_runs(mut blocks: Vec<u64>) -> Vec<Range<u64>> {
     blocks.sort_unstable();
     let mut runs: Vec<Range<u64>> = Vec::new();

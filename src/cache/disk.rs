@@ -21,6 +21,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -29,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use bytes::Bytes;
 use lru::LruCache;
 use nix::fcntl::{FallocateFlags, Flock, fallocate};
+use nix::unistd::{Whence, lseek};
 use sha2::{Digest, Sha256};
 
 use crate::lockfile::{LockError, lock_dir};
@@ -141,7 +143,11 @@ impl Entry {
 struct Index {
     /// Stored blocks, least recently used first.
     lru: LruCache<BlockKey, Entry>,
+    /// Bytes of the stored blocks.
     total_bytes: u64,
+    /// Bytes of the blocks being written: they count against the bound from their reservation
+    /// on, so concurrent writers cannot together pass it.
+    reserved_bytes: u64,
     /// Slots below `slot_count` that hold no block and are not being written: the lowest is
     /// taken first, so the file stays as short as the cache.
     free: BTreeSet<u64>,
@@ -220,10 +226,11 @@ impl DiskCache {
             spare_buffers: Mutex::new(Vec::new()),
             counters: DiskCacheCounters::default(),
         };
-        cache.release_slots(cache.duplicates_and_damage_found_by_scan());
+        cache.release_slots(cache.orphans_of_the_scan());
         if let Err(refusal) = cache.evict_to_fit(0) {
             tracing::warn!(dir = %dir.display(), %refusal, "the block cache cannot store anything now");
         }
+        cache.compact().map_err(io_error)?;
         Ok(cache)
     }
 
@@ -304,10 +311,14 @@ impl DiskCache {
             self.note_failure(&io::Error::new(io::ErrorKind::StorageFull, refusal.to_string()));
             return;
         }
-        let entry = self.reserve_slot(data_len);
+        // Another writer may have taken the room meanwhile: then this block is not cached.
+        let Some(entry) = self.reserve_slot(data_len) else {
+            return;
+        };
         match self.write_slot(&entry, &description, data) {
             Ok(()) => {
                 let mut index = self.lock_index();
+                index.reserved_bytes -= entry.stored_bytes();
                 index.total_bytes += entry.stored_bytes();
                 let replaced = index.lru.put(key_of(&description), entry);
                 if let Some(old) = replaced {
@@ -318,15 +329,22 @@ impl DiskCache {
             }
             Err(error) => {
                 self.note_failure(&error);
+                self.lock_index().reserved_bytes -= entry.stored_bytes();
                 self.release_slots(vec![entry.slot]);
             }
         }
     }
 
     /// A slot to write a block of `data_len` bytes into, and the write's sequence: no entry
-    /// points at it until the write is done.
-    fn reserve_slot(&self, data_len: u32) -> Entry {
+    /// points at it until the write is done. Its bytes are reserved; `None` if they no longer
+    /// fit.
+    fn reserve_slot(&self, data_len: u32) -> Option<Entry> {
         let mut index = self.lock_index();
+        let stored = stored_bytes(data_len as usize);
+        if index.total_bytes + index.reserved_bytes + stored > self.limits.max_bytes {
+            return None;
+        }
+        index.reserved_bytes += stored;
         let sequence = index.next_sequence;
         index.next_sequence += 1;
         let slot = match index.free.pop_first() {
@@ -336,11 +354,11 @@ impl DiskCache {
                 index.slot_count - 1
             }
         };
-        Entry {
+        Some(Entry {
             slot,
             data_len,
             sequence,
-        }
+        })
     }
 
     /// Gives slots no entry points at any more back their disk space (a hole), then to the free
@@ -348,13 +366,7 @@ impl DiskCache {
     /// the new block's data to the punch.
     fn release_slots(&self, slots: Vec<u64>) {
         for &slot in &slots {
-            // A file system without holes keeps the bytes; the slot is reused all the same.
-            let _ = fallocate(
-                &self.slots,
-                FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                (slot * SLOT_LEN) as libc::off_t,
-                SLOT_LEN as libc::off_t,
-            );
+            punch_out(&self.slots, slot..slot + 1);
         }
         let mut index = self.lock_index();
         index.free.extend(slots);
@@ -427,23 +439,44 @@ impl DiskCache {
         }
     }
 
-    /// The slots the scan at open found holding a block no entry points at (an older copy of a
-    /// block stored twice, or a trailer that is not ours), to be punched out and reused.
-    fn duplicates_and_damage_found_by_scan(&self) -> Vec<u64> {
-        let mut index = self.lock_index();
+    /// The slots the scan at open found holding a block no entry points at (the older copy of a
+    /// block stored twice, as a kill between a write and the older copy's release leaves), to be
+    /// punched out and reused.
+    fn orphans_of_the_scan(&self) -> Vec<u64> {
+        let index = self.lock_index();
         let used: BTreeSet<u64> = index.lru.iter().map(|(_, entry)| entry.slot).collect();
-        let orphans: Vec<u64> = (0..index.slot_count)
+        (0..index.slot_count)
             .filter(|slot| !used.contains(slot) && !index.free.contains(slot))
-            .collect();
-        for slot in &orphans {
-            index.free.remove(slot);
+            .collect()
+    }
+
+    /// At open: cuts the file after its last stored block (what a larger `--cache-size` or
+    /// evictions left past it), and punches out the free slots below, which may hold what a
+    /// killed write left.
+    fn compact(&self) -> io::Result<()> {
+        let mut index = self.lock_index();
+        let slot_count = index
+            .lru
+            .iter()
+            .map(|(_, entry)| entry.slot + 1)
+            .max()
+            .unwrap_or(0);
+        index.slot_count = slot_count;
+        index.free.retain(|&slot| slot < slot_count);
+        self.slots.set_len(slot_count * SLOT_LEN)?;
+        for run in super::contiguous_runs(index.free.iter().copied().collect()) {
+            punch_out(&self.slots, run);
         }
-        orphans
+        Ok(())
     }
 
     /// Evicts until `incoming` more bytes fit under the size bound and above the free-space
     /// floor. Fails, saying which bound, when they cannot fit even with the cache empty.
     fn evict_to_fit(&self, incoming: u64) -> Result<(), FitRefusal> {
+        let max_bytes = self.limits.max_bytes;
+        if incoming > max_bytes {
+            return Err(FitRefusal::OverBound { max_bytes });
+        }
         loop {
             let Some(refusal) = self.refusal(incoming) else {
                 return Ok(());
@@ -467,9 +500,11 @@ impl DiskCache {
     /// Which bound `incoming` more bytes would break now, if any.
     fn refusal(&self, incoming: u64) -> Option<FitRefusal> {
         let max_bytes = self.limits.max_bytes;
-        if self.lock_index().total_bytes + incoming > max_bytes {
+        let index = self.lock_index();
+        if index.total_bytes + index.reserved_bytes + incoming > max_bytes {
             return Some(FitRefusal::OverBound { max_bytes });
         }
+        drop(index);
         let min_free_bytes = self.limits.min_free_bytes;
         match free_bytes(&self.dir) {
             Some(free_bytes) if free_bytes < min_free_bytes.saturating_add(incoming) => {
@@ -536,14 +571,16 @@ fn decode_trailer(trailer: &[u8]) -> Option<Trailer<'_>> {
     let mut sequence = [0u8; 8];
     sequence.copy_from_slice(&footer[12..20]);
     let (name_len, data_len) = (word(0) as usize, word(4));
-    if name_len > MAX_NAME_LEN || u64::from(data_len) > SLOT_DATA {
+    let sequence = u64::from_le_bytes(sequence);
+    // (A sequence this high was not written by us: counting on from it could overflow.)
+    if name_len > MAX_NAME_LEN || u64::from(data_len) > SLOT_DATA || sequence >= 1 << 62 {
         return None;
     }
     Some(Trailer {
         description: &trailer[..name_len],
         data_len,
         crc: word(8),
-        sequence: u64::from_le_bytes(sequence),
+        sequence,
     })
 }
 
@@ -674,57 +711,65 @@ pub fn stored_blocks(dir: &Path) -> io::Result<Vec<StoredBlock>> {
     };
     let mut blocks = Vec::new();
     for_each_trailer(&file, |slot, trailer| {
-        if let Some(trailer) = trailer {
-            blocks.push(StoredBlock {
-                description: String::from_utf8_lossy(trailer.description).into_owned(),
-                data_offset: slot * SLOT_LEN,
-                data_len: u64::from(trailer.data_len),
-            });
-        }
+        blocks.push(StoredBlock {
+            description: String::from_utf8_lossy(trailer.description).into_owned(),
+            data_offset: slot * SLOT_LEN,
+            data_len: u64::from(trailer.data_len),
+        });
     })?;
     Ok(blocks)
 }
 
-/// Reads the trailer of every slot the file spans, in order; `None` where a slot holds none of
-/// ours (never written, punched out, or a write cut short).
-fn for_each_trailer(file: &File, mut visit: impl FnMut(u64, Option<Trailer<'_>>)) -> io::Result<()> {
-    let slot_count = file.metadata()?.len().div_ceil(SLOT_LEN);
+/// Visits every slot holding a trailer of ours, in order, with it; holes (slots never written
+/// or punched out) are skipped without a read where the file system can say where data is.
+fn for_each_trailer(file: &File, mut visit: impl FnMut(u64, Trailer<'_>)) -> io::Result<()> {
+    let len = file.metadata()?.len();
     let mut trailer = vec![0u8; TRAILER_LEN];
-    for slot in 0..slot_count {
-        let read = file.read_exact_at(&mut trailer, slot * SLOT_LEN + SLOT_DATA);
-        visit(slot, read.ok().and_then(|()| decode_trailer(&trailer)));
+    let mut slot = 0;
+    while slot * SLOT_LEN + SLOT_DATA < len {
+        let trailer_at = slot * SLOT_LEN + SLOT_DATA;
+        match lseek(file, trailer_at as libc::off_t, Whence::SeekData) {
+            // Nothing but holes from here on.
+            Err(nix::errno::Errno::ENXIO) => break,
+            // This trailer is a hole: on to the slot of the next data.
+            Ok(data_at) if data_at as u64 > trailer_at => {
+                slot = (data_at as u64 / SLOT_LEN).max(slot + 1);
+                continue;
+            }
+            _ => {}
+        }
+        if file.read_exact_at(&mut trailer, trailer_at).is_ok()
+            && let Some(found) = decode_trailer(&trailer)
+        {
+            visit(slot, found);
+        }
+        slot += 1;
     }
     Ok(())
 }
 
-/// Indexes the slots file: one trailer read per slot, blocks ordered by their write sequence
-/// (least recently written first). A slot without a trailer of ours is free; of two slots
-/// naming one block the later write wins, and the other is left to
-/// [`DiskCache::duplicates_and_damage_found_by_scan`].
+/// Indexes the slots file: one trailer read per written slot, blocks ordered by their write
+/// sequence (least recently written first). The file spans up to the last slot with a trailer;
+/// the slots below it without one are free. Of two slots naming one block the later write wins,
+/// and the other is left to [`DiskCache::orphans_of_the_scan`].
 fn scan(slots: &File) -> io::Result<Index> {
     let mut found: Vec<(u64, BlockKey, Entry)> = Vec::new();
-    let mut free = BTreeSet::new();
-    let mut slot_count = 0;
     for_each_trailer(slots, |slot, trailer| {
-        slot_count = slot + 1;
-        match trailer {
-            Some(t) => {
-                let entry = Entry {
-                    slot,
-                    data_len: t.data_len,
-                    sequence: t.sequence,
-                };
-                found.push((t.sequence, key_of(t.description), entry));
-            }
-            None => {
-                free.insert(slot);
-            }
-        }
+        let entry = Entry {
+            slot,
+            data_len: trailer.data_len,
+            sequence: trailer.sequence,
+        };
+        found.push((trailer.sequence, key_of(trailer.description), entry));
     })?;
+    let slot_count = found.last().map_or(0, |(_, _, entry)| entry.slot + 1);
+    let written: BTreeSet<u64> = found.iter().map(|(_, _, entry)| entry.slot).collect();
+    let free = (0..slot_count).filter(|slot| !written.contains(slot)).collect();
     found.sort_by_key(|(sequence, _, _)| *sequence);
     let mut index = Index {
         lru: LruCache::unbounded(),
         total_bytes: 0,
+        reserved_bytes: 0,
         free,
         slot_count,
         next_sequence: found.last().map_or(0, |(sequence, _, _)| sequence + 1),
@@ -736,6 +781,23 @@ fn scan(slots: &File) -> io::Result<Index> {
         }
     }
     Ok(index)
+}
+
+/// Gives the disk space of `slots` back (a hole). Where the file system cannot punch holes their
+/// trailers are zeroed instead, so that a freed slot whose reuse a kill cuts short is never
+/// taken at the next open for the block it held before.
+fn punch_out(file: &File, slots: Range<u64>) {
+    let punched = fallocate(
+        file,
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        (slots.start * SLOT_LEN) as libc::off_t,
+        ((slots.end - slots.start) * SLOT_LEN) as libc::off_t,
+    );
+    if punched.is_err() {
+        for slot in slots {
+            let _ = file.write_all_at(&[0u8; TRAILER_LEN], slot * SLOT_LEN + SLOT_DATA);
+        }
+    }
 }
 
 /// Bytes available to unprivileged users on the file system holding `dir`.
@@ -1028,16 +1090,14 @@ mod tests {
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&b"second"[..]));
         assert_eq!(cache.block_count(), 1);
         assert_eq!(cache.size(), stored_bytes(6));
-        // Two slots naming one block (a copy of the older one's trailer, as a kill between a
-        // write and the older slot's release leaves): the later write wins at open.
-        let raw = fs::read(slots_path(dir.path())).unwrap();
-        let newer = slot_of(&cache, &name("k", 0));
+        // Two slots naming one block (the older copy back in slot 0, as a kill between a write
+        // and the older slot's release leaves): the later write wins at open.
+        let (older, newer) = (0, 1);
+        assert_eq!(slot_of(&cache, &name("k", 0)), newer);
         drop(cache);
-        let older = 1 - newer;
         let mut older_slot = b"first".to_vec();
         older_slot.resize(SLOT_DATA as usize, 0);
         older_slot.extend_from_slice(&encode_trailer(&name("k", 0).describe(), b"first", 0));
-        assert!(raw.len() as u64 >= SLOT_LEN);
         scribble(dir.path(), older * SLOT_LEN, &older_slot);
         let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&b"second"[..]));
@@ -1077,7 +1137,7 @@ mod tests {
             }
         }
         writer.join().unwrap();
-        eprintln!("{hits} hits");
+        assert!(hits > 0, "some reads found their block");
         assert_eq!(cache.counters.corrupt_dropped.load(Ordering::Relaxed), 0);
         assert_eq!(cache.counters.write_failures.load(Ordering::Relaxed), 0);
     }
@@ -1127,6 +1187,35 @@ mod tests {
         .unwrap();
         cache.put(&name("k", 0), b"x");
         assert_eq!(cache.get(&name("k", 0)), None);
+        assert_eq!(cache.counters.write_failures.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn at_open_holes_are_skipped_and_the_file_is_cut_after_its_last_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        cache.put(&name("k", 0), b"zero");
+        cache.put(&name("k", 1), b"one");
+        drop(cache);
+        // A block far out, beyond 4,000 slots of holes (as a larger --cache-size leaves).
+        let mut far = b"far".to_vec();
+        far.resize(SLOT_DATA as usize, 0);
+        far.extend_from_slice(&encode_trailer(&name("k", 9).describe(), b"far", 0));
+        scribble(dir.path(), 4000 * SLOT_LEN, &far);
+        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        assert_eq!(cache.block_count(), 3);
+        assert_eq!(cache.get(&name("k", 9)).as_deref(), Some(&b"far"[..]));
+        drop(cache);
+        // Room for one block: the two written first (sequence 0) go, and the file ends after
+        // the one left.
+        let cache = DiskCache::open(dir.path(), limits(stored_bytes(4))).unwrap();
+        assert_eq!(cache.block_count(), 1);
+        assert_eq!(cache.get(&name("k", 1)).as_deref(), Some(&b"one"[..]));
+        assert_eq!(fs::metadata(slots_path(dir.path())).unwrap().len(), 2 * SLOT_LEN);
+        drop(cache);
+        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        cache.put(&name("k", 2), b"two");
+        assert_eq!(slot_of(&cache, &name("k", 2)), 0, "the lowest free slot");
     }
 
     #[test]
