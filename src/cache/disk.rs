@@ -269,16 +269,18 @@ impl DiskCache {
         let description = name.describe();
         let key = key_of(&description);
         let entry = *self.lock_index().lru.peek(&key)?;
-        let read = self.read_slot(&entry);
+        // Read and checked outside the lock: a 1 MiB CRC under it would hold up every other
+        // reader and writer.
+        let intact = self
+            .read_slot(&entry)
+            .ok()
+            .filter(|(data, trailer)| is_intact(&entry, &description, data, trailer));
         let mut index = self.lock_index();
         if index.lru.peek(&key) != Some(&entry) {
             // Evicted (and perhaps rewritten) while we read: a miss, not damage.
             return None;
         }
-        match read
-            .ok()
-            .filter(|(data, trailer)| is_intact(&entry, &description, data, trailer))
-        {
+        match intact {
             Some((data, _)) => {
                 index.lru.promote(&key);
                 Some(Bytes::from(data))
