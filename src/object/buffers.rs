@@ -49,7 +49,7 @@ impl BufferPool {
             }
             buffer
         };
-        let mut buffer = reused.unwrap_or_else(|| Vec::with_capacity(class + BODY_ALIGN));
+        let mut buffer = reused.unwrap_or_else(|| new_buffer(class + BODY_ALIGN));
         // `align_offset` may decline to align: the body then simply starts at 0.
         let start = Some(buffer.as_ptr().align_offset(BODY_ALIGN)).filter(|&pad| pad < BODY_ALIGN);
         let start = start.unwrap_or(0);
@@ -88,6 +88,28 @@ impl BufferPool {
     fn idle_bytes(&self) -> usize {
         self.lock().bytes
     }
+}
+
+/// Transparent huge pages, where the kernel leaves them to the program (`madvise` mode): a
+/// body in 2 MiB pages takes one page fault per 2 MiB instead of 512 when first filled, and its
+/// pages are pinned for the block cache's O_DIRECT writes 512 at a time.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// A new, empty buffer with room for `capacity` bytes, its whole huge pages marked as such.
+fn new_buffer(capacity: usize) -> Vec<u8> {
+    let buffer: Vec<u8> = Vec::with_capacity(capacity);
+    let start = buffer.as_ptr() as usize;
+    let first = start.next_multiple_of(HUGE_PAGE);
+    let end = (start + capacity) / HUGE_PAGE * HUGE_PAGE;
+    if end > first {
+        // SAFETY: [first, end) lies inside the allocation `buffer` owns; MADV_HUGEPAGE only
+        // advises the kernel how to back it and changes no byte of it. A refusal changes
+        // nothing either, so its result is not needed.
+        unsafe {
+            libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
+        }
+    }
+    buffer
 }
 
 /// A body being received: the bytes after `start` of `buffer` (before it, alignment padding).
@@ -177,6 +199,40 @@ mod tests {
             LARGEST_CLASS + BODY_ALIGN
         );
         assert_eq!(pool.take(0).buffer.capacity(), CLASS + BODY_ALIGN);
+    }
+
+    /// The `VmFlags` of the mapping holding `address`, from /proc/self/smaps.
+    fn vm_flags_at(address: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line
+                .split_whitespace()
+                .next()
+                .and_then(|first| first.split_once('-'));
+            if let Some((start, end)) = range
+                && let (Ok(start), Ok(end)) =
+                    (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16))
+            {
+                inside = (start..end).contains(&address);
+            } else if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.trim().to_owned();
+            }
+        }
+        panic!("no mapping holds {address:#x}")
+    }
+
+    #[test]
+    fn a_new_buffer_asks_for_huge_pages_where_it_spans_them() {
+        let pool = BufferPool::default();
+        let body = pool.take(8 * CLASS);
+        let start = body.buffer.as_ptr() as usize;
+        let huge = start.next_multiple_of(HUGE_PAGE);
+        let flags = vm_flags_at(huge);
+        assert!(
+            flags.split_whitespace().any(|flag| flag == "hg"),
+            "MADV_HUGEPAGE on the buffer's whole 2 MiB pages: {flags}"
+        );
     }
 
     #[test]
