@@ -9,8 +9,9 @@
 //!
 //! Why one file of slots rather than a file per block: creating, renaming and later unlinking a
 //! file per 1 MiB block was a sixth of the daemon's CPU on a cold read (inode allocation above
-//! all); a block in a slot costs two `pwrite`s (`O_DIRECT` where the file system takes it) and
-//! an evicted block's slot is punched out (its disk space given back) and reused.
+//! all); a block in a slot costs one or two `pwrite`s and is read back with one or two `pread`s
+//! (`O_DIRECT` where the file system takes it, into pooled buffers), and an evicted block's slot
+//! is punched out (its disk space given back) and reused.
 //!
 //! A block is trusted only if the trailer of its slot names exactly the block asked for, with
 //! the sequence the index holds, and its data's CRC32C matches; anything else (torn write, bit
@@ -34,6 +35,7 @@ use nix::unistd::{Whence, lseek};
 use sha2::{Digest, Sha256};
 
 use crate::lockfile::{LockError, lock_dir};
+use crate::object::buffers::BufferPool;
 
 /// Trailer format marker and version; a different layout gets a different magic.
 const MAGIC: &[u8; 8] = b"s3mslot1";
@@ -163,10 +165,15 @@ pub struct DiskCache {
     /// The slots file, read and written through the page cache.
     slots: File,
     /// The same file opened with O_DIRECT, while the file system takes it (not tmpfs, some FUSE
-    /// and network file systems): writes from it spare the copy into the page cache and its
-    /// reclaim later, so the cache does not push a training job's data out of RAM.
+    /// and network file systems): writes and reads through it spare the copy through the page
+    /// cache and its reclaim later, so the cache does not push a training job's data out of RAM
+    /// (the kernel caches what is read through the mount anyway).
     direct: Option<File>,
     direct_writes: AtomicBool,
+    direct_reads: AtomicBool,
+    /// Sector-aligned buffers for the blocks read, reused once the last slice of one is dropped:
+    /// a fresh zeroed buffer per block cost more in page faults than the read.
+    read_buffers: BufferPool,
     /// Held for the life of the cache: the exclusive lock on `dir/lock`.
     _lock: Flock<File>,
     /// Set after the first write failure was logged, so a full or broken disk warns once.
@@ -209,6 +216,7 @@ impl DiskCache {
             .open(&path)
             .map_err(io_error)?;
         let direct = OpenOptions::new()
+            .read(true)
             .write(true)
             .custom_flags(libc::O_DIRECT)
             .open(&path)
@@ -219,6 +227,8 @@ impl DiskCache {
             limits,
             index: Mutex::new(index),
             direct_writes: AtomicBool::new(direct.is_some()),
+            direct_reads: AtomicBool::new(direct.is_some()),
+            read_buffers: BufferPool::default(),
             slots,
             direct,
             _lock: lock,
@@ -283,7 +293,7 @@ impl DiskCache {
         match intact {
             Some((data, _)) => {
                 index.lru.promote(&key);
-                Some(Bytes::from(data))
+                Some(data)
             }
             None => {
                 index.lru.pop(&key);
@@ -374,14 +384,62 @@ impl DiskCache {
         index.free.extend(slots);
     }
 
-    /// The data and trailer of the slot `entry` names, as they are on disk.
-    fn read_slot(&self, entry: &Entry) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    /// The data and trailer of the slot `entry` names, as they are on disk: with O_DIRECT while
+    /// the file system takes it, else through the page cache.
+    fn read_slot(&self, entry: &Entry) -> io::Result<(Bytes, Vec<u8>)> {
+        if let Some(direct) = self
+            .direct
+            .as_ref()
+            .filter(|_| self.direct_reads.load(Ordering::Relaxed))
+        {
+            match self.read_slot_from(direct, entry, true) {
+                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::debug!(dir = %self.dir.display(), %error,
+                        "the block cache's file system refuses O_DIRECT reads: blocks are read through the page cache");
+                    self.direct_reads.store(false, Ordering::Relaxed);
+                }
+                read => return read,
+            }
+        }
+        self.read_slot_from(&self.slots, entry, false)
+    }
+
+    /// Reads the slot into a pooled buffer, whole sectors when `direct` (the data's last sector
+    /// padded with zeros); data and trailer with one read when the data fills its room.
+    fn read_slot_from(&self, file: &File, entry: &Entry, direct: bool) -> io::Result<(Bytes, Vec<u8>)> {
         let start = entry.slot * SLOT_LEN;
-        let mut data = vec![0u8; entry.data_len as usize];
-        self.slots.read_exact_at(&mut data, start)?;
-        let mut trailer = vec![0u8; TRAILER_LEN];
-        self.slots.read_exact_at(&mut trailer, start + SLOT_DATA)?;
-        Ok((data, trailer))
+        let data_len = entry.data_len as usize;
+        let read_len = if direct {
+            data_len.next_multiple_of(DIRECT_ALIGN)
+        } else {
+            data_len
+        };
+        let mut data = self.read_buffers.take_to_overwrite(read_len);
+        let mut trailer_buffer = self.take_buffer();
+        let read = (|| {
+            let trailer_at = aligned_start(&mut trailer_buffer, TRAILER_LEN)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+            trailer_buffer.resize(trailer_at + TRAILER_LEN, 0);
+            let trailer = &mut trailer_buffer[trailer_at..];
+            if read_len as u64 == SLOT_DATA {
+                let slices = &mut [
+                    io::IoSliceMut::new(data.as_mut_slice()),
+                    io::IoSliceMut::new(trailer),
+                ];
+                let read =
+                    nix::sys::uio::preadv(file, slices, start as libc::off_t).map_err(io::Error::from)?;
+                if read != SLOT_LEN as usize {
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                }
+            } else {
+                file.read_exact_at(data.as_mut_slice(), start)?;
+                file.read_exact_at(trailer, start + SLOT_DATA)?;
+            }
+            Ok(trailer.to_vec())
+        })();
+        self.give_back_buffer(trailer_buffer);
+        let trailer = read?;
+        Ok((self.read_buffers.freeze(data).slice(..data_len), trailer))
     }
 
     /// Writes the block's data at the start of its slot and its trailer at the end: with
@@ -1024,9 +1082,13 @@ mod tests {
         cache.put(&name("k", 0), &block);
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&block[..]));
         let probe_dir = tempfile::tempdir_in(dir.path()).unwrap();
+        let direct = takes_direct_writes(probe_dir.path());
         assert_eq!(
-            cache.direct_writes.load(Ordering::Relaxed),
-            takes_direct_writes(probe_dir.path()),
+            (
+                cache.direct_writes.load(Ordering::Relaxed),
+                cache.direct_reads.load(Ordering::Relaxed)
+            ),
+            (direct, direct),
             "O_DIRECT is kept exactly where the file system takes it"
         );
         // A block as a GET's body holds it, sector-aligned: written from where it is.
@@ -1056,7 +1118,12 @@ mod tests {
                 "block {index}"
             );
         }
+        // And read through the page cache (as on tmpfs), whole and short.
+        cache.direct_reads.store(false, Ordering::Relaxed);
+        assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&block[..]));
+        assert_eq!(cache.get(&name("k", 4)).as_deref(), Some(&block[1..]));
         assert_eq!(cache.counters.write_failures.load(Ordering::Relaxed), 0);
+        assert_eq!(cache.counters.corrupt_dropped.load(Ordering::Relaxed), 0);
         drop(cache);
         let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
         assert_eq!(
