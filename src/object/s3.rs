@@ -188,8 +188,6 @@ impl S3Client {
         self
     }
 
-    /// Waits for `future` at most the request timeout: a step of a request that got no answer
-    /// (or no byte of its body) in that time failed, as timed out.
     /// The `expected` bytes of a GET's body, streamed into one (pooled) buffer; a body that ends
     /// early is an error worth a retry, as a reset is.
     async fn read_body(&self, key: &str, mut body: ByteStream, expected: u64) -> Result<Bytes, ObjectError> {
@@ -209,6 +207,8 @@ impl S3Client {
         Ok(self.buffers.freeze(data))
     }
 
+    /// Waits for `future` at most the request timeout: a step of a request that got no answer
+    /// (or no byte of its body) in that time failed, as timed out.
     async fn bounded<T>(&self, what: &str, future: impl Future<Output = T>) -> Result<T, ObjectError> {
         tokio::time::timeout(self.request_timeout, future)
             .await
