@@ -371,6 +371,14 @@ impl S3Fs {
         &self.reader.counters
     }
 
+    /// Closes the block cache at unmount, once nothing reads any more: its index is saved for
+    /// the next mount, which then need not read every block's trailer.
+    pub fn close_block_cache(&self) {
+        if let Some(disk) = self.reader.disk() {
+            disk.close();
+        }
+    }
+
     /// Connects the kernel's cache, once the session exists. Later calls are ignored.
     pub fn set_kernel_cache(&self, kernel_cache: Arc<dyn KernelCache>) {
         let _ = self.kernel_cache.set(kernel_cache);

@@ -227,6 +227,7 @@ where
             "some files could not be uploaded; they stay staged and the next mount with this cache directory uploads them");
     }
     tracing::info!("stats: {}", fs.read_counters().summary());
+    fs.close_block_cache();
     served.map_err(|e| RunError::Mount(config.mount_point.clone(), e))
 }
 

@@ -484,7 +484,12 @@ fn cache_directories_and_files_are_private() {
         assert_eq!(files.len(), 3, "blocks cached in {}", cache.display());
         let blocks = cache.join("blocks");
         assert_eq!(mode(&blocks), 0o700, "mode of {}", blocks.display());
-        for file in [&slots_file(cache), &cache.join("lock")] {
+        // The index saved at unmount too.
+        for file in [
+            &slots_file(cache),
+            &cache.join("blocks").join("index"),
+            &cache.join("lock"),
+        ] {
             assert_eq!(mode(file), 0o600, "mode of {}", file.display());
         }
     }
