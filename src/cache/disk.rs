@@ -335,7 +335,10 @@ impl DiskCache {
             }
         };
         if let Err(refusal) = self.evict_to_fit(stored_bytes(data.len())) {
-            self.note_failure(&io::Error::new(io::ErrorKind::StorageFull, refusal.to_string()));
+            // (Closed meanwhile, at unmount: not a failure.)
+            if !self.closed.load(Ordering::Relaxed) {
+                self.note_failure(&io::Error::new(io::ErrorKind::StorageFull, refusal.to_string()));
+            }
             return;
         }
         // Another writer may have taken the room meanwhile: then this block is not cached.
@@ -927,6 +930,10 @@ fn decode_index(bytes: &[u8], file_slots: u64) -> Option<Index> {
     }
     let mut read = Fields(&body[INDEX_MAGIC.len()..]);
     let (slot_count, next_sequence, count) = (read.u64()?, read.u64()?, read.u64()?);
+    // (A sequence this high was not written by us: counting on from it could overflow.)
+    if next_sequence >= 1 << 62 {
+        return None;
+    }
     // The file may end before its last slot (a write that failed), never be shorter by more.
     let slot_count = slot_count.min(file_slots);
     let mut index = Index {
@@ -980,14 +987,18 @@ impl<'a> Fields<'a> {
 /// anything is written, so that an index saved once is never read again after later writes.
 fn take_saved_index(dir: &Path, slots: &File) -> Option<Index> {
     let path = dir.join("blocks").join(INDEX_FILE);
-    let bytes = fs::read(&path).ok()?;
+    let found = fs::metadata(&path).ok()?;
+    let file_slots = slots.metadata().ok()?.len().div_ceil(SLOT_LEN);
+    // No index of this file's slots can be longer (a header, an entry per slot, a CRC).
+    let longest = (INDEX_MAGIC.len() as u64 + 24).saturating_add(file_slots.saturating_mul(52)) + 4;
+    let bytes = (found.len() <= longest).then(|| fs::read(&path).ok()).flatten();
+    // Removed whatever it holds, even unread: once this session writes, it is out of date.
     let removed = fs::remove_file(&path).and_then(|()| File::open(dir.join("blocks"))?.sync_all());
     if let Err(error) = removed {
         tracing::warn!(path = %path.display(), %error, "cannot remove the saved block cache index; scanning instead");
         return None;
     }
-    let file_slots = slots.metadata().ok()?.len().div_ceil(SLOT_LEN);
-    let index = decode_index(&bytes, file_slots);
+    let index = bytes.and_then(|bytes| decode_index(&bytes, file_slots));
     if index.is_none() {
         tracing::warn!(path = %path.display(), "the saved block cache index is damaged; scanning the blocks instead");
     }
@@ -1404,6 +1415,64 @@ mod tests {
         let cache = DiskCache::open(dir.path(), limits(stored_bytes(4))).unwrap();
         assert_eq!(cache.block_count(), 1);
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&b"zero"[..]));
+        drop(cache);
+        // After an open from the saved index, a new block goes to a free slot and a new
+        // sequence: every block reads back, also after a kill (from the trailers).
+        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        cache.put(&name("k", 5), b"five");
+        assert_ne!(slot_of(&cache, &name("k", 5)), slot_of(&cache, &name("k", 0)));
+        drop(cache);
+        forget_saved_index(dir.path());
+        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        assert_eq!(cache.block_count(), 2);
+        assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&b"zero"[..]));
+        assert_eq!(cache.get(&name("k", 5)).as_deref(), Some(&b"five"[..]));
+    }
+
+    #[test]
+    fn a_saved_index_that_does_not_add_up_is_not_believed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        cache.put(&name("k", 0), b"zero");
+        cache.put(&name("k", 1), b"one");
+        let index = cache.lock_index();
+        let entries: Vec<(BlockKey, Entry)> = index.lru.iter().map(|(k, e)| (*k, *e)).collect();
+        let saved = |slot_count: u64, next_sequence: u64, entries: &[(BlockKey, Entry)]| {
+            let mut crafted = Index {
+                lru: LruCache::unbounded(),
+                total_bytes: 0,
+                reserved_bytes: 0,
+                free: BTreeSet::new(),
+                slot_count,
+                next_sequence,
+            };
+            for (key, entry) in entries.iter().rev() {
+                crafted.lru.put(*key, *entry);
+            }
+            encode_index(&crafted)
+        };
+        assert!(decode_index(&saved(2, 2, &entries), 2).is_some(), "the control");
+        let (k0, e0) = entries[1];
+        let (k1, e1) = entries[0];
+        let two_on_one_slot = [(k0, e0), (k1, Entry { slot: e0.slot, ..e1 })];
+        let beyond_the_file = [(k0, e0), (k1, Entry { slot: 7, ..e1 })];
+        let from_the_future = [(k0, e0), (k1, Entry { sequence: 9, ..e1 })];
+        let too_long = [(
+            k0,
+            Entry {
+                data_len: SLOT_DATA as u32 + 1,
+                ..e0
+            },
+        )];
+        for (what, bytes) in [
+            ("two entries on one slot", saved(2, 2, &two_on_one_slot)),
+            ("a slot beyond the file", saved(8, 10, &beyond_the_file)),
+            ("a sequence not yet given", saved(2, 2, &from_the_future)),
+            ("a block longer than a slot", saved(2, 2, &too_long)),
+            ("an absurd next sequence", saved(2, u64::MAX, &entries)),
+        ] {
+            assert!(decode_index(&bytes, 2).is_none(), "{what}");
+        }
     }
 
     #[test]
@@ -1417,7 +1486,12 @@ mod tests {
         for damage in 0..2 {
             let mut bytes = fs::read(&index_file).unwrap();
             match damage {
-                0 => bytes[20] ^= 1,
+                // A byte of the last entry's name hash (that of block 1, the most recently
+                // used): believed, it would make block 1 a miss.
+                0 => {
+                    let at = bytes.len() - 4 - 1;
+                    bytes[at] ^= 1;
+                }
                 _ => bytes.truncate(bytes.len() - 5),
             }
             fs::write(&index_file, &bytes).unwrap();
