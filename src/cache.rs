@@ -369,8 +369,10 @@ impl BlockReader {
     /// Puts every block of `object` in the disk cache: those not there yet are fetched (a GET
     /// per 8 blocks) and written before this returns, unlike a reader's blocks, which go to
     /// disk in the background and may be dropped when the disk lags. `progress` hears of each
-    /// run of blocks: its bytes, and whether they were cached already. What `s3mount warm`
-    /// does; without a disk cache there is nothing to fill.
+    /// run of blocks: its bytes, and whether they were cached already. A block the cache cannot
+    /// store (a bound, a failed write) is an error that says why: warming that leaves nothing
+    /// on disk must not look done. What `s3mount warm` does; without a disk cache there is
+    /// nothing to fill.
     pub async fn fill(
         &self,
         object: &ObjectVersion,
@@ -431,15 +433,17 @@ impl BlockReader {
             .map(|(block, bytes)| (block_name(&*self.client, object, block), bytes))
             .collect();
         let disk = disk.clone();
-        tokio::task::spawn_blocking(move || {
-            for (name, block) in &named {
-                disk.put(name, block);
-            }
+        let stored = tokio::task::spawn_blocking(move || {
+            named
+                .iter()
+                .try_for_each(|(name, block)| disk.try_put(name, block))
         })
         .await
-        .map_err(|e| ObjectError::Service {
+        .map_err(|e| e.to_string())
+        .and_then(|stored| stored.map_err(|e| format!("the block cache cannot store it: {e}")));
+        stored.map_err(|message| ObjectError::Service {
             code: "CacheWrite".into(),
-            message: e.to_string(),
+            message,
         })?;
         Ok(fetched)
     }

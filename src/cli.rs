@@ -299,6 +299,11 @@ pub struct WarmArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub cache_size: Option<u64>,
 
+    /// Free space that cache leaves on its disk, for s3:// paths, as the later mount's
+    /// --cache-min-free (default: 10% of the disk, at most 10 GiB)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub cache_min_free: Option<u64>,
+
     #[command(flatten)]
     pub s3: S3Args,
 }

@@ -362,7 +362,7 @@ async fn warm_offline(
     let limits = crate::run::cache_limits(&crate::run::CacheSettings {
         dir: dir.clone(),
         max_bytes: args.cache_size,
-        min_free_bytes: None,
+        min_free_bytes: args.cache_min_free,
     });
     let disk = crate::cache::disk::DiskCache::open(&dir, limits)?;
     let reader = Arc::new(BlockReader::new(client.clone(), Some(Arc::new(disk))));

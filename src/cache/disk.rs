@@ -323,27 +323,33 @@ impl DiskCache {
     /// Stores a block, evicting the least recently used ones to stay within the bounds. Failures
     /// (disk full, unwritable) are logged once and otherwise ignored: the cache is best-effort.
     pub fn put(&self, name: &BlockName, data: &[u8]) {
+        let _ = self.try_put(name, data);
+    }
+
+    /// [`Self::put`], saying why a block could not be stored (a bound it would break, a failed
+    /// write): for `s3 mount warm`, whose whole point is that the blocks are there afterwards.
+    /// A block another writer's reservation left no room for, and one offered after the cache
+    /// was closed, are not stored and not an error.
+    pub fn try_put(&self, name: &BlockName, data: &[u8]) -> io::Result<()> {
         if self.closed.load(Ordering::Relaxed) {
-            return;
+            return Ok(());
         }
         let description = name.describe();
         let data_len = match u32::try_from(data.len()) {
             Ok(len) if u64::from(len) <= SLOT_DATA && description.len() <= MAX_NAME_LEN => len,
-            _ => {
-                self.note_failure(&io::Error::other(FitRefusal::TooLarge.to_string()));
-                return;
-            }
+            _ => return Err(self.note_failure(io::Error::other(FitRefusal::TooLarge.to_string()))),
         };
         if let Err(refusal) = self.evict_to_fit(stored_bytes(data.len())) {
             // (Closed meanwhile, at unmount: not a failure.)
-            if !self.closed.load(Ordering::Relaxed) {
-                self.note_failure(&io::Error::new(io::ErrorKind::StorageFull, refusal.to_string()));
+            if self.closed.load(Ordering::Relaxed) {
+                return Ok(());
             }
-            return;
+            let error = io::Error::new(io::ErrorKind::StorageFull, refusal.to_string());
+            return Err(self.note_failure(error));
         }
         // Another writer may have taken the room meanwhile: then this block is not cached.
         let Some(entry) = self.reserve_slot(data_len) else {
-            return;
+            return Ok(());
         };
         match self.write_slot(&entry, &description, data) {
             Ok(()) => {
@@ -356,11 +362,12 @@ impl DiskCache {
                 }
                 drop(index);
                 self.release_slots(replaced.map(|old| old.slot).into_iter().collect());
+                Ok(())
             }
             Err(error) => {
-                self.note_failure(&error);
                 self.lock_index().reserved_bytes -= entry.stored_bytes();
                 self.release_slots(vec![entry.slot]);
+                Err(self.note_failure(error))
             }
         }
     }
@@ -631,12 +638,14 @@ impl DiskCache {
         }
     }
 
-    fn note_failure(&self, error: &io::Error) {
+    /// Counts a block not stored, warns of the first; returns the error for the caller.
+    fn note_failure(&self, error: io::Error) -> io::Error {
         self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
         if !self.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(dir = %self.dir.display(), %error,
                 "cannot write to the block cache; reads go on uncached (warned once)");
         }
+        error
     }
 
     fn lock_index(&self) -> std::sync::MutexGuard<'_, Index> {

@@ -241,6 +241,20 @@ async fn a_cache_that_cannot_store_still_serves_reads() {
 }
 
 #[tokio::test]
+async fn filling_a_cache_that_cannot_store_says_why() {
+    let bed = bed_with_limits(
+        3 * MIB,
+        DiskCacheLimits {
+            max_bytes: 1 << 30,
+            min_free_bytes: u64::MAX / 2,
+        },
+    );
+    let error = bed.reader.fill(&bed.object, &|_| {}).await.unwrap_err();
+    assert!(error.to_string().contains("--cache-min-free"), "{error}");
+    assert_eq!(bed.disk().size(), 0);
+}
+
+#[tokio::test]
 async fn a_changed_object_never_hits_the_old_blocks() {
     let bed = bed(MIB);
     bed.reader.read_blocks(&bed.object, 0..1).await.unwrap();
