@@ -164,6 +164,33 @@ struct Index {
     next_sequence: u64,
 }
 
+impl Index {
+    /// An index of no block over a file of `slot_count` slots, all free.
+    fn new(slot_count: u64, next_sequence: u64) -> Self {
+        Self {
+            lru: LruCache::unbounded(),
+            total_bytes: 0,
+            reserved_bytes: 0,
+            free: (0..slot_count).collect(),
+            slot_count,
+            next_sequence,
+        }
+    }
+
+    /// Indexes a stored block as the most recently used, its slot no longer free; returns the
+    /// entry it replaces (the same block stored in another slot), whose bytes are no longer
+    /// counted.
+    fn insert(&mut self, key: BlockKey, entry: Entry) -> Option<Entry> {
+        self.free.remove(&entry.slot);
+        self.total_bytes += entry.stored_bytes();
+        let replaced = self.lru.put(key, entry);
+        if let Some(old) = &replaced {
+            self.total_bytes -= old.stored_bytes();
+        }
+        replaced
+    }
+}
+
 pub struct DiskCache {
     dir: PathBuf,
     limits: DiskCacheLimits,
@@ -355,11 +382,7 @@ impl DiskCache {
             Ok(()) => {
                 let mut index = self.lock_index();
                 index.reserved_bytes -= entry.stored_bytes();
-                index.total_bytes += entry.stored_bytes();
-                let replaced = index.lru.put(key_of(&description), entry);
-                if let Some(old) = replaced {
-                    index.total_bytes -= old.stored_bytes();
-                }
+                let replaced = index.insert(key_of(&description), entry);
                 drop(index);
                 self.release_slots(replaced.map(|old| old.slot).into_iter().collect());
                 Ok(())
@@ -892,22 +915,12 @@ fn scan(slots: &File) -> io::Result<Index> {
         found.push((trailer.sequence, key_of(trailer.description), entry));
     })?;
     let slot_count = found.last().map_or(0, |(_, _, entry)| entry.slot + 1);
-    let written: BTreeSet<u64> = found.iter().map(|(_, _, entry)| entry.slot).collect();
-    let free = (0..slot_count).filter(|slot| !written.contains(slot)).collect();
     found.sort_by_key(|(sequence, _, _)| *sequence);
-    let mut index = Index {
-        lru: LruCache::unbounded(),
-        total_bytes: 0,
-        reserved_bytes: 0,
-        free,
-        slot_count,
-        next_sequence: found.last().map_or(0, |(sequence, _, _)| sequence + 1),
-    };
+    let next_sequence = found.last().map_or(0, |(sequence, _, _)| sequence + 1);
+    let mut index = Index::new(slot_count, next_sequence);
     for (_, key, entry) in found {
-        index.total_bytes += entry.stored_bytes();
-        if let Some(older) = index.lru.put(key, entry) {
-            index.total_bytes -= older.stored_bytes();
-        }
+        // An older copy's slot is neither indexed nor free: `orphans_of_the_scan` punches it.
+        index.insert(key, entry);
     }
     Ok(index)
 }
@@ -945,15 +958,7 @@ fn decode_index(bytes: &[u8], file_slots: u64) -> Option<Index> {
     }
     // The file may end before its last slot (a write that failed), never be shorter by more.
     let slot_count = slot_count.min(file_slots);
-    let mut index = Index {
-        lru: LruCache::unbounded(),
-        total_bytes: 0,
-        reserved_bytes: 0,
-        free: BTreeSet::new(),
-        slot_count,
-        next_sequence,
-    };
-    let mut used = BTreeSet::new();
+    let mut index = Index::new(slot_count, next_sequence);
     for _ in 0..count {
         let slot = read.u64()?;
         let data_len = u32::from_le_bytes(read.take(4)?.try_into().ok()?);
@@ -965,15 +970,14 @@ fn decode_index(bytes: &[u8], file_slots: u64) -> Option<Index> {
             sequence,
         };
         let sane = slot < slot_count && u64::from(data_len) <= SLOT_DATA && sequence < next_sequence;
-        if !sane || !used.insert(slot) || index.lru.put(key, entry).is_some() {
+        // A slot no longer free is one an earlier entry holds.
+        if !sane || !index.free.contains(&slot) || index.insert(key, entry).is_some() {
             return None;
         }
-        index.total_bytes += entry.stored_bytes();
     }
     if !read.0.is_empty() {
         return None;
     }
-    index.free = (0..slot_count).filter(|slot| !used.contains(slot)).collect();
     Some(index)
 }
 
@@ -1059,6 +1063,11 @@ mod tests {
         }
     }
 
+    /// The cache in `dir`, bounded far above what a test stores.
+    fn open(dir: &Path) -> DiskCache {
+        DiskCache::open(dir, limits(1 << 30)).unwrap()
+    }
+
     fn slots_path(dir: &Path) -> PathBuf {
         slots_file(dir)
     }
@@ -1087,7 +1096,7 @@ mod tests {
     #[test]
     fn blocks_round_trip_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         cache.put(&name("k", 0), b"hello");
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&b"hello"[..]));
         assert_eq!(cache.get(&name("k", 1)), None);
@@ -1101,14 +1110,14 @@ mod tests {
             "a changed object never serves old blocks"
         );
         drop(cache);
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&b"hello"[..]));
         assert_eq!(cache.size(), stored_bytes(5));
         assert_eq!(cache.block_count(), 1);
         // And after a kill, from the trailers.
         drop(cache);
         forget_saved_index(dir.path());
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&b"hello"[..]));
         assert_eq!((cache.size(), cache.block_count()), (stored_bytes(5), 1));
     }
@@ -1116,7 +1125,7 @@ mod tests {
     #[test]
     fn corrupt_truncated_and_foreign_blocks_are_dropped_not_returned() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         let data = vec![7u8; 4096];
         for damage in 0..3 {
             cache.put(&name("k", 0), &data);
@@ -1147,7 +1156,7 @@ mod tests {
         assert_eq!(cache.counters.corrupt_dropped.load(Ordering::Relaxed), 3);
         // The damaged blocks are not indexed again at the next open.
         drop(cache);
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         assert_eq!(cache.block_count(), 0);
     }
 
@@ -1208,7 +1217,7 @@ mod tests {
     #[test]
     fn a_block_starts_its_slot_and_its_trailer_ends_it() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         let cases = [vec![3u8; SLOT_DATA as usize], vec![4u8; 5000], Vec::new()];
         for (index, data) in cases.iter().enumerate() {
             cache.put(&name("k", index as u64), data);
@@ -1259,7 +1268,7 @@ mod tests {
     #[test]
     fn blocks_are_written_direct_where_the_disk_allows_and_buffered_alike_elsewhere() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         let block = vec![9u8; SLOT_DATA as usize];
         cache.put(&name("k", 0), &block);
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&block[..]));
@@ -1307,7 +1316,7 @@ mod tests {
         assert_eq!(cache.counters.write_failures.load(Ordering::Relaxed), 0);
         assert_eq!(cache.counters.corrupt_dropped.load(Ordering::Relaxed), 0);
         drop(cache);
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         assert_eq!(
             cache.block_count(),
             5,
@@ -1318,13 +1327,13 @@ mod tests {
     #[test]
     fn an_interrupted_write_leaves_a_free_slot_not_a_block() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         cache.put(&name("k", 0), b"whole");
         drop(cache);
         // A kill after the data of slot 1 was written, before its trailer.
         forget_saved_index(dir.path());
         scribble(dir.path(), SLOT_LEN, b"half a blo");
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         assert_eq!(cache.block_count(), 1);
         assert_eq!(cache.size(), stored_bytes(5), "the torn slot is not counted");
         cache.put(&name("k", 1), b"next");
@@ -1336,7 +1345,7 @@ mod tests {
     #[test]
     fn a_block_stored_again_keeps_one_slot_the_latest() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         cache.put(&name("k", 0), b"first");
         cache.put(&name("k", 0), b"second");
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&b"second"[..]));
@@ -1352,7 +1361,7 @@ mod tests {
         older_slot.resize(SLOT_DATA as usize, 0);
         older_slot.extend_from_slice(&encode_trailer(&name("k", 0).describe(), b"first", 0));
         scribble(dir.path(), older * SLOT_LEN, &older_slot);
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&b"second"[..]));
         assert_eq!(cache.block_count(), 1);
         assert_eq!(cache.size(), stored_bytes(6));
@@ -1399,7 +1408,7 @@ mod tests {
     fn a_clean_close_saves_the_index_which_the_next_open_reads_instead_of_the_trailers() {
         let dir = tempfile::tempdir().unwrap();
         let index_file = dir.path().join("blocks").join(INDEX_FILE);
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         for (index, data) in [b"zero", b"one!", b"two!"].iter().enumerate() {
             cache.put(&name("k", index as u64), &data[..]);
         }
@@ -1413,7 +1422,7 @@ mod tests {
         // the block, which its first read then drops.
         let trailer_1 = SLOT_LEN + SLOT_DATA + TRAILER_LEN as u64 - 1;
         scribble(dir.path(), trailer_1, b"?");
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         assert!(!index_file.exists(), "read once, then removed before any write");
         assert_eq!(cache.block_count(), 3);
         assert_eq!(cache.get(&name("k", 1)), None);
@@ -1427,12 +1436,12 @@ mod tests {
         drop(cache);
         // After an open from the saved index, a new block goes to a free slot and a new
         // sequence: every block reads back, also after a kill (from the trailers).
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         cache.put(&name("k", 5), b"five");
         assert_ne!(slot_of(&cache, &name("k", 5)), slot_of(&cache, &name("k", 0)));
         drop(cache);
         forget_saved_index(dir.path());
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         assert_eq!(cache.block_count(), 2);
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&b"zero"[..]));
         assert_eq!(cache.get(&name("k", 5)).as_deref(), Some(&b"five"[..]));
@@ -1441,20 +1450,13 @@ mod tests {
     #[test]
     fn a_saved_index_that_does_not_add_up_is_not_believed() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         cache.put(&name("k", 0), b"zero");
         cache.put(&name("k", 1), b"one");
         let index = cache.lock_index();
         let entries: Vec<(BlockKey, Entry)> = index.lru.iter().map(|(k, e)| (*k, *e)).collect();
         let saved = |slot_count: u64, next_sequence: u64, entries: &[(BlockKey, Entry)]| {
-            let mut crafted = Index {
-                lru: LruCache::unbounded(),
-                total_bytes: 0,
-                reserved_bytes: 0,
-                free: BTreeSet::new(),
-                slot_count,
-                next_sequence,
-            };
+            let mut crafted = Index::new(slot_count, next_sequence);
             for (key, entry) in entries.iter().rev() {
                 crafted.lru.put(*key, *entry);
             }
@@ -1488,7 +1490,7 @@ mod tests {
     fn a_damaged_saved_index_is_ignored_and_the_slots_scanned() {
         let dir = tempfile::tempdir().unwrap();
         let index_file = dir.path().join("blocks").join(INDEX_FILE);
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         cache.put(&name("k", 0), b"zero");
         cache.put(&name("k", 1), b"one");
         drop(cache);
@@ -1504,7 +1506,7 @@ mod tests {
                 _ => bytes.truncate(bytes.len() - 5),
             }
             fs::write(&index_file, &bytes).unwrap();
-            let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+            let cache = open(dir.path());
             assert!(!index_file.exists(), "damage {damage}");
             assert_eq!(cache.block_count(), 2, "damage {damage}");
             assert_eq!(
@@ -1518,7 +1520,7 @@ mod tests {
     #[test]
     fn a_closed_cache_stores_nothing_more() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         cache.put(&name("k", 0), b"before");
         cache.close();
         cache.put(&name("k", 1), b"after");
@@ -1529,7 +1531,7 @@ mod tests {
             "reads go on"
         );
         drop(cache);
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         assert_eq!(cache.block_count(), 1);
     }
 
@@ -1542,7 +1544,7 @@ mod tests {
         fs::write(shard.join("ab12"), b"an old block").unwrap();
         fs::create_dir(dir.path().join("tmp")).unwrap();
         fs::write(dir.path().join("tmp").join("999.0"), b"half a blo").unwrap();
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         assert!(!shard.exists());
         assert!(!dir.path().join("tmp").exists());
         assert_eq!((cache.block_count(), cache.size()), (0, 0));
@@ -1557,7 +1559,7 @@ mod tests {
         assert_eq!(cache.counters.write_failures.load(Ordering::Relaxed), 1);
         let cache = {
             drop(cache);
-            DiskCache::open(dir.path(), limits(1 << 30)).unwrap()
+            open(dir.path())
         };
         cache.put(&name("k", 0), &vec![0u8; SLOT_DATA as usize + 1]);
         cache.put(&name(&"k".repeat(MAX_NAME_LEN), 0), b"x");
@@ -1584,7 +1586,7 @@ mod tests {
     #[test]
     fn at_open_holes_are_skipped_and_the_file_is_cut_after_its_last_block() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         cache.put(&name("k", 0), b"zero");
         cache.put(&name("k", 1), b"one");
         drop(cache);
@@ -1594,7 +1596,7 @@ mod tests {
         far.resize(SLOT_DATA as usize, 0);
         far.extend_from_slice(&encode_trailer(&name("k", 9).describe(), b"far", 0));
         scribble(dir.path(), 4000 * SLOT_LEN, &far);
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         assert_eq!(cache.block_count(), 3);
         assert_eq!(cache.get(&name("k", 9)).as_deref(), Some(&b"far"[..]));
         drop(cache);
@@ -1606,7 +1608,7 @@ mod tests {
         assert_eq!(cache.get(&name("k", 1)).as_deref(), Some(&b"one"[..]));
         assert_eq!(fs::metadata(slots_path(dir.path())).unwrap().len(), 2 * SLOT_LEN);
         drop(cache);
-        let cache = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let cache = open(dir.path());
         cache.put(&name("k", 2), b"two");
         assert_eq!(slot_of(&cache, &name("k", 2)), 0, "the lowest free slot");
     }
@@ -1614,7 +1616,7 @@ mod tests {
     #[test]
     fn two_caches_cannot_share_a_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let first = DiskCache::open(dir.path(), limits(1 << 30)).unwrap();
+        let first = open(dir.path());
         let second = DiskCache::open(dir.path(), limits(1 << 30)).unwrap_err();
         let message = second.to_string();
         assert!(message.contains("in use by another s3mount"), "{message}");
