@@ -53,6 +53,10 @@ const DETAILS_AHEAD: usize = 32;
 /// `st_blksize`: the I/O size we advise. Reads are served in ranged GETs, so bigger is better.
 const BLOCK_SIZE: u32 = 1 << 20;
 
+/// How many times [`S3Fs::resolve`] asks S3 what is at a path when each answer was overtaken by
+/// a change this mount made to it; the last answer is taken whatever it is.
+const RESOLVE_ATTEMPTS: usize = 3;
+
 /// What the file system may ask of the kernel: drop its cached attributes and pages of an inode
 /// (the object changed under it). Implemented by the FUSE adapter; absent in unit tests.
 pub trait KernelCache: Send + Sync {
@@ -635,13 +639,9 @@ impl S3Fs {
     /// Records that the kernel's pages of `ino` will now come from `version`; true when they
     /// already did and nothing else may have slipped in (the kernel may keep its page cache).
     fn note_pages_version(&self, ino: u64, version: u64) -> bool {
-        match lock(&self.inodes).kernel_view(ino) {
-            Some(view) => {
-                let mixed = std::mem::take(&mut view.pages_mixed);
-                view.pages.replace(version) == Some(version) && !mixed
-            }
-            None => false,
-        }
+        lock(&self.inodes)
+            .kernel_view(ino)
+            .is_some_and(|view| view.opened_for_read(version))
     }
 
     fn path_of(&self, ino: u64) -> Result<Arc<str>, FsError> {
@@ -650,29 +650,49 @@ impl S3Fs {
 
     /// What is at `path`: from the cache if fresh, else from S3 (a HEAD of the file key and a
     /// one-key LIST of the directory prefix, concurrently; a directory shadows a file).
+    ///
+    /// An answer to a question this mount's own change of `path` overtook (a close uploaded a new
+    /// version while the HEAD was on its way) may describe what was there before: given to the
+    /// kernel, it would make a writer's `stat` after its own close show the old size until the
+    /// TTL ran out. So it is not believed: the path is resolved again, which mostly finds what
+    /// the change left in the cache.
     async fn resolve(&self, path: &str) -> Result<Option<Entry>, FsError> {
+        let mut attempt = 1;
+        loop {
+            let (entry, overtaken) = self.resolve_once(path).await?;
+            if !overtaken || attempt == RESOLVE_ATTEMPTS {
+                return Ok(entry);
+            }
+            attempt += 1;
+        }
+    }
+
+    /// One pass of [`S3Fs::resolve`]: what is at `path`, and whether a change of it by this mount
+    /// overtook the requests that found it.
+    async fn resolve_once(&self, path: &str) -> Result<(Option<Entry>, bool), FsError> {
         if path.is_empty() {
-            return Ok(Some(Entry::dir(self.mount_time)));
+            return Ok((Some(Entry::dir(self.mount_time)), false));
         }
         if let Some(entry) = self.staged.get(path) {
-            return Ok(Some(entry.seen()));
+            return Ok((Some(entry.seen()), false));
         }
         if let Some(entry) = self.metadata.get(path) {
-            return match entry {
+            let entry = match entry {
                 // Listed, never looked at closely: with exact POSIX attributes, looked at now.
                 Some(entry)
                     if entry.details.is_none() && self.config.posix_metadata == PosixMetadata::Exact =>
                 {
                     match self.with_details(path, entry).await {
-                        Err(FsError::NotFound) => Ok(None),
-                        detailed => detailed.map(Some),
+                        Err(FsError::NotFound) => None,
+                        detailed => Some(detailed?),
                     }
                 }
-                entry => Ok(entry),
+                entry => entry,
             };
+            return Ok((entry, false));
         }
         if self.known_absent(path).await {
-            return Ok(None);
+            return Ok((None, false));
         }
         let key = self.config.root.file_key(path);
         let list = ListRequest {
@@ -696,7 +716,7 @@ impl S3Fs {
         };
         self.metadata
             .remember_answer(path.to_owned(), entry.clone(), sent);
-        Ok(entry)
+        Ok((entry, self.metadata.changed_since(path, sent)))
     }
 
     /// Whether `path` is known to hold nothing without asking S3: its directory's every name is

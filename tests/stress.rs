@@ -68,6 +68,8 @@ struct Worker {
     model: Model,
     root: std::path::PathBuf,
     log: Vec<String>,
+    /// Every earlier content of each name, oldest first.
+    versions: BTreeMap<String, Vec<Vec<u8>>>,
 }
 
 impl Worker {
@@ -89,6 +91,14 @@ impl Worker {
         Ok(self.model)
     }
 
+    /// Keeps the content `name` had before it is replaced, for [`Worker::describe_mismatch`].
+    fn remember_version(&mut self, name: &str) {
+        if let Some((_, body)) = self.model.get(name) {
+            let body = body.clone();
+            self.versions.entry(name.to_owned()).or_default().push(body);
+        }
+    }
+
     fn own_name(&mut self) -> String {
         format!("w{}-{}", self.id, self.rng.below(NAMES_PER_WORKER))
     }
@@ -107,6 +117,7 @@ impl Worker {
                 file.write_all(&body)
                     .map_err(|e| format!("write {path:?}: {e}"))?;
                 close(file).map_err(|e| format!("close {path:?}: {e}"))?;
+                self.remember_version(&name);
                 self.model.insert(name, (dir, body));
             }
             (2, Some((dir, mut body))) => {
@@ -121,6 +132,7 @@ impl Worker {
                 file.write_all(&more)
                     .map_err(|e| format!("append {path:?}: {e}"))?;
                 close(file).map_err(|e| format!("close {path:?}: {e}"))?;
+                self.remember_version(&name);
                 body.extend_from_slice(&more);
                 self.model.insert(name, (dir, body));
             }
@@ -143,9 +155,8 @@ impl Worker {
                 let read = std::fs::read(&path).map_err(|e| format!("read {path:?}: {e}"))?;
                 if read != body {
                     return Err(format!(
-                        "{path:?}: read {} bytes, wrote {}",
-                        read.len(),
-                        body.len()
+                        "{path:?}: {}",
+                        self.describe_mismatch(&name, &read, &body)
                     ));
                 }
                 let size = std::fs::metadata(&path)
@@ -159,6 +170,34 @@ impl Worker {
             _ => self.read_a_neighbour()?,
         }
         Ok(())
+    }
+
+    /// What a read got wrong: its length, where the bytes first differ and over what span, and
+    /// whether they are an earlier version's (which points at stale pages, not a bad upload).
+    fn describe_mismatch(&self, name: &str, read: &[u8], body: &[u8]) -> String {
+        let first = read.iter().zip(body).position(|(a, b)| a != b);
+        let last = read.iter().zip(body).rposition(|(a, b)| a != b);
+        let differing = read.iter().zip(body).filter(|(a, b)| a != b).count();
+        let no_versions = Vec::new();
+        let earlier = self
+            .versions
+            .get(name)
+            .unwrap_or(&no_versions)
+            .iter()
+            .rposition(|old| match (first, last) {
+                (Some(first), Some(last)) => old.get(first..=last) == read.get(first..=last),
+                _ => false,
+            });
+        format!(
+            "read {} bytes, wrote {}; first difference at {first:?}, last at {last:?}, {differing} bytes \
+             differ; those bytes are {}",
+            read.len(),
+            body.len(),
+            match earlier {
+                Some(index) => format!("earlier version {index} of {}'s", self.versions[name].len()),
+                None => "no earlier version's".to_owned(),
+            }
+        )
     }
 
     /// Lists one shared directory: this worker's files are where its model says, and only there.
@@ -256,6 +295,7 @@ fn concurrent_workers_on_one_mount_end_as_the_model_says() {
             model: Model::new(),
             root: root.as_ref().clone(),
             log: Vec::new(),
+            versions: BTreeMap::new(),
         };
         let sender = sender.clone();
         std::thread::spawn(move || {

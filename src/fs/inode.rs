@@ -35,6 +35,47 @@ pub struct KernelView {
     pub pages_mixed: bool,
 }
 
+impl KernelView {
+    /// The page version while a file is staged: no object version has this value.
+    const STAGED: u64 = u64::MAX;
+
+    /// An open of a staged file (which empties the kernel's pages): they follow the staged file
+    /// from now. `reading_older`: a handle reading an older version is open, and one of its reads
+    /// may be answered just as the cache is emptied and land after it.
+    pub fn follow_staged_file(&mut self, reading_older: bool) {
+        self.pages = Some(Self::STAGED);
+        self.pages_mixed |= reading_older;
+    }
+
+    /// A write through a staged handle: the kernel copied its bytes into its pages before it
+    /// sent it. If the pages follow something else now (an open of an older version since the
+    /// staged open took them over), they are mixed.
+    pub fn written_through(&mut self) {
+        if self.pages != Some(Self::STAGED) {
+            self.pages_mixed = true;
+        }
+    }
+
+    /// The staged file was uploaded as `version`. Its pages are that version's only if they still
+    /// follow the staged file; an open of an older version meanwhile emptied them and let that
+    /// version's reads in, so the next open must empty them again (without this, an open of
+    /// `version` would keep another version's pages as its own).
+    pub fn uploaded_as(&mut self, version: u64) {
+        if self.pages == Some(Self::STAGED) {
+            self.pages = Some(version);
+        } else {
+            self.pages_mixed = true;
+        }
+    }
+
+    /// An open of `version` for reading: the pages follow it from now. True when they already
+    /// did and nothing else may have slipped in (the kernel may keep its page cache).
+    pub fn opened_for_read(&mut self, version: u64) -> bool {
+        let mixed = std::mem::take(&mut self.pages_mixed);
+        self.pages.replace(version) == Some(version) && !mixed
+    }
+}
+
 /// The table's maps: foldhash, as every listed name passes through them (see Cargo.toml).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 

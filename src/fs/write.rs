@@ -34,9 +34,6 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// uploading and dropping under it (each time is a new HEAD); in practice once or twice.
 const STAGE_ATTEMPTS: usize = 4;
 
-/// The kernel view's page version while a file is staged: no object version has this value.
-const STAGED_PAGES: u64 = u64::MAX;
-
 /// What open(2) flags ask for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenMode {
@@ -208,6 +205,20 @@ impl StagedTable {
         let mut table = lock(&self.by_path);
         if table.get(path).is_some_and(|e| Arc::ptr_eq(e, entry)) {
             table.remove(path);
+        }
+    }
+
+    /// Takes a settled `entry` out of the table (where it still is), once `record` has told the
+    /// metadata cache what its path holds now; both under the table's lock, so that a lookup
+    /// finds the staged file or what was recorded, never neither. Finding neither, it would take
+    /// the cache's older entry: a `stat` right after a close (which races the release the kernel
+    /// sends after it) showed the size from before the close.
+    fn remove_settled(&self, entry: &Arc<StagedEntry>, record: impl FnOnce(&str)) {
+        let mut table = lock(&self.by_path);
+        let path = entry.path();
+        record(&path);
+        if table.get(&path).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            table.remove(&path);
         }
     }
 
@@ -421,8 +432,7 @@ impl S3Fs {
         // the next open empties it again.
         let reading_older = self.has_read_handles(ino);
         if let Some(view) = lock(&self.inodes).kernel_view(ino) {
-            view.pages = Some(STAGED_PAGES);
-            view.pages_mixed |= reading_older;
+            view.follow_staged_file(reading_older);
         }
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let staged = StagedHandle {
@@ -480,6 +490,9 @@ impl S3Fs {
         let len = data.len() as u32;
         let written = file.write(ctx, offset, data).await;
         staged.entry.update_seen(&file);
+        if let Some(view) = lock(&self.inodes).kernel_view(staged.ino) {
+            view.written_through();
+        }
         written?;
         Ok(len)
     }
@@ -587,7 +600,7 @@ impl S3Fs {
             // The kernel's pages hold what was written through it: this very version, unless a
             // read of an older one may have slipped in (then the next open empties them).
             view.attrs = Some(seen.fingerprint());
-            view.pages = Some(seen.fingerprint());
+            view.uploaded_as(seen.fingerprint());
         }
         Ok(())
     }
@@ -699,9 +712,9 @@ async fn settle(
     if !entry.drop_unless_held() {
         return true; // Reopened during the upload: the file stays, clean, for that handle.
     }
-    let path = entry.path();
-    table.remove_if(&path, entry);
-    metadata.changed_to(path.to_string(), Some(entry.seen()));
+    table.remove_settled(entry, |path| {
+        metadata.changed_to(path.to_owned(), Some(entry.seen()));
+    });
     file.discard(ctx);
     true
 }
