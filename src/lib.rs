@@ -8,6 +8,7 @@
 //! `run` turn arguments into a live mount; `logging` says where the daemon's logs go.
 
 pub mod cache;
+pub mod checksum;
 pub mod cli;
 pub mod control;
 pub mod env_file;

@@ -34,6 +34,7 @@ use nix::fcntl::{FallocateFlags, Flock, fallocate};
 use nix::unistd::{Whence, lseek};
 use sha2::{Digest, Sha256};
 
+use crate::checksum::crc32c;
 use crate::lockfile::{LockError, lock_dir};
 use crate::object::buffers::BufferPool;
 
@@ -699,7 +700,7 @@ fn encode_trailer(description: &[u8], data: &[u8], sequence: u64) -> [u8; TRAILE
     let mut footer = Vec::with_capacity(FOOTER_LEN);
     footer.extend_from_slice(&(description.len() as u32).to_le_bytes());
     footer.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    footer.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    footer.extend_from_slice(&crc32c(data).to_le_bytes());
     footer.extend_from_slice(&sequence.to_le_bytes());
     footer.extend_from_slice(MAGIC);
     trailer[TRAILER_LEN - FOOTER_LEN..].copy_from_slice(&footer);
@@ -742,7 +743,7 @@ fn is_intact(entry: &Entry, description: &[u8], data: &[u8], trailer: &[u8]) -> 
         found.description == description
             && found.data_len == entry.data_len
             && found.sequence == entry.sequence
-            && crc32c::crc32c(data) == found.crc
+            && crc32c(data) == found.crc
     })
 }
 
@@ -939,7 +940,7 @@ fn encode_index(index: &Index) -> Vec<u8> {
         bytes.extend_from_slice(&entry.sequence.to_le_bytes());
         bytes.extend_from_slice(key);
     }
-    let crc = crc32c::crc32c(&bytes);
+    let crc = crc32c(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
     bytes
 }
@@ -947,7 +948,7 @@ fn encode_index(index: &Index) -> Vec<u8> {
 /// The index [`encode_index`] wrote, if `bytes` is one, whole.
 fn decode_index(bytes: &[u8], file_slots: u64) -> Option<Index> {
     let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
-    if crc32c::crc32c(body).to_le_bytes() != crc || !body.starts_with(INDEX_MAGIC) {
+    if crc32c(body).to_le_bytes() != crc || !body.starts_with(INDEX_MAGIC) {
         return None;
     }
     let mut read = Fields(&body[INDEX_MAGIC.len()..]);
@@ -1236,7 +1237,7 @@ mod tests {
             let decoded = decode_trailer(trailer).expect("a trailer");
             assert_eq!(decoded.description, &block.describe()[..]);
             assert_eq!(decoded.data_len as usize, data.len());
-            assert_eq!(decoded.crc, crc32c::crc32c(data));
+            assert_eq!(decoded.crc, crc32c(data));
             assert_eq!(cache.get(&block).as_deref(), Some(&data[..]));
         }
         let expected: u64 = cases.iter().map(|data| stored_bytes(data.len())).sum();

@@ -42,6 +42,7 @@ use super::{
     ObjectSummary, PutOptions, VersionListRequest, VersionPage, VersionSummary, WriteSettings,
     conditions_on_create,
 };
+use crate::checksum::crc32c;
 
 /// Region used when neither the command line, the environment nor a profile names one. S3 itself
 /// answers a wrong-region request with a redirect error that names the right one.
@@ -114,7 +115,7 @@ impl PartChecksums {
 
 /// The `x-amz-checksum-crc32c` value of `body`: its CRC32C, big-endian, in base64.
 fn crc32c_header(body: &[u8]) -> String {
-    aws_smithy_types::base64::encode(crc32c::crc32c(body).to_be_bytes())
+    aws_smithy_types::base64::encode(crc32c(body).to_be_bytes())
 }
 
 impl S3Client {
