@@ -57,6 +57,10 @@ const BLOCK_SIZE: u32 = 1 << 20;
 /// a change this mount made to it; the last answer is taken whatever it is.
 const RESOLVE_ATTEMPTS: usize = 3;
 
+/// How many times [`S3Fs::open_as`] opens a path whose reading open was overtaken by a writer's
+/// open (each time, the next attempt opens the writer's staged file, unless it settled already).
+const OPEN_ATTEMPTS: usize = 3;
+
 /// What the file system may ask of the kernel: drop its cached attributes and pages of an inode
 /// (the object changed under it). Implemented by the FUSE adapter; absent in unit tests.
 pub trait KernelCache: Send + Sync {
@@ -453,20 +457,28 @@ impl S3Fs {
         if mode.write {
             self.writes()?;
         }
-        if let Some(entry) = self.staged.get(&path)
-            && let Some(opened) = self.open_staged(ino, entry, mode).await?
-        {
-            return Ok(opened);
+        for _ in 0..OPEN_ATTEMPTS {
+            if let Some(entry) = self.staged.get(&path)
+                && let Some(opened) = self.open_staged(ino, entry, mode).await?
+            {
+                return Ok(opened);
+            }
+            if mode.write {
+                return self.open_for_write(ino, &path, mode).await;
+            }
+            if let Some(opened) = self.open_for_read(ino, &path).await? {
+                return Ok(opened);
+            }
         }
-        if mode.write {
-            return self.open_for_write(ino, &path, mode).await;
-        }
-        self.open_for_read(ino, &path).await
+        // A writer's staged file came and went at each attempt: rare enough to be an error.
+        Err(ObjectError::PreconditionFailed(self.config.root.file_key(&path)).into())
     }
 
     /// Opens a file for reading. Close-to-open: asks S3 for the current object, whatever the
-    /// cache says, and pins the handle to that ETag.
-    async fn open_for_read(&self, ino: u64, path: &Arc<str>) -> Result<Opened, FsError> {
+    /// cache says, and pins the handle to that ETag. `None` when a writer opened the file while
+    /// S3 was asked: its staged file is what the file holds now, and the kernel's pages are its;
+    /// the caller opens that instead.
+    async fn open_for_read(&self, ino: u64, path: &Arc<str>) -> Result<Option<Opened>, FsError> {
         let key = self.config.root.file_key(path);
         let sent = self.metadata.stamp();
         let known = self.metadata.get(path).flatten();
@@ -474,8 +486,12 @@ impl S3Fs {
         keep_known_checksum(&mut head, known.as_ref());
         let fresh = file_entry_from_head(&head);
         let version = fresh.fingerprint();
+        // A writer that opens after this takes the pages from under this handle, whose reads
+        // then get ESTALE; one open now (it may have opened after S3 was asked) keeps them.
+        let Some(keep_cache) = self.note_pages_version(ino, version) else {
+            return Ok(None);
+        };
         self.forget_stale_kernel_view(ino, &fresh);
-        let keep_cache = self.note_pages_version(ino, version);
         self.metadata.remember_answer(path.to_string(), Some(fresh), sent);
         let object = ObjectVersion {
             key,
@@ -499,7 +515,7 @@ impl S3Fs {
             prefetcher: tokio::sync::Mutex::new(prefetcher),
         };
         lock(&self.files).insert(handle, Handle::Read(Arc::new(file)));
-        Ok(Opened { handle, keep_cache })
+        Ok(Some(Opened { handle, keep_cache }))
     }
 
     /// Reads up to `size` bytes at `offset` of the object as it was at open. Once a newer version
@@ -636,12 +652,14 @@ impl S3Fs {
         }
     }
 
-    /// Records that the kernel's pages of `ino` will now come from `version`; true when they
-    /// already did and nothing else may have slipped in (the kernel may keep its page cache).
-    fn note_pages_version(&self, ino: u64, version: u64) -> bool {
-        lock(&self.inodes)
-            .kernel_view(ino)
-            .is_some_and(|view| view.opened_for_read(version))
+    /// Records that the kernel's pages of `ino` will now come from `version`: `Some(true)` when
+    /// they already did and nothing else may have slipped in (the kernel may keep its page
+    /// cache), `None` while a writer's handle holds them (see `KernelView::opened_for_read`).
+    fn note_pages_version(&self, ino: u64, version: u64) -> Option<bool> {
+        match lock(&self.inodes).kernel_view(ino) {
+            Some(view) => view.opened_for_read(version),
+            None => Some(false),
+        }
     }
 
     fn path_of(&self, ino: u64) -> Result<Arc<str>, FsError> {

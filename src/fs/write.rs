@@ -606,6 +606,9 @@ impl S3Fs {
     }
 
     pub(super) async fn release_staged(&self, staged: Arc<StagedHandle>) {
+        if let Some(view) = lock(&self.inodes).kernel_view(staged.ino) {
+            view.staged_handle_released();
+        }
         let Some(ctx) = self.writes.clone() else {
             return;
         };
