@@ -457,7 +457,14 @@ impl S3Fs {
         if mode.write {
             self.writes()?;
         }
-        for _ in 0..OPEN_ATTEMPTS {
+        for attempt in 0..OPEN_ATTEMPTS {
+            // (Again after a refusal: the writer's staged file may have been renamed meanwhile,
+            // and the inode with it.)
+            let path = if attempt == 0 {
+                path.clone()
+            } else {
+                self.path_of(ino)?
+            };
             if let Some(entry) = self.staged.get(&path)
                 && let Some(opened) = self.open_staged(ino, entry, mode).await?
             {
@@ -471,7 +478,7 @@ impl S3Fs {
             }
         }
         // A writer's staged file came and went at each attempt: rare enough to be an error.
-        Err(ObjectError::PreconditionFailed(self.config.root.file_key(&path)).into())
+        Err(ObjectError::PreconditionFailed(self.config.root.file_key(&self.path_of(ino)?)).into())
     }
 
     /// Opens a file for reading. Close-to-open: asks S3 for the current object, whatever the
@@ -654,12 +661,28 @@ impl S3Fs {
 
     /// Records that the kernel's pages of `ino` will now come from `version`: `Some(true)` when
     /// they already did and nothing else may have slipped in (the kernel may keep its page
-    /// cache), `None` while a writer's handle holds them (see `KernelView::opened_for_read`).
+    /// cache). `None`, changing nothing, while a handle is open on the staged file at the inode's
+    /// path: a writer opened the file after this open asked S3 (even if an fsync has uploaded a
+    /// version since), and the pages are the writer's, which its own reads are served from; the
+    /// open must take the staged file instead of filling them with the version S3 gave.
     fn note_pages_version(&self, ino: u64, version: u64) -> Option<bool> {
-        match lock(&self.inodes).kernel_view(ino) {
-            Some(view) => view.opened_for_read(version),
-            None => Some(false),
+        // Under the inodes' lock, which a writer's open takes after its handle to make the pages
+        // its own: either that has happened and its handle is seen here, or it comes after and
+        // this handle's reads get ESTALE. (A staged file unlinked while open is in no table: it
+        // holds nothing back.)
+        let mut inodes = lock(&self.inodes);
+        let writer_open = inodes
+            .path(ino)
+            .and_then(|path| self.staged.get(&path))
+            .is_some_and(|entry| entry.is_held());
+        if writer_open {
+            return None;
         }
+        Some(
+            inodes
+                .kernel_view(ino)
+                .is_some_and(|view| view.opened_for_read(version)),
+        )
     }
 
     fn path_of(&self, ino: u64) -> Result<Arc<str>, FsError> {

@@ -33,9 +33,6 @@ pub struct KernelView {
     /// was last emptied (its handle was open when the file was staged): the next open must
     /// empty it again, whatever version it finds.
     pub pages_mixed: bool,
-    /// Handles open on a staged file of this inode (see [`Self::follow_staged_file`]): while
-    /// there are any, the pages are theirs.
-    staged_handles: u32,
 }
 
 impl KernelView {
@@ -48,17 +45,6 @@ impl KernelView {
     pub fn follow_staged_file(&mut self, reading_older: bool) {
         self.pages = Some(Self::STAGED);
         self.pages_mixed |= reading_older;
-        self.staged_handles += 1;
-    }
-
-    /// A handle [`Self::follow_staged_file`] counted was released. When it was the last, the
-    /// pages are no writer's any more; if no upload gave them a version (nothing was written, or
-    /// the upload failed), what they hold is unknown and the next open empties them.
-    pub fn staged_handle_released(&mut self) {
-        self.staged_handles = self.staged_handles.saturating_sub(1);
-        if self.staged_handles == 0 && self.pages == Some(Self::STAGED) {
-            self.pages = None;
-        }
     }
 
     /// A write through a staged handle: the kernel copied its bytes into its pages before it
@@ -82,18 +68,11 @@ impl KernelView {
         }
     }
 
-    /// An open of `version` for reading: the pages follow it from now. `Some(true)` when they
-    /// already did and nothing else may have slipped in (the kernel may keep its page cache).
-    /// `None`, changing nothing, while a handle on a staged file of the inode is open: a writer
-    /// opened the file after this open asked S3 (even if an fsync has uploaded a version since),
-    /// and the pages are the writer's, which its own reads are served from; the open must take
-    /// the staged file instead of filling them with the version S3 gave.
-    pub fn opened_for_read(&mut self, version: u64) -> Option<bool> {
-        if self.staged_handles > 0 {
-            return None;
-        }
+    /// An open of `version` for reading: the pages follow it from now. True when they already
+    /// did and nothing else may have slipped in (the kernel may keep its page cache).
+    pub fn opened_for_read(&mut self, version: u64) -> bool {
         let mixed = std::mem::take(&mut self.pages_mixed);
-        Some(self.pages.replace(version) == Some(version) && !mixed)
+        self.pages.replace(version) == Some(version) && !mixed
     }
 }
 
@@ -245,43 +224,6 @@ impl InodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A reading open never takes the pages while a handle on a staged file is open (a writer
-    /// opened after the open asked S3), whatever the version it found; once the last is released
-    /// after an upload, an open of that version keeps them and an open of another takes them.
-    #[test]
-    fn a_reading_open_never_takes_the_pages_from_a_writer() {
-        let mut view = KernelView::default();
-        assert_eq!(view.opened_for_read(7), Some(false), "nothing cached yet");
-        assert_eq!(view.opened_for_read(7), Some(true));
-        view.follow_staged_file(false);
-        view.follow_staged_file(false);
-        assert_eq!(view.opened_for_read(7), None);
-        view.written_through();
-        view.uploaded_as(8);
-        assert_eq!(view.opened_for_read(8), None, "an fsync leaves the writer open");
-        view.staged_handle_released();
-        assert_eq!(view.opened_for_read(8), None, "one handle is still open");
-        view.staged_handle_released();
-        assert_eq!(
-            view.opened_for_read(8),
-            Some(true),
-            "the pages hold what was written"
-        );
-        assert_eq!(view.opened_for_read(7), Some(false));
-    }
-
-    /// A staged file closed without an upload (nothing written, or the upload failed) leaves
-    /// pages of no known version: the next open empties them, and is not refused.
-    #[test]
-    fn pages_a_writer_left_without_an_upload_are_emptied_at_the_next_open() {
-        let mut view = KernelView::default();
-        assert_eq!(view.opened_for_read(7), Some(false));
-        view.follow_staged_file(false);
-        view.staged_handle_released();
-        assert_eq!(view.opened_for_read(7), Some(false));
-        assert_eq!(view.opened_for_read(7), Some(true));
-    }
 
     #[test]
     fn numbers_are_stable_across_forget() {

@@ -1205,6 +1205,39 @@ async fn an_open_answered_after_a_writers_fsync_reads_what_the_writer_holds() {
     fs.release(writer.handle).await;
 }
 
+/// A file unlinked while a writer still holds it open, then created there again, opens for
+/// reading as usual: the unlinked staged file holds nothing back (the
+/// kernel keeps the inode, and so its number, alive while the writer's descriptor is open).
+#[tokio::test]
+async fn a_file_recreated_while_an_unlinked_one_is_still_open_opens_for_reading() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("f", "first");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(writable(&client, &dir));
+    let ino = lookup_path(&fs, "f").await.unwrap().ino;
+    let writer = fs.open(ino, libc::O_WRONLY).await.unwrap();
+    fs.write(writer.handle, 0, b"FIRST").await.unwrap();
+    fs.unlink(ROOT_INO, OsStr::new("f")).await.unwrap();
+    // Put there again, and closed.
+    let (_, created) = fs
+        .create(ROOT_INO, OsStr::new("f"), libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
+    fs.write(created.handle, 0, b"from here").await.unwrap();
+    fs.flush(created.handle).await.unwrap();
+    fs.release(created.handle).await;
+    let again = lookup_path(&fs, "f").await.unwrap().ino;
+    let reader = fs.open(again, libc::O_RDONLY).await.unwrap();
+    assert_eq!(&fs.read(reader.handle, 0, 100).await.unwrap()[..], b"from here");
+    fs.release(reader.handle).await;
+    fs.release(writer.handle).await;
+    assert_eq!(
+        client.body("f").as_deref(),
+        Some(&b"from here"[..]),
+        "the unlinked file is not uploaded"
+    );
+}
+
 /// A lookup whose question was overtaken by this mount's change of the path (its HEAD answered
 /// with the old object after a close uploaded the new one) answers with what the change left,
 /// not with the old size: the kernel would show it to the writer's next `stat`.

@@ -131,6 +131,11 @@ impl StagedEntry {
         true
     }
 
+    /// Whether a handle is open on it: a writer, or a reader of what writers left.
+    pub(super) fn is_held(&self) -> bool {
+        lock(&self.handles).count > 0
+    }
+
     /// Removes a handle; true when it was the last.
     fn release_handle(&self) -> bool {
         let mut holders = lock(&self.handles);
@@ -299,6 +304,18 @@ impl S3Fs {
         self.create_as(parent, name, flags, None, None).await
     }
 
+    /// The attributes of a file `create` opened; the handle is released when they cannot be had
+    /// (an unlink came in between), as the kernel, getting an error, never releases it.
+    async fn attr_of_opened(&self, ino: u64, opened: Opened) -> Result<(Attr, Opened), FsError> {
+        match self.getattr(ino).await {
+            Ok(attr) => Ok((attr, opened)),
+            Err(error) => {
+                self.release(opened.handle).await;
+                Err(error)
+            }
+        }
+    }
+
     /// [`S3Fs::create`] on behalf of process `opener` (see [`S3Fs::flush_from`]), the new file
     /// getting `creator`'s owner and mode where they differ from the mount's defaults.
     pub async fn create_as(
@@ -326,7 +343,7 @@ impl S3Fs {
             }
             let ino = lock(&self.inodes).remember(&path);
             let opened = self.open_as(ino, flags, opener).await?;
-            return Ok((self.getattr(ino).await?, opened));
+            return self.attr_of_opened(ino, opened).await;
         }
         let key = self.config.root.file_key(&path);
         let metadata = self.creation_metadata(creator, Kind::File, content_type_of(&path));
@@ -346,7 +363,7 @@ impl S3Fs {
             // The file of a create that won the race was uploaded and dropped just now: it
             // exists in S3, and opens as any existing file.
             let opened = self.open_as(ino, flags, opener).await?;
-            return Ok((self.getattr(ino).await?, opened));
+            return self.attr_of_opened(ino, opened).await;
         };
         let seen = stored.seen();
         set_attrs_view(&mut lock(&self.inodes), ino, &seen);
@@ -606,9 +623,6 @@ impl S3Fs {
     }
 
     pub(super) async fn release_staged(&self, staged: Arc<StagedHandle>) {
-        if let Some(view) = lock(&self.inodes).kernel_view(staged.ino) {
-            view.staged_handle_released();
-        }
         let Some(ctx) = self.writes.clone() else {
             return;
         };
