@@ -450,7 +450,7 @@ impl S3Fs {
             opener,
             ..write::OpenMode::from_flags(flags)
         };
-        let path = self.path_of(ino)?;
+        let mut path = self.path_of(ino)?;
         if path.is_empty() {
             return Err(FsError::IsADirectory);
         }
@@ -458,13 +458,11 @@ impl S3Fs {
             self.writes()?;
         }
         for attempt in 0..OPEN_ATTEMPTS {
-            // (Again after a refusal: the writer's staged file may have been renamed meanwhile,
-            // and the inode with it.)
-            let path = if attempt == 0 {
-                path.clone()
-            } else {
-                self.path_of(ino)?
-            };
+            if attempt > 0 {
+                // After a refusal, the writer's staged file may have been renamed, and the inode
+                // with it.
+                path = self.path_of(ino)?;
+            }
             if let Some(entry) = self.staged.get(&path)
                 && let Some(opened) = self.open_staged(ino, entry, mode).await?
             {
@@ -478,7 +476,7 @@ impl S3Fs {
             }
         }
         // A writer's staged file came and went at each attempt: rare enough to be an error.
-        Err(ObjectError::PreconditionFailed(self.config.root.file_key(&self.path_of(ino)?)).into())
+        Err(ObjectError::PreconditionFailed(self.config.root.file_key(&path)).into())
     }
 
     /// Opens a file for reading. Close-to-open: asks S3 for the current object, whatever the

@@ -728,6 +728,17 @@ pub(super) fn writable_with(client: &Arc<Bucket>, dir: &tempfile::TempDir, confi
     S3Fs::new(client.clone(), config, None, Some(staging))
 }
 
+/// A writable file system over a bucket holding one file, `f` with `body`: the bucket, the
+/// staging directory (kept alive with it), the file system and `f`'s inode.
+async fn writable_with_file(body: &'static str) -> (Arc<Bucket>, tempfile::TempDir, Arc<S3Fs>, u64) {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("f", body);
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(writable(&client, &dir));
+    let ino = lookup_path(&fs, "f").await.unwrap().ino;
+    (client, dir, fs, ino)
+}
+
 async fn create_file(fs: &S3Fs, parent: u64, name: &str, body: &[u8]) -> (u64, u64) {
     let (attr, opened) = fs
         .create(parent, OsStr::new(name), libc::O_WRONLY | libc::O_CREAT)
@@ -1101,11 +1112,7 @@ const RENAME_CONCURRENCY_FOR_TESTS: usize = 16;
 
 #[tokio::test]
 async fn a_read_of_an_older_version_in_flight_never_mixes_its_pages_with_the_new_ones() {
-    let client = Arc::new(Bucket::memory("b"));
-    client.put_object("f", "old content");
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(writable(&client, &dir));
-    let ino = lookup_path(&fs, "f").await.unwrap().ino;
+    let (client, _dir, fs, ino) = writable_with_file("old content").await;
     let old = fs.open(ino, libc::O_RDONLY).await.unwrap();
     // A slow GET: the old handle's read is still on its way while the file is appended to.
     client.set_latency(Op::Get, Duration::from_millis(300));
@@ -1149,11 +1156,7 @@ async fn a_read_of_an_older_version_in_flight_never_mixes_its_pages_with_the_new
 /// writer opens and writes within 500 ms) are wide for a loaded CI machine.
 #[tokio::test]
 async fn opens_answered_after_a_writer_staged_the_file_open_the_staged_file() {
-    let client = Arc::new(Bucket::memory("b"));
-    client.put_object("f", "old content");
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(writable(&client, &dir));
-    let ino = lookup_path(&fs, "f").await.unwrap().ino;
+    let (client, _dir, fs, ino) = writable_with_file("old content").await;
     // Two opens sent before the writer's, answered after it: one before its write, one after.
     let first = open_answered_late(&fs, &client, ino, Duration::from_millis(500)).await;
     let second = open_answered_late(&fs, &client, ino, Duration::from_millis(1500)).await;
@@ -1186,11 +1189,7 @@ async fn opens_answered_after_a_writer_staged_the_file_open_the_staged_file() {
 /// still read what the writer holds rather than fill the writer's pages from S3.
 #[tokio::test]
 async fn an_open_answered_after_a_writers_fsync_reads_what_the_writer_holds() {
-    let client = Arc::new(Bucket::memory("b"));
-    client.put_object("f", "AAAAAAAAAAA");
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(writable(&client, &dir));
-    let ino = lookup_path(&fs, "f").await.unwrap().ino;
+    let (client, _dir, fs, ino) = writable_with_file("AAAAAAAAAAA").await;
     let reader = open_answered_late(&fs, &client, ino, Duration::from_millis(1000)).await;
     answer_at_once(&client);
     let writer = fs.open(ino, libc::O_RDWR).await.unwrap();
@@ -1210,11 +1209,7 @@ async fn an_open_answered_after_a_writers_fsync_reads_what_the_writer_holds() {
 /// kernel keeps the inode, and so its number, alive while the writer's descriptor is open).
 #[tokio::test]
 async fn a_file_recreated_while_an_unlinked_one_is_still_open_opens_for_reading() {
-    let client = Arc::new(Bucket::memory("b"));
-    client.put_object("f", "first");
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(writable(&client, &dir));
-    let ino = lookup_path(&fs, "f").await.unwrap().ino;
+    let (client, _dir, fs, ino) = writable_with_file("first").await;
     let writer = fs.open(ino, libc::O_WRONLY).await.unwrap();
     fs.write(writer.handle, 0, b"FIRST").await.unwrap();
     fs.unlink(ROOT_INO, OsStr::new("f")).await.unwrap();
@@ -1274,11 +1269,7 @@ async fn a_lookup_overtaken_by_a_close_of_the_same_file_answers_with_the_new_fil
 /// left in the metadata cache, never the size from before. Many rounds, as the race is narrow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stat_racing_the_last_release_never_shows_the_size_before_the_close() {
-    let client = Arc::new(Bucket::memory("b"));
-    client.put_object("f", "");
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(writable(&client, &dir));
-    let ino = lookup_path(&fs, "f").await.unwrap().ino;
+    let (_client, _dir, fs, ino) = writable_with_file("").await;
     for round in 1..=300u64 {
         let body = vec![b'x'; round as usize];
         let writer = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).await.unwrap();
