@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         profile: None,
         no_sign_request: false,
         request_timeout: None,
+        sdk_gets: false,
     })
     .await
     .context("building the S3 client")?;

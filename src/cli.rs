@@ -37,6 +37,12 @@ pub struct S3Args {
     /// Send unsigned requests, for public buckets (no credentials needed)
     #[arg(long)]
     pub no_sign_request: bool,
+
+    /// Send ranged GETs through the AWS SDK's HTTP client instead of s3mount's own connections
+    /// (which read bodies straight into the block cache's buffers, for less CPU per byte); for
+    /// diagnosis
+    #[arg(long)]
+    pub sdk_gets: bool,
 }
 
 impl S3Args {
@@ -50,6 +56,7 @@ impl S3Args {
             profile: self.profile.clone(),
             no_sign_request: self.no_sign_request,
             request_timeout: Some(request_timeout),
+            sdk_gets: self.sdk_gets,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! - [`retry::RetryClient`]: the one retry policy (attempts, backoff with jitter, a time bound
 //!   on every attempt and on the whole request) for every request of the mount;
 //! - [`s3::S3Client`]: aws-sdk-s3, translating SDK results and errors into this crate's types;
+//!   its ranged GETs, signed by the SDK, are carried by [`direct_get::DirectGet`] on connections
+//!   of its own, which receive a body straight into the block cache's aligned buffers;
 //! - for tests only (`cfg(test)` or the `test-util` feature, never in the release binary):
 //!   [`memory::MemoryClient`], an in-memory bucket, and [`fault::FaultClient`], which fails,
 //!   delays or stalls any operation of any client.
@@ -15,6 +17,7 @@
 //! know about inodes, paths or errno values (the errno mapping lives in `fs/error.rs`).
 
 pub mod buffers;
+pub mod direct_get;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fault;
 #[cfg(any(test, feature = "test-util"))]

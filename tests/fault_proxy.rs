@@ -53,6 +53,7 @@ fn s3_client(proxy: &FaultProxy) -> (tokio::runtime::Runtime, S3Client) {
             profile: None,
             no_sign_request: false,
             request_timeout: None,
+            sdk_gets: false,
         }))
         .expect("S3 client");
     (runtime, client)

@@ -100,17 +100,7 @@ where
                 .as_nanos()
         );
         let backend = if garage {
-            let client = S3Client::new(S3Settings {
-                bucket: settings.bucket.clone(),
-                region: Some(settings.region.clone()),
-                endpoint_url: Some(settings.endpoint_url.clone()),
-                force_path_style: true,
-                profile: None,
-                no_sign_request: false,
-                request_timeout: None,
-            })
-            .await
-            .expect("S3 client");
+            let client = garage_client(false).await;
             let sdk_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .region(aws_sdk_s3::config::Region::new(settings.region.clone()))
                 .endpoint_url(&settings.endpoint_url)
@@ -134,6 +124,17 @@ where
         };
         body(backend, prefix).await;
     });
+}
+
+/// The crate's client of the Garage bucket; `sdk_gets`: its ranged GETs go through the SDK's
+/// HTTP client rather than its own connections.
+async fn garage_client(sdk_gets: bool) -> S3Client {
+    S3Client::new(S3Settings {
+        sdk_gets,
+        ..common::s3_settings()
+    })
+    .await
+    .expect("S3 client")
 }
 
 /// One `#[test]` per backend for each test body.
@@ -805,6 +806,68 @@ async fn a_staged_file_uploads_in_parts_and_reads_back(backend: Backend, prefix:
     let read = client.get_range(&key, 0..size, None).await.unwrap();
     assert!(read == body, "the object reads back as staged");
     assert_eq!(backend.open_uploads(&key).await, 0);
+}
+
+/// Ranged GETs on the client's own connections (`direct_get`) answer as the SDK's do: the same
+/// bytes for odd keys (signed by the SDK, sent as it encoded them), the same clamping, and the
+/// same errors for a failed If-Match, a range past the end and a missing key. The direct path
+/// must have carried every one of them: a GET it declined would have gone through the SDK and
+/// hidden a difference, so the test checks that it is still on at the end.
+#[test]
+fn ranged_gets_answer_alike_on_own_connections_and_through_the_sdk() {
+    run(true, "direct-get", |backend, prefix| async move {
+        let Backend::Garage(direct, _) = &backend else {
+            unreachable!("run(true, ..) gives Garage")
+        };
+        assert!(
+            direct.gets_directly(),
+            "GETs go on the client's own connections by default"
+        );
+        let sdk = garage_client(true).await;
+        assert!(!sdk.gets_directly());
+        let names = [
+            "plain",
+            "with space",
+            "plus+and%percent",
+            "q?hash#amp&",
+            "ünïcødé/ß",
+            "tilde~star*",
+        ];
+        for (seed, name) in names.iter().enumerate() {
+            let key = format!("{prefix}{name}");
+            let body = pattern((1 << 20) + 4097, seed as u8);
+            let etag = direct.put(&key, body.clone()).await.unwrap();
+            let ranges = [0..u64::MAX, 0..1, 4095..(1 << 20) + 1, (1 << 20)..u64::MAX];
+            for range in ranges {
+                for client in [direct, &sdk] {
+                    let got = client.get_range(&key, range.clone(), Some(&etag)).await.unwrap();
+                    let end = range.end.min(body.len() as u64) as usize;
+                    assert!(got == body.slice(range.start as usize..end), "{key:?} {range:?}");
+                }
+            }
+            for client in [direct, &sdk] {
+                assert_eq!(
+                    client.get_range(&key, 0..10, Some("\"other\"")).await,
+                    Err(ObjectError::PreconditionFailed(key.clone()))
+                );
+                assert_eq!(
+                    client.get_range(&key, 2 << 20..3 << 20, None).await,
+                    Err(ObjectError::InvalidRange(key.clone()))
+                );
+            }
+        }
+        let missing = format!("{prefix}missing");
+        for client in [direct, &sdk] {
+            assert_eq!(
+                client.get_range(&missing, 0..1, None).await,
+                Err(ObjectError::NoSuchKey(missing.clone()))
+            );
+        }
+        assert!(
+            direct.gets_directly(),
+            "the direct path declined none of these GETs"
+        );
+    });
 }
 
 /// Uploads carry the CRC32C of their bodies (`x-amz-checksum-crc32c`, in place of a signed

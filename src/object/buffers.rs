@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 
 /// Idle buffers kept for reuse at most: eight 8 MiB parts.
 const IDLE_BYTES: usize = 64 << 20;
@@ -160,6 +160,26 @@ impl Body {
 
     fn bytes(&self) -> &[u8] {
         &self.buffer[self.start..]
+    }
+}
+
+// SAFETY: every method forwards to the buffer's own `BufMut` (a `Vec<u8>`'s), which keeps the
+// trait's contract; the body is the buffer's bytes after `start`, and grows as the buffer does.
+// A receiver that limits itself to the room the body was taken with never makes the buffer
+// reallocate (which would keep the bytes, not the alignment).
+unsafe impl BufMut for Body {
+    fn remaining_mut(&self) -> usize {
+        self.buffer.remaining_mut()
+    }
+
+    unsafe fn advance_mut(&mut self, count: usize) {
+        // SAFETY: the caller promises the `count` bytes after the end are initialized, which is
+        // the buffer's contract as it is the body's.
+        unsafe { self.buffer.advance_mut(count) }
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        self.buffer.chunk_mut()
     }
 }
 

@@ -152,21 +152,26 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// The crate's S3 client, bound to the test bucket.
+/// The crate's client settings for the test server's bucket.
+pub fn s3_settings() -> S3Settings {
+    let s = settings();
+    S3Settings {
+        bucket: s.bucket.clone(),
+        region: Some(s.region.clone()),
+        endpoint_url: Some(s.endpoint_url.clone()),
+        force_path_style: true,
+        profile: None,
+        no_sign_request: false,
+        request_timeout: None,
+        sdk_gets: false,
+    }
+}
+
 pub fn client() -> &'static S3Client {
     static CLIENT: OnceLock<S3Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
-        let s = settings();
-        let settings = S3Settings {
-            bucket: s.bucket.clone(),
-            region: Some(s.region.clone()),
-            endpoint_url: Some(s.endpoint_url.clone()),
-            force_path_style: true,
-            profile: None,
-            no_sign_request: false,
-            request_timeout: None,
-        };
         runtime()
-            .block_on(S3Client::new(settings))
+            .block_on(S3Client::new(s3_settings()))
             .expect("building the S3 client")
     })
 }

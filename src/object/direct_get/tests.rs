@@ -1,0 +1,932 @@
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicUsize;
+
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::object::buffers::{BODY_ALIGN, BufferPool};
+
+// ---------------------------------------------------------------------------------------------
+// A scripted fake server.
+// ---------------------------------------------------------------------------------------------
+
+/// What the fake server does with a connection once it has written a reply.
+#[derive(Clone, Copy, Debug)]
+enum After {
+    /// Reads the next request on it.
+    Keep,
+    /// Closes it.
+    Close,
+    /// Holds it open and says nothing more.
+    Hang,
+}
+
+/// The fake server's answer to one request: bytes written in `pieces` (one write each), then
+/// `after`.
+struct Reply {
+    pieces: Vec<Vec<u8>>,
+    after: After,
+}
+
+impl Reply {
+    /// `bytes` in one write; the connection then carries the next request.
+    fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self {
+            pieces: vec![bytes.into()],
+            after: After::Keep,
+        }
+    }
+
+    fn in_pieces(pieces: Vec<Vec<u8>>) -> Self {
+        Self {
+            pieces,
+            after: After::Keep,
+        }
+    }
+
+    /// Reads the request and never answers it.
+    fn silent() -> Self {
+        Self {
+            pieces: Vec::new(),
+            after: After::Hang,
+        }
+    }
+
+    fn then(mut self, after: After) -> Self {
+        self.after = after;
+        self
+    }
+}
+
+/// A server on 127.0.0.1 that answers the requests it receives, on whatever connection, with
+/// its replies in order; it records each request head and counts the connections it accepts.
+struct FakeServer {
+    port: u16,
+    requests: Arc<Mutex<Vec<String>>>,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl FakeServer {
+    async fn start(replies: Vec<Reply>) -> Self {
+        Self::start_with(replies, None).await
+    }
+
+    /// As [`FakeServer::start`], each connection over TLS when `tls` is given.
+    async fn start_with(replies: Vec<Reply>, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let replies = Arc::new(Mutex::new(VecDeque::from(replies)));
+        let server = Self {
+            port,
+            requests: requests.clone(),
+            accepted: accepted.clone(),
+        };
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let (requests, replies) = (requests.clone(), replies.clone());
+                match tls.clone() {
+                    None => drop(tokio::spawn(serve(stream, requests, replies))),
+                    Some(acceptor) => drop(tokio::spawn(async move {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            serve(stream, requests, replies).await;
+                        }
+                    })),
+                }
+            }
+        });
+        server
+    }
+
+    /// A URL on this server, as a presigned one looks.
+    fn url(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}{path}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc",
+            self.port
+        )
+    }
+
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> SignedGet {
+        SignedGet {
+            uri: self.url(path),
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// One connection of the fake server: a request head, the next reply, and so on.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    requests: Arc<Mutex<Vec<String>>>,
+    replies: Arc<Mutex<VecDeque<Reply>>>,
+) {
+    let mut received = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(at) = received.windows(4).position(|window| window == b"\r\n\r\n") {
+                break at + 4;
+            }
+            match stream.read_buf(&mut received).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        let head: Vec<u8> = received.drain(..end).collect();
+        requests.lock().unwrap().push(String::from_utf8(head).unwrap());
+        let Some(reply) = replies.lock().unwrap().pop_front() else {
+            return;
+        };
+        for piece in &reply.pieces {
+            if stream.write_all(piece).await.is_err() || stream.flush().await.is_err() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        match reply.after {
+            After::Keep => {}
+            After::Close => return,
+            After::Hang => {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// A head of a 206 answer with a body of `length` bytes and `extra` header lines.
+fn partial_head(length: usize, extra: &str) -> String {
+    format!("HTTP/1.1 206 Partial Content\r\nContent-Length: {length}\r\n{extra}\r\n")
+}
+
+/// A whole 206 answer of `body`.
+fn partial(body: &[u8]) -> Vec<u8> {
+    let mut answer = partial_head(body.len(), "").into_bytes();
+    answer.extend_from_slice(body);
+    answer
+}
+
+/// `len` bytes of a pattern that shows where a byte came from.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|at| (at % 251) as u8 ^ (at >> 16) as u8).collect()
+}
+
+/// A client that waits `request_timeout` for an answer or a piece of a body.
+fn client(request_timeout: Duration) -> DirectGet {
+    DirectGet::new(BufferPool::default(), request_timeout, Duration::from_secs(1))
+}
+
+/// A client for tests that do not wait for a timeout.
+fn patient() -> DirectGet {
+    client(Duration::from_secs(2))
+}
+
+/// A client for tests that wait for a timeout.
+fn hasty() -> DirectGet {
+    client(Duration::from_millis(300))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pure functions.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn an_http_url_is_taken_apart() {
+    let target =
+        Target::parse("http://127.0.0.1:9000/bucket/some/key?x-id=GetObject&X-Amz-Signature=ab").unwrap();
+    assert_eq!(
+        target,
+        Target {
+            origin: Origin {
+                https: false,
+                host: "127.0.0.1".to_owned(),
+                port: 9000,
+            },
+            authority: "127.0.0.1:9000".to_owned(),
+            path_and_query: "/bucket/some/key?x-id=GetObject&X-Amz-Signature=ab".to_owned(),
+        }
+    );
+}
+
+#[test]
+fn default_ports_are_the_schemes() {
+    let https = Target::parse("https://bucket.s3.eu-west-1.amazonaws.com/key?X-Amz-Signature=ab").unwrap();
+    assert_eq!(
+        https.origin,
+        Origin {
+            https: true,
+            host: "bucket.s3.eu-west-1.amazonaws.com".to_owned(),
+            port: 443,
+        }
+    );
+    assert_eq!(https.authority, "bucket.s3.eu-west-1.amazonaws.com");
+    assert_eq!(https.path_and_query, "/key?X-Amz-Signature=ab");
+
+    let http = Target::parse("http://minio.local/b/k").unwrap();
+    assert_eq!(
+        http.origin,
+        Origin {
+            https: false,
+            host: "minio.local".to_owned(),
+            port: 80,
+        }
+    );
+    assert_eq!(http.authority, "minio.local");
+    assert_eq!(http.path_and_query, "/b/k");
+}
+
+#[test]
+fn an_explicit_port_stays_in_the_authority() {
+    let target = Target::parse("https://s3.example.com:8443/b/k").unwrap();
+    assert_eq!(target.origin.port, 8443);
+    assert!(target.origin.https);
+    assert_eq!(target.origin.host, "s3.example.com");
+    assert_eq!(target.authority, "s3.example.com:8443");
+}
+
+#[test]
+fn an_ipv6_host_loses_its_brackets_but_the_authority_keeps_them() {
+    let target = Target::parse("http://[::1]:3900/b/k?x=1").unwrap();
+    assert_eq!(
+        target.origin,
+        Origin {
+            https: false,
+            host: "::1".to_owned(),
+            port: 3900,
+        }
+    );
+    assert_eq!(target.authority, "[::1]:3900");
+    assert_eq!(target.path_and_query, "/b/k?x=1");
+    assert_eq!(target.origin.to_string(), "http://[::1]:3900");
+}
+
+#[test]
+fn other_schemes_and_relative_urls_are_refused() {
+    assert!(Target::parse("ftp://example.com/b/k").is_err());
+    assert!(Target::parse("/b/k?x=1").is_err());
+    assert!(Target::parse("http://exa mple.com/b/k").is_err());
+}
+
+#[test]
+fn a_request_head_has_the_request_line_the_host_and_the_headers() {
+    let target = Target::parse("http://127.0.0.1:9000/b/k?x=1&y=%2F").unwrap();
+    let headers = vec![
+        ("range".to_owned(), "bytes=0-9".to_owned()),
+        ("Host".to_owned(), "127.0.0.1:9000".to_owned()),
+        ("if-match".to_owned(), "\"etag\"".to_owned()),
+    ];
+    let head = request_head(&target, &headers).unwrap();
+    assert_eq!(
+        String::from_utf8(head).unwrap(),
+        "GET /b/k?x=1&y=%2F HTTP/1.1\r\nhost: 127.0.0.1:9000\r\nrange: bytes=0-9\r\nif-match: \"etag\"\r\n\r\n"
+    );
+}
+
+#[test]
+fn a_line_break_in_a_header_is_refused() {
+    let target = Target::parse("http://127.0.0.1:9000/b/k").unwrap();
+    let value = vec![("range".to_owned(), "bytes=0-9\r\nx-evil: 1".to_owned())];
+    assert!(request_head(&target, &value).is_err());
+    let bare = vec![("range".to_owned(), "bytes=0-9\nx-evil: 1".to_owned())];
+    assert!(request_head(&target, &bare).is_err());
+    let name = vec![("x-evil\r\nrange".to_owned(), "bytes=0-9".to_owned())];
+    assert!(request_head(&target, &name).is_err());
+}
+
+#[test]
+fn a_partial_response_head_needs_more_bytes() {
+    assert_eq!(parse_response_head(b"").unwrap(), None);
+    assert_eq!(
+        parse_response_head(b"HTTP/1.1 206 Partial Content\r\nContent-Le").unwrap(),
+        None
+    );
+    assert_eq!(
+        parse_response_head(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\n").unwrap(),
+        None
+    );
+}
+
+#[test]
+fn a_response_head_gives_status_length_keep_alive_and_request_id() {
+    let head = "HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nx-amz-request-id: R42\r\n\r\n";
+    let bytes = format!("{head}0123456789");
+    let (response, length) = parse_response_head(bytes.as_bytes()).unwrap().unwrap();
+    assert_eq!(
+        response,
+        ResponseHead {
+            status: 206,
+            content_length: Some(10),
+            keep_alive: true,
+            request_id: Some("R42".to_owned()),
+        }
+    );
+    assert_eq!(length, head.len(), "the head ends where the body starts");
+
+    let (response, _) = parse_response_head(b"HTTP/1.1 200 OK\r\ncontent-length:  123 \r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.content_length, Some(123));
+    assert_eq!(response.request_id, None);
+}
+
+#[test]
+fn a_transfer_encoding_overrides_a_content_length() {
+    let (response, _) =
+        parse_response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 10\r\n\r\n")
+            .unwrap()
+            .unwrap();
+    assert_eq!(response.content_length, None);
+    let (response, _) = parse_response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.content_length, None);
+    let (response, _) = parse_response_head(b"HTTP/1.1 200 OK\r\n\r\n").unwrap().unwrap();
+    assert_eq!(response.content_length, None, "no framing at all");
+}
+
+#[test]
+fn connection_close_and_http_1_0_do_not_keep_the_connection() {
+    let (response, _) = parse_response_head(
+        b"HTTP/1.1 206 Partial Content\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap()
+    .unwrap();
+    assert!(!response.keep_alive);
+    let (response, _) =
+        parse_response_head(b"HTTP/1.1 206 Partial Content\r\nconnection: Keep-Alive, Close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+    assert!(!response.keep_alive);
+    let (response, _) = parse_response_head(b"HTTP/1.0 206 Partial Content\r\nContent-Length: 0\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert!(!response.keep_alive);
+    let (response, _) =
+        parse_response_head(b"HTTP/1.1 206 Partial Content\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+    assert!(response.keep_alive);
+}
+
+#[test]
+fn garbage_and_a_bad_content_length_are_errors() {
+    assert!(parse_response_head(b"garbage\r\n\r\n").is_err());
+    assert!(parse_response_head(b"HTTP/1.1 abc OK\r\n\r\n").is_err());
+    assert!(parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n").is_err());
+    assert!(parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n").is_err());
+}
+
+#[test]
+fn xml_elements_are_found_and_decoded() {
+    let document = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code>\
+        <Message>a &lt;b&gt; &amp; &quot;c&quot; &apos;d&apos; &amp;lt;</Message>\
+        <RequestId>R1</RequestId></Error>";
+    assert_eq!(xml_element(document, "Code").as_deref(), Some("NoSuchKey"));
+    assert_eq!(
+        xml_element(document, "Message").as_deref(),
+        Some("a <b> & \"c\" 'd' &lt;"),
+        "entities decoded once, &amp; last"
+    );
+    assert_eq!(xml_element(document, "Resource"), None);
+    assert_eq!(xml_element("<Error><Code>Unclosed", "Code"), None);
+    assert_eq!(xml_element("", "Code"), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GETs against the fake server.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_body_arrives_whole_and_aligned() {
+    let body = pattern((3 << 20) + 17);
+    let mut first = partial_head(body.len(), "x-amz-request-id: R0\r\n").into_bytes();
+    // Some of the body comes with the head, the rest in writes of unequal sizes.
+    first.extend_from_slice(&body[..1000]);
+    let pieces = vec![
+        first,
+        body[1000..70_000].to_vec(),
+        body[70_000..(2 << 20)].to_vec(),
+        body[(2 << 20)..].to_vec(),
+    ];
+    let server = FakeServer::start(vec![Reply::in_pieces(pieces)]).await;
+    let direct = patient();
+    let range_header = format!("bytes=0-{}", body.len() - 1);
+    let request = server.get(
+        "/bucket/key",
+        &[
+            ("range", range_header.as_str()),
+            ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
+        ],
+    );
+
+    let got = direct.get(&request, 0..body.len() as u64).await.unwrap();
+
+    assert_eq!(got.len(), body.len());
+    assert!(got[..] == body[..], "the body as it was sent");
+    assert_eq!(got.as_ptr() as usize % BODY_ALIGN, 0, "the body starts aligned");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    let seen = &requests[0];
+    assert!(
+        seen.starts_with("GET /bucket/key?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc HTTP/1.1\r\n"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(&format!("\r\nhost: 127.0.0.1:{}\r\n", server.port)),
+        "{seen}"
+    );
+    assert!(seen.contains(&format!("\r\nrange: {range_header}\r\n")), "{seen}");
+    assert!(
+        seen.contains("\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\n"),
+        "{seen}"
+    );
+    assert_eq!(direct.kept(), 1);
+}
+
+#[tokio::test]
+async fn a_small_range_is_returned_exactly() {
+    let server = FakeServer::start(vec![Reply::new(partial(b"0123456789"))]).await;
+    let direct = patient();
+    let request = server.get("/b/k", &[("range", "bytes=0-9")]);
+    let got = direct.get(&request, 0..10).await.unwrap();
+    assert_eq!(&got[..], b"0123456789");
+    assert_eq!(got.as_ptr() as usize % BODY_ALIGN, 0);
+    assert!(server.requests()[0].contains("\r\nrange: bytes=0-9\r\n"));
+}
+
+#[tokio::test]
+async fn two_gets_in_a_row_share_one_connection() {
+    let server = FakeServer::start(vec![
+        Reply::new(partial(b"first")),
+        Reply::new(partial(b"second")),
+    ])
+    .await;
+    let direct = patient();
+
+    let first = direct
+        .get(&server.get("/b/k", &[("range", "bytes=0-4")]), 0..5)
+        .await
+        .unwrap();
+    assert_eq!(&first[..], b"first");
+    assert_eq!(direct.kept(), 1);
+    let second = direct
+        .get(&server.get("/b/k", &[("range", "bytes=5-10")]), 5..11)
+        .await
+        .unwrap();
+    assert_eq!(&second[..], b"second");
+    assert_eq!(direct.kept(), 1);
+
+    assert_eq!(server.accepted(), 1, "one connection carried both");
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_server_closed_is_replaced() {
+    let server = FakeServer::start(vec![
+        // No `Connection: close`: the client keeps it, but the server closes it.
+        Reply::new(partial(b"first")).then(After::Close),
+        Reply::new(partial(b"second")),
+    ])
+    .await;
+    let direct = patient();
+
+    let first = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    assert_eq!(&first[..], b"first");
+    assert_eq!(direct.kept(), 1);
+    let second = direct.get(&server.get("/b/k", &[]), 0..6).await.unwrap();
+    assert_eq!(&second[..], b"second");
+
+    assert_eq!(server.accepted(), 2, "the second GET went on a new connection");
+    assert_eq!(server.requests().len(), 2);
+    assert_eq!(direct.kept(), 1);
+}
+
+#[tokio::test]
+async fn connection_close_is_not_kept() {
+    let mut answer = partial_head(5, "Connection: close\r\n").into_bytes();
+    answer.extend_from_slice(b"hello");
+    let server = FakeServer::start(vec![Reply::new(answer).then(After::Close)]).await;
+    let direct = patient();
+    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    assert_eq!(&got[..], b"hello");
+    assert_eq!(direct.kept(), 0);
+}
+
+#[tokio::test]
+async fn an_http_1_0_answer_is_not_kept() {
+    let server = FakeServer::start(vec![Reply::new(
+        b"HTTP/1.0 206 Partial Content\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+    )])
+    .await;
+    let direct = patient();
+    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    assert_eq!(&got[..], b"hello");
+    assert_eq!(direct.kept(), 0);
+}
+
+#[tokio::test]
+async fn a_body_that_ends_early_is_unreachable_and_retryable() {
+    let mut answer = partial_head(100, "").into_bytes();
+    answer.extend_from_slice(&[7; 40]);
+    let server = FakeServer::start(vec![Reply::new(answer).then(After::Close)]).await;
+    let direct = patient();
+    let failure = direct.get(&server.get("/b/k", &[]), 0..100).await.unwrap_err();
+    let GetFailure::Failed(error @ ObjectError::Unreachable(_)) = &failure else {
+        panic!("expected Failed(Unreachable), got {failure:?}");
+    };
+    assert!(error.is_retryable());
+    assert_eq!(direct.kept(), 0);
+}
+
+#[tokio::test]
+async fn a_head_cut_short_is_unreachable() {
+    let server = FakeServer::start(vec![
+        Reply::new(b"HTTP/1.1 206 Partial Content\r\nConte".to_vec()).then(After::Close),
+    ])
+    .await;
+    let direct = patient();
+    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    assert!(
+        matches!(failure, GetFailure::Failed(ObjectError::Unreachable(_))),
+        "{failure:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_closed_without_an_answer_is_unreachable() {
+    // A new connection (not a kept one) closed before any answer is not sent again.
+    let server = FakeServer::start(vec![Reply::new(Vec::new()).then(After::Close)]).await;
+    let direct = patient();
+    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    assert!(
+        matches!(failure, GetFailure::Failed(ObjectError::Unreachable(_))),
+        "{failure:?}"
+    );
+    assert_eq!(server.accepted(), 1);
+}
+
+#[tokio::test]
+async fn a_body_that_goes_silent_times_out() {
+    let mut answer = partial_head(100, "").into_bytes();
+    answer.extend_from_slice(&[7; 40]);
+    let server = FakeServer::start(vec![Reply::new(answer).then(After::Hang)]).await;
+    let direct = hasty();
+    let started = Instant::now();
+    let failure = direct.get(&server.get("/b/k", &[]), 0..100).await.unwrap_err();
+    let GetFailure::Failed(error @ ObjectError::TimedOut(_)) = &failure else {
+        panic!("expected Failed(TimedOut), got {failure:?}");
+    };
+    assert!(error.is_retryable());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(direct.kept(), 0);
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    let server = FakeServer::start(vec![Reply::silent()]).await;
+    let direct = hasty();
+    let started = Instant::now();
+    let failure = direct.get(&server.get("/b/k", &[]), 0..100).await.unwrap_err();
+    assert!(
+        matches!(failure, GetFailure::Failed(ObjectError::TimedOut(_))),
+        "{failure:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(server.requests().len(), 1, "the request was sent");
+    assert_eq!(direct.kept(), 0);
+}
+
+#[tokio::test]
+async fn nothing_listening_is_unreachable() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let direct = patient();
+    let request = SignedGet {
+        uri: format!("http://127.0.0.1:{port}/b/k"),
+        headers: Vec::new(),
+    };
+    let failure = direct.get(&request, 0..5).await.unwrap_err();
+    let GetFailure::Failed(error @ ObjectError::Unreachable(_)) = &failure else {
+        panic!("expected Failed(Unreachable), got {failure:?}");
+    };
+    assert!(error.is_retryable());
+}
+
+#[tokio::test]
+async fn an_error_answer_is_refused_with_its_code_and_message_and_its_connection_kept() {
+    let document = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code>\
+        <Message>The specified key does not exist.</Message><Key>k</Key><RequestId>R1</RequestId></Error>";
+    let answer = format!(
+        "HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\nx-amz-request-id: R1\r\n\
+         Content-Length: {}\r\n\r\n{document}",
+        document.len()
+    );
+    let server = FakeServer::start(vec![Reply::new(answer), Reply::new(partial(b"after"))]).await;
+    let direct = patient();
+
+    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    assert_eq!(
+        failure,
+        GetFailure::Refused {
+            status: 404,
+            code: Some("NoSuchKey".to_owned()),
+            message: "The specified key does not exist.".to_owned(),
+            request_id: Some("R1".to_owned()),
+        }
+    );
+    assert_eq!(direct.kept(), 1, "its body was read: the connection is kept");
+
+    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    assert_eq!(&got[..], b"after");
+    assert_eq!(server.accepted(), 1, "the kept connection carried the next GET");
+}
+
+#[tokio::test]
+async fn an_error_without_a_document_is_refused_with_its_status() {
+    let server = FakeServer::start(vec![Reply::new(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec(),
+    )])
+    .await;
+    let direct = patient();
+    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    let GetFailure::Refused {
+        status,
+        code,
+        message,
+        request_id,
+    } = failure
+    else {
+        panic!("expected Refused, got {failure:?}");
+    };
+    assert_eq!(status, 503);
+    assert_eq!(code, None);
+    assert_eq!(message, "HTTP 503");
+    assert_eq!(request_id, None);
+}
+
+#[tokio::test]
+async fn an_error_whose_document_is_not_framed_is_refused_and_not_kept() {
+    let server = FakeServer::start(vec![
+        Reply::new(b"HTTP/1.1 503 Slow Down\r\nx-amz-request-id: R9\r\nConnection: close\r\n\r\n".to_vec())
+            .then(After::Close),
+    ])
+    .await;
+    let direct = patient();
+    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    assert_eq!(
+        failure,
+        GetFailure::Refused {
+            status: 503,
+            code: None,
+            message: "HTTP 503".to_owned(),
+            request_id: Some("R9".to_owned()),
+        }
+    );
+    assert_eq!(direct.kept(), 0);
+}
+
+#[tokio::test]
+async fn a_chunked_answer_is_declined() {
+    let server = FakeServer::start(vec![Reply::new(
+        b"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+    )])
+    .await;
+    let direct = patient();
+    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    assert!(matches!(failure, GetFailure::Declined(_)), "{failure:?}");
+    assert_eq!(direct.kept(), 0);
+}
+
+#[tokio::test]
+async fn a_whole_object_for_a_range_not_at_the_start_is_a_service_error() {
+    let server = FakeServer::start(vec![Reply::new(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789".to_vec(),
+    )])
+    .await;
+    let direct = patient();
+    let failure = direct
+        .get(&server.get("/b/k", &[("range", "bytes=5-9")]), 5..10)
+        .await
+        .unwrap_err();
+    let GetFailure::Failed(error @ ObjectError::Service { .. }) = &failure else {
+        panic!("expected Failed(Service), got {failure:?}");
+    };
+    assert!(!error.is_retryable());
+    assert_eq!(direct.kept(), 0);
+}
+
+#[tokio::test]
+async fn a_whole_object_for_a_range_at_the_start_gives_the_range() {
+    let object = pattern(100);
+    let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", object.len()).into_bytes();
+    answer.extend_from_slice(&object);
+    let server = FakeServer::start(vec![Reply::new(answer)]).await;
+    let direct = patient();
+    let got = direct
+        .get(&server.get("/b/k", &[("range", "bytes=0-9")]), 0..10)
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &object[..10]);
+    assert_eq!(direct.kept(), 0, "the rest of the object is on it: not kept");
+}
+
+#[tokio::test]
+async fn a_whole_object_shorter_than_the_range_is_all_of_it() {
+    let server = FakeServer::start(vec![Reply::new(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+    )])
+    .await;
+    let direct = patient();
+    let got = direct.get(&server.get("/b/k", &[]), 0..1000).await.unwrap();
+    assert_eq!(&got[..], b"hello");
+    assert_eq!(direct.kept(), 1);
+}
+
+#[tokio::test]
+async fn a_range_the_server_clamps_gives_what_it_sent() {
+    let server = FakeServer::start(vec![Reply::new(partial(b"0123456789"))]).await;
+    let direct = patient();
+    let got = direct
+        .get(&server.get("/b/k", &[("range", "bytes=0-999")]), 0..1000)
+        .await
+        .unwrap();
+    assert_eq!(&got[..], b"0123456789");
+    assert_eq!(direct.kept(), 1, "read to its end: kept");
+}
+
+#[tokio::test]
+async fn an_unexpected_success_status_is_a_service_error() {
+    let server = FakeServer::start(vec![Reply::new(b"HTTP/1.1 204 No Content\r\n\r\n".to_vec())]).await;
+    let direct = patient();
+    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    assert!(
+        matches!(failure, GetFailure::Failed(ObjectError::Service { .. })),
+        "{failure:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_url_with_another_scheme_is_declined() {
+    let direct = patient();
+    let request = SignedGet {
+        uri: "ftp://127.0.0.1/b/k".to_owned(),
+        headers: Vec::new(),
+    };
+    let failure = direct.get(&request, 0..5).await.unwrap_err();
+    assert!(matches!(failure, GetFailure::Declined(_)), "{failure:?}");
+}
+
+#[test]
+fn turn_off_turns_it_off_for_good() {
+    let direct = patient();
+    assert!(direct.is_on());
+    direct.turn_off("x");
+    assert!(!direct.is_on());
+    direct.turn_off("y");
+    assert!(!direct.is_on());
+}
+
+#[tokio::test]
+async fn a_head_in_pieces_is_put_together() {
+    let answer = partial(b"hello");
+    let pieces = vec![
+        answer[..3].to_vec(),
+        answer[3..20].to_vec(),
+        answer[20..answer.len() - 7].to_vec(),
+        answer[answer.len() - 7..answer.len() - 5].to_vec(),
+        answer[answer.len() - 5..].to_vec(),
+    ];
+    let server = FakeServer::start(vec![Reply::in_pieces(pieces)]).await;
+    let direct = patient();
+    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    assert_eq!(&got[..], b"hello");
+    assert_eq!(direct.kept(), 1);
+}
+
+#[tokio::test]
+async fn an_endless_head_is_unreachable() {
+    let mut answer = b"HTTP/1.1 206 Partial Content\r\nx-long: ".to_vec();
+    answer.resize(answer.len() + MAX_HEAD_BYTES + 10, b'a');
+    let server = FakeServer::start(vec![Reply::new(answer).then(After::Hang)]).await;
+    let direct = patient();
+    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    assert!(
+        matches!(failure, GetFailure::Failed(ObjectError::Unreachable(_))),
+        "{failure:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// https.
+// ---------------------------------------------------------------------------------------------
+
+/// A self-signed certificate for `localhost`: the server's config, and the client's with that
+/// certificate as its only root.
+fn tls_pair() -> (tokio_rustls::TlsAcceptor, Arc<ClientConfig>) {
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let certificate = certified.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()));
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certificate.clone()], key)
+        .unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(certificate).unwrap();
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        Arc::new(client),
+    )
+}
+
+/// A client whose https connections trust `config`'s roots instead of the platform's.
+fn trusting(config: Arc<ClientConfig>) -> DirectGet {
+    let direct = patient();
+    direct.tls.set(Ok(config)).unwrap();
+    direct
+}
+
+#[tokio::test]
+async fn an_https_get_goes_over_tls_and_keeps_its_connection() {
+    let (acceptor, trusted) = tls_pair();
+    let first = pattern((1 << 20) + 3);
+    let second = pattern(100);
+    let server = FakeServer::start_with(
+        vec![Reply::new(partial(&first)), Reply::new(partial(&second))],
+        Some(acceptor),
+    )
+    .await;
+    let direct = trusting(trusted);
+    let url = format!("https://localhost:{}/b/k?X-Amz-Signature=ab", server.port);
+    let get = SignedGet {
+        uri: url,
+        headers: vec![("range".to_owned(), "bytes=0-1048578".to_owned())],
+    };
+    let body = direct.get(&get, 0..(1 << 20) + 3).await.unwrap();
+    assert!(body[..] == first[..], "the body, decrypted");
+    assert_eq!(body.as_ptr().align_offset(BODY_ALIGN), 0);
+    let body = direct.get(&get, 0..100).await.unwrap();
+    assert!(body[..] == second[..]);
+    assert_eq!(
+        server.accepted(),
+        1,
+        "the second GET went on the same TLS connection"
+    );
+    let requests = server.requests();
+    assert!(
+        requests[0].starts_with("GET /b/k?X-Amz-Signature=ab HTTP/1.1\r\n"),
+        "{requests:?}"
+    );
+    assert!(
+        requests[0].contains(&format!("host: localhost:{}\r\n", server.port)),
+        "{requests:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_https_server_whose_certificate_is_not_trusted_is_unreachable() {
+    let (acceptor, _trusted) = tls_pair();
+    let (_other_acceptor, other_roots) = tls_pair();
+    let server = FakeServer::start_with(vec![Reply::new(partial(b"secret"))], Some(acceptor)).await;
+    let direct = trusting(other_roots);
+    let get = SignedGet {
+        uri: format!("https://localhost:{}/b/k", server.port),
+        headers: Vec::new(),
+    };
+    match direct.get(&get, 0..6).await {
+        Err(GetFailure::Failed(ObjectError::Unreachable(message))) => {
+            assert!(message.contains("certificate"), "{message}");
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    assert!(
+        server.requests().is_empty(),
+        "no request went to a server not trusted"
+    );
+}
