@@ -721,10 +721,10 @@ impl S3Fs {
                 Some(entry)
                     if entry.details.is_none() && self.config.posix_metadata == PosixMetadata::Exact =>
                 {
-                    match self.with_details(path, entry).await {
-                        Err(FsError::NotFound) => None,
-                        detailed => Some(detailed?),
-                    }
+                    return match self.with_details(path, entry).await {
+                        Err(FsError::NotFound) => Ok((None, false)),
+                        detailed => detailed.map(|(entry, overtaken)| (Some(entry), overtaken)),
+                    };
                 }
                 entry => entry,
             };
@@ -809,17 +809,21 @@ impl S3Fs {
 
     /// `entry` with its metadata: as it is when it has it, else from a HEAD of its key (cached).
     /// A directory without marker has nothing to add; a listed file gone meanwhile is NotFound.
-    async fn with_details(&self, path: &str, entry: Entry) -> Result<Entry, FsError> {
+    /// With it, whether a change of `path` by this mount overtook the HEAD (a close uploaded a
+    /// new version while it was on its way): then the answer may describe what was there before,
+    /// and is not for the kernel to keep (see [`S3Fs::resolve`]).
+    async fn with_details(&self, path: &str, entry: Entry) -> Result<(Entry, bool), FsError> {
         let key = self.key_of(path, entry.kind);
         if entry.details.is_some() {
-            return Ok(entry);
+            return Ok((entry, false));
         }
         if key.is_empty() {
             // The bucket's root: no object.
-            return Ok(Entry {
+            let root = Entry {
                 details: Some(Arc::default()),
                 ..entry
-            });
+            };
+            return Ok((root, false));
         }
         let sent = self.metadata.stamp();
         let detailed = match (entry.kind, self.client.head(&key).await) {
@@ -842,7 +846,7 @@ impl S3Fs {
             self.metadata
                 .remember_answer(path.to_owned(), Some(detailed.clone()), sent);
         }
-        Ok(detailed)
+        Ok((detailed, self.metadata.changed_since(path, sent)))
     }
 
     /// A directory, with its marker object's metadata (its mode, owner and attributes) when it

@@ -228,51 +228,82 @@ impl S3Fs {
     /// Moves one file. A file never uploaded just changes the key it will be uploaded to;
     /// otherwise its content is put in S3 (if changed), copied, and the source deleted.
     async fn rename_file(&self, from: &str, to: &str) -> Result<(), FsError> {
-        let (from_key, to_key) = (self.config.root.file_key(from), self.config.root.file_key(to));
-        let to_path: Arc<str> = Arc::from(to);
         // A file open at the target keeps its content for its handles: fetched before the copy
         // replaces the object.
         if let Some(replaced) = self.staged.remove(to) {
             self.drop_staged(&replaced).await?;
         }
-        if let Some(staged) = self.staged.get(from) {
-            let ctx = self.writes()?;
-            let mut file = staged.file.lock().await;
-            if file.exists_remotely() {
-                if file.is_dirty() {
-                    file.upload(ctx).await?;
-                }
-                let etag = file.etag().unwrap_or_default().to_owned();
-                let mut metadata = file.metadata().clone();
-                self.keep_time(&mut metadata, file.mtime());
-                let copied = self
-                    .copy_key(&from_key, &to_key, file.size(), &etag, Some(&metadata))
-                    .await?;
-                self.client.delete(&from_key).await?;
-                file.set_metadata(metadata)?;
-                file.moved_to(to_key, copied)?;
-            } else {
-                // Never uploaded; an object at the old name (a file truncated at open) goes now.
-                self.client.delete(&from_key).await?;
-                let content_type = renamed_content_type(file.metadata(), from, to);
-                file.rekey(to_key, content_type)?;
+        match self.staged.get(from) {
+            Some(staged) => self.rename_staged(from, Arc::from(to), &staged).await?,
+            None => {
+                let (from_key, to_key) = (self.config.root.file_key(from), self.config.root.file_key(to));
+                self.rename_object(&from_key, &to_key).await?;
             }
-            staged.update_seen(&file);
-            drop(file);
-            self.staged.remove(from);
-            self.staged.put(to_path.clone(), staged);
-        } else {
-            // Copied with every header the object has, storage class and encryption included
-            // (which a plain CopyObject leaves to the bucket's defaults).
-            let head = self.client.head(&from_key).await?;
-            let mut metadata = head.metadata.clone();
-            self.keep_time(&mut metadata, head.last_modified);
-            self.copy_key(&from_key, &to_key, head.size, &head.etag, Some(&metadata))
-                .await?;
-            self.client.delete(&from_key).await?;
         }
         self.metadata.changed_to(from.to_owned(), None);
         self.metadata.changed_unknown(to);
+        Ok(())
+    }
+
+    /// [`S3Fs::rename_file`] of a staged file: its content goes to S3 first if it changed, and
+    /// the staged file follows its object to the new name. A staged file whose last handle's
+    /// settle let it go while this waited for its lock (a rename right after a close) is staged
+    /// no more: its object, in S3 by then, is what moves.
+    async fn rename_staged(
+        &self,
+        from: &str,
+        to: Arc<str>,
+        staged: &Arc<super::write::StagedEntry>,
+    ) -> Result<(), FsError> {
+        let (from_key, to_key) = (self.config.root.file_key(from), self.config.root.file_key(&to));
+        let ctx = self.writes()?;
+        let mut file = staged.file.lock().await;
+        if !self.staged.holds(from, staged) {
+            drop(file);
+            return self.rename_object(&from_key, &to_key).await;
+        }
+        if file.exists_remotely() {
+            if file.is_dirty() {
+                file.upload(ctx).await?;
+            }
+            let etag = file.etag().unwrap_or_default().to_owned();
+            let mut metadata = file.metadata().clone();
+            self.keep_time(&mut metadata, file.mtime());
+            let copied = self
+                .copy_key(&from_key, &to_key, file.size(), &etag, Some(&metadata))
+                .await?;
+            self.client.delete(&from_key).await?;
+            file.set_metadata(metadata)?;
+            file.moved_to(to_key, copied)?;
+        } else {
+            // Never uploaded; an object at the old name (a file truncated at open) goes now.
+            self.client.delete(&from_key).await?;
+            let content_type = renamed_content_type(file.metadata(), from, &to);
+            file.rekey(to_key, content_type)?;
+        }
+        staged.update_seen(&file);
+        // Under the file's lock, which a settle takes too: the settle finds the entry at its new
+        // name, never a moment where it is at neither.
+        let displaced = self.staged.move_entry(from, to, staged);
+        drop(file);
+        // A file opened for writing at the new name meanwhile loses that name, as the one
+        // replaced at the start did.
+        if let Some(displaced) = displaced {
+            self.drop_staged(&displaced).await?;
+        }
+        Ok(())
+    }
+
+    /// [`S3Fs::rename_file`] of a file not staged: copied with every header the object has,
+    /// storage class and encryption included (which a plain CopyObject leaves to the bucket's
+    /// defaults), then the source deleted.
+    async fn rename_object(&self, from_key: &str, to_key: &str) -> Result<(), FsError> {
+        let head = self.client.head(from_key).await?;
+        let mut metadata = head.metadata.clone();
+        self.keep_time(&mut metadata, head.last_modified);
+        self.copy_key(from_key, to_key, head.size, &head.etag, Some(&metadata))
+            .await?;
+        self.client.delete(from_key).await?;
         Ok(())
     }
 

@@ -416,9 +416,10 @@ impl S3Fs {
             Some(Some(entry))
                 if entry.details.is_none() && self.config.posix_metadata == PosixMetadata::Exact =>
             {
+                // An answer a change by this mount overtook is listed, but not kept.
                 match self.with_details(path, entry.clone()).await {
                     Err(FsError::NotFound) => Ok((entry, false)),
-                    detailed => detailed.map(|entry| (entry, true)),
+                    detailed => detailed.map(|(entry, overtaken)| (entry, !overtaken)),
                 }
             }
             Some(Some(entry)) => Ok((entry, true)),

@@ -1248,19 +1248,92 @@ async fn a_lookup_overtaken_by_a_close_of_the_same_file_answers_with_the_new_fil
         sent_now_answered_late(&client, Duration::from_millis(300), 2, lookup).await
     };
     answer_at_once(&client);
-    let (_, writer) = fs
-        .create(ROOT_INO, OsStr::new("f"), libc::O_WRONLY | libc::O_TRUNC)
-        .await
-        .unwrap();
-    fs.write(writer.handle, 0, b"the new, longer content")
-        .await
-        .unwrap();
-    fs.flush(writer.handle).await.unwrap();
-    fs.release(writer.handle).await;
+    rewrite(&fs, ROOT_INO, "f", b"the new, longer content").await;
     let looked_up = lookup.await.unwrap().unwrap();
     assert_eq!(
         looked_up.size, 23,
         "the answer from before the close is not believed"
+    );
+}
+
+/// With exact POSIX metadata a lookup completes a listed entry with a HEAD of its own. A close of
+/// the same file that overtakes that HEAD wins, as it does over a lookup's first HEAD: the answer
+/// from before the close is not believed.
+#[tokio::test]
+async fn an_exact_lookup_of_a_listed_file_overtaken_by_a_close_answers_with_the_new_file() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("f", "old content");
+    let dir = tempfile::tempdir().unwrap();
+    let mut exact = config("");
+    exact.posix_metadata = PosixMetadata::Exact;
+    let fs = Arc::new(writable_with(&client, &dir, exact));
+    let _ahead = hold_details_ahead(&fs).await;
+    let listed = list_names(&fs, ROOT_INO).await;
+    assert!(listed.iter().any(|(name, _)| name == "f"), "{listed:?}");
+    let lookup = {
+        let fs = fs.clone();
+        let lookup = async move { fs.lookup(ROOT_INO, OsStr::new("f")).await };
+        sent_now_answered_late(&client, Duration::from_millis(300), 1, lookup).await
+    };
+    answer_at_once(&client);
+    rewrite(&fs, ROOT_INO, "f", b"the new, longer content").await;
+    let looked_up = lookup.await.unwrap().unwrap();
+    assert_eq!(
+        looked_up.size, 23,
+        "the HEAD's answer from before the close is not believed"
+    );
+}
+
+/// The atomic-save pattern: write a temporary file, close it, rename it over the real name. The
+/// kernel sends the release after close(2) returns, so the rename races the release that settles
+/// the staged file. Here the settle wins the file's lock while the rename, which had already
+/// found the file staged, waits for it: the rename must then move the object, not the staged
+/// file just let go, and leave nothing staged (a staged entry left at the new name would hide
+/// every later version other writers put there).
+#[tokio::test]
+async fn a_rename_that_waited_for_the_settle_of_the_last_close_moves_the_object() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("final", "the old version");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(writable(&client, &dir));
+    let (_, writer) = fs
+        .create(ROOT_INO, OsStr::new("tmp"), libc::O_WRONLY | libc::O_CREAT)
+        .await
+        .unwrap();
+    fs.write(writer.handle, 0, b"the new version").await.unwrap();
+    fs.flush(writer.handle).await.unwrap();
+    lookup_path(&fs, "final").await.unwrap();
+    // Both wait for the file's lock, the release first (tokio's mutex is fair).
+    let staged = fs.staged.get("tmp").unwrap();
+    let held = staged.file.lock().await;
+    let release = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.release(writer.handle).await })
+    };
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    let rename = {
+        let fs = fs.clone();
+        tokio::spawn(async move {
+            fs.rename(ROOT_INO, OsStr::new("tmp"), ROOT_INO, OsStr::new("final"), 0)
+                .await
+        })
+    };
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    drop(held);
+    release.await.unwrap();
+    rename.await.unwrap().unwrap();
+    assert_eq!(client.keys(), vec!["final".to_owned()]);
+    assert_eq!(client.body("final").as_deref(), Some(&b"the new version"[..]));
+    assert!(fs.staged.all().is_empty(), "nothing is left staged");
+    client.put_object("final", "a later version, from elsewhere");
+    let ino = lookup_path(&fs, "final").await.unwrap().ino;
+    assert_eq!(
+        read_all(&fs, ino).await.unwrap(),
+        b"a later version, from elsewhere"
     );
 }
 
@@ -1307,7 +1380,7 @@ const LATE_OPS: [Op; 3] = [Op::Get, Op::Head, Op::List];
 
 /// Runs `work`, whose `requests` requests (GET, HEAD, LIST) are sent now and answered `latency`
 /// later, describing the bucket as it is now; returns once they are sent.
-async fn sent_now_answered_late<T: Send + 'static>(
+pub(super) async fn sent_now_answered_late<T: Send + 'static>(
     client: &Bucket,
     latency: Duration,
     requests: u64,
@@ -1325,8 +1398,29 @@ async fn sent_now_answered_late<T: Send + 'static>(
     task
 }
 
+/// A writer's whole life on `name` in `parent`: opened with `O_TRUNC`, `body` written, closed.
+pub(super) async fn rewrite(fs: &S3Fs, parent: u64, name: &str, body: &[u8]) {
+    let (_, writer) = fs
+        .create(parent, OsStr::new(name), libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
+    fs.write(writer.handle, 0, body).await.unwrap();
+    fs.flush(writer.handle).await.unwrap();
+    fs.release(writer.handle).await;
+}
+
+/// Holds every permit of the HEADs a listing starts ahead (exact POSIX metadata), so that they
+/// wait and the HEAD a lookup or readdirplus makes of its own is the one that completes an entry.
+pub(super) async fn hold_details_ahead(fs: &S3Fs) -> tokio::sync::OwnedSemaphorePermit {
+    fs.details_ahead
+        .clone()
+        .acquire_many_owned(DETAILS_AHEAD as u32)
+        .await
+        .unwrap()
+}
+
 /// Later requests are answered without delay again.
-fn answer_at_once(client: &Bucket) {
+pub(super) fn answer_at_once(client: &Bucket) {
     for op in LATE_OPS {
         client.set_answer_latency(op, Duration::ZERO);
     }

@@ -1425,6 +1425,41 @@ async fn a_name_unlinked_after_its_page_was_listed_is_not_kept_by_the_kernel() {
     assert_eq!(errno(fs.lookup(d, os("f15")).await), libc::ENOENT);
 }
 
+/// With exact POSIX metadata, readdirplus completes a listed entry with a HEAD. A close of the
+/// file that overtakes that HEAD makes its answer one the kernel must not keep: it may describe
+/// the file as it was before the close.
+#[tokio::test]
+async fn an_exact_readdirplus_entry_whose_head_a_close_overtook_is_not_kept() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("d/f", "old content");
+    let dir = tempfile::tempdir().unwrap();
+    let mut exact = config("");
+    exact.posix_metadata = PosixMetadata::Exact;
+    let fs = Arc::new(writable_with(&client, &dir, exact));
+    let d = ino_of(&fs, "d").await;
+    let _ahead = super::tests::hold_details_ahead(&fs).await;
+    let handle = fs.opendir(d).await.unwrap();
+    // Its LIST and then its HEAD, each answered late.
+    let listing = {
+        let fs = fs.clone();
+        let listing = async move { readdirplus_batch(&fs, d, handle, 0, 10).await };
+        super::tests::sent_now_answered_late(&client, Duration::from_millis(300), 2, listing).await
+    };
+    super::tests::answer_at_once(&client);
+    super::tests::rewrite(&fs, d, "f", b"the new, longer content").await;
+    let (entries, _) = listing.await.unwrap();
+    fs.releasedir(handle);
+    let (_, _, lasting) = entries
+        .iter()
+        .find(|(entry, _, _)| entry.name == "f")
+        .expect("f is listed");
+    assert!(
+        !lasting,
+        "an answer from before the close is not for the kernel to keep"
+    );
+    assert_eq!(fs.lookup(d, os("f")).await.unwrap().size, 23);
+}
+
 #[tokio::test]
 async fn readdirplus_gives_each_entry_the_attributes_its_lookup_answers() {
     for mode in [PosixMetadata::Lazy, PosixMetadata::Off, PosixMetadata::Exact] {

@@ -227,6 +227,31 @@ impl StagedTable {
         }
     }
 
+    /// Whether `entry` is the one at `path` (a settle takes it out once its last handle went).
+    pub(super) fn holds(&self, path: &str, entry: &Arc<StagedEntry>) -> bool {
+        lock(&self.by_path)
+            .get(path)
+            .is_some_and(|e| Arc::ptr_eq(e, entry))
+    }
+
+    /// Moves `entry` from `from` (if it is there, and not another entry since) to `to`, in one
+    /// hold of the table; returns the entry it displaced at `to`, if any.
+    pub(super) fn move_entry(
+        &self,
+        from: &str,
+        to: Arc<str>,
+        entry: &Arc<StagedEntry>,
+    ) -> Option<Arc<StagedEntry>> {
+        let mut table = lock(&self.by_path);
+        if table.get(from).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            table.remove(from);
+        }
+        entry.set_path(to.clone());
+        table
+            .insert(to, entry.clone())
+            .filter(|displaced| !Arc::ptr_eq(displaced, entry))
+    }
+
     pub(super) fn remove(&self, path: &str) -> Option<Arc<StagedEntry>> {
         lock(&self.by_path).remove(path)
     }

@@ -347,7 +347,9 @@ impl S3Fs {
     pub(super) async fn detailed_entry(&self, ino: u64) -> Result<(String, Entry), FsError> {
         let path = self.path_of(ino)?;
         let entry = self.resolve(&path).await?.ok_or(FsError::NotFound)?;
-        let entry = self.with_details(&path, entry).await?;
+        // An answer a close overtook may be the old version's metadata; the caller gets it once
+        // (the kernel keeps no extended attribute), as it would had it asked a moment earlier.
+        let (entry, _overtaken) = self.with_details(&path, entry).await?;
         Ok((self.key_of(&path, entry.kind), entry))
     }
 }
