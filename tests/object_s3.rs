@@ -825,6 +825,7 @@ fn ranged_gets_answer_alike_on_own_connections_and_through_the_sdk() {
         );
         let sdk = garage_client(true).await;
         assert!(!sdk.gets_directly());
+        let carried = direct.gets_carried_directly();
         let names = [
             "plain",
             "with space",
@@ -867,6 +868,26 @@ fn ranged_gets_answer_alike_on_own_connections_and_through_the_sdk() {
             direct.gets_directly(),
             "the direct path declined none of these GETs"
         );
+        assert_eq!(
+            direct.gets_carried_directly() - carried,
+            (names.len() * 4) as u64,
+            "every GET that gave a body came on the client's own connections"
+        );
+        // An error told apart by its code alone (404 is also a missing key's status).
+        for sdk_gets in [false, true] {
+            let nowhere = S3Client::new(S3Settings {
+                bucket: format!("s3mount-no-such-bucket-{}", std::process::id()),
+                sdk_gets,
+                ..common::s3_settings()
+            })
+            .await
+            .unwrap();
+            assert!(matches!(
+                nowhere.get_range("k", 0..1, None).await,
+                Err(ObjectError::NoSuchBucket(_))
+            ));
+            assert_eq!(nowhere.gets_directly(), !sdk_gets);
+        }
     });
 }
 

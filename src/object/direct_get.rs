@@ -7,30 +7,39 @@
 //! itself: one copy out of the kernel (or out of rustls), which the SDK pays too.
 //!
 //! What stays the SDK's: the request is built and signed by the SDK (a presigned GET, so the
-//! endpoint, addressing style, credentials and SigV4 are all its own). This module only carries
-//! that request over HTTP/1.1 on connections of its own, kept alive between GETs, with TLS
-//! (rustls, the platform's roots, as the SDK's client) for https endpoints. Its failures are the
-//! ones the SDK path gives: a refusal is handed back with S3's code and message for the caller to
-//! classify as it does the SDK's, a broken connection is `Unreachable`, and the request timeout
-//! bounds the wait for the answer and every silence inside the body. An answer this module cannot
-//! carry (a body without a Content-Length) is declined, and the caller sends that GET through the
-//! SDK.
+//! endpoint, addressing style, credentials and SigV4 are all its own), and connections are made
+//! by the connector its client uses (hyper-util's, with Happy Eyeballs). This module carries the
+//! request over HTTP/1.1 on connections of its own, kept alive between GETs, with TLS (rustls,
+//! the platform's roots, as the SDK's client) for https endpoints. Its failures are the ones the
+//! SDK path gives: a refusal is handed back with S3's code and message for the caller to classify
+//! as it does the SDK's, a broken connection is `Unreachable`, and the request timeout bounds the
+//! wait for the answer and every silence inside the body. What it cannot carry goes to the SDK:
+//! a body without a Content-Length is declined (and the caller stops using this path), an error
+//! document it cannot read is unclassified (and that one GET is asked again through the SDK).
+//!
+//! A connection carries the next GET only if its answer was read exactly to its announced end,
+//! and only if nothing arrived on it while it sat idle: bytes that no request asked for are
+//! never taken as the answer to a later one.
 
 use std::io;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tower_service::Service;
 
 use super::ObjectError;
-use super::buffers::BufferPool;
+use super::buffers::{Body, BufferPool};
+use super::s3::source_chain;
 
 /// The longest response head accepted. S3's are a few KiB at most (user metadata is limited to
 /// 2 KiB); anything longer is not an S3 answer.
@@ -46,6 +55,9 @@ const IDLE_KEEP: Duration = Duration::from_secs(15);
 /// Idle connections kept at most, over all origins: more than the read-ahead of a few readers
 /// keeps in flight.
 const MAX_IDLE: usize = 64;
+/// How long a connection attempt to one address family runs before the other starts too: the
+/// default of the SDK's client (hyper-util's).
+const HAPPY_EYEBALLS: Duration = Duration::from_millis(300);
 
 /// A GET as the SDK built and signed it: what goes on the wire.
 #[derive(Clone, Debug)]
@@ -59,14 +71,18 @@ pub struct SignedGet {
 /// Why a GET of this module gave no body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GetFailure {
-    /// The server answered with an error: its status, S3's code and message when its error
-    /// document gave them, and the request id, for the caller to classify as the SDK's errors.
+    /// The server answered with an error: its status, S3's code and message from its error
+    /// document, and the request id, for the caller to classify as the SDK's errors.
     Refused {
         status: u16,
         code: Option<String>,
         message: String,
         request_id: Option<String>,
     },
+    /// The server refused with an error document this module could not read (framed otherwise
+    /// than by a Content-Length: some servers send them chunked), so S3's code is unknown.
+    /// Asked again through the SDK, the same error comes with its code (the status, for a log).
+    Unclassified(String),
     /// The request failed as the SDK path would report it (`Unreachable`, `TimedOut`, a
     /// `Service` error for an answer that makes no sense).
     Failed(ObjectError),
@@ -79,6 +95,11 @@ pub enum GetFailure {
 pub struct DirectGet {
     /// Set when a GET was declined: the rest go through the SDK.
     off: AtomicBool,
+    /// GETs whose body came this way.
+    carried: AtomicU64,
+    /// TCP connections made as the SDK's client makes them: every address of the host tried,
+    /// the other address family [`HAPPY_EYEBALLS`] after the first, no Nagle.
+    connector: HttpConnector,
     idle: Mutex<Vec<Connection>>,
     tls: OnceLock<Result<Arc<ClientConfig>, String>>,
     buffers: BufferPool,
@@ -90,8 +111,15 @@ impl DirectGet {
     /// Bodies go into `buffers`' buffers; `request_timeout` bounds the wait for an answer and
     /// each silence inside a body, `connect_timeout` a new connection and its TLS handshake.
     pub fn new(buffers: BufferPool, request_timeout: Duration, connect_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.enforce_http(false);
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_happy_eyeballs_timeout(Some(HAPPY_EYEBALLS));
         Self {
             off: AtomicBool::new(false),
+            carried: AtomicU64::new(0),
+            connector,
             idle: Mutex::new(Vec::new()),
             tls: OnceLock::new(),
             buffers,
@@ -105,11 +133,18 @@ impl DirectGet {
         !self.off.load(Ordering::Relaxed)
     }
 
-    /// Sends no more GETs this way: `reason` (a declined GET's) says why, once, in the log.
+    /// Sends no more GETs this way: `reason` (a declined GET's) says why, once, in the log. The
+    /// kept connections are closed.
     pub fn turn_off(&self, reason: &str) {
         if !self.off.swap(true, Ordering::Relaxed) {
             tracing::warn!(reason, "ranged GETs go through the SDK's HTTP client from now on");
         }
+        lock(&self.idle).clear();
+    }
+
+    /// How many GETs had their body carried this way.
+    pub fn carried(&self) -> u64 {
+        self.carried.load(Ordering::Relaxed)
     }
 
     /// The body of `request`, a GET of the bytes `range` of an object: at most `range`'s length,
@@ -147,18 +182,22 @@ impl DirectGet {
         let expected = length.min(range.end.saturating_sub(range.start));
         let expected = usize::try_from(expected)
             .map_err(|_| GetFailure::Declined("a body too large for memory".to_owned()))?;
-        let body = self.read_body(&mut connection, &mut early, expected).await?;
+        let mut body = self.buffers.take(expected);
+        self.read_exactly(&mut connection, &mut early, &mut body, expected)
+            .await?;
         // The connection carries the next GET only if this answer was read to its end.
         if response.keep_alive && expected as u64 == length && early.is_empty() {
             self.keep(connection);
         }
-        Ok(body)
+        self.carried.fetch_add(1, Ordering::Relaxed);
+        Ok(self.buffers.freeze(body))
     }
 
     /// Sends `head` and reads the answer's head, on a kept connection if there is one. A kept
-    /// connection the server has closed meanwhile fails before any byte of an answer; that is
-    /// no failure of the request, which goes again on the next one (a GET may be sent twice).
-    /// Returns the connection, the answer's head and the bytes read past it.
+    /// connection the server has closed meanwhile fails before any byte of an answer (or
+    /// answers 408, the front end's word that it timed the connection out); that is no failure
+    /// of the request, which goes again on the next one (a GET may be sent twice). Returns the
+    /// connection, the answer's head and the bytes read past it.
     async fn exchange(
         &self,
         target: &Target,
@@ -170,6 +209,7 @@ impl DirectGet {
                 None => (self.connect(target).await?, false),
             };
             match self.send_and_read_head(connection, head).await {
+                Ok((_, response, _)) if kept && response.status == 408 => continue,
                 Ok(answered) => return Ok(answered),
                 Err(Exchange::ClosedBeforeAnswer(_)) if kept => continue,
                 Err(Exchange::ClosedBeforeAnswer(error)) => {
@@ -211,29 +251,28 @@ impl DirectGet {
         }
     }
 
-    /// The `expected` bytes of a body into one pooled buffer: `early` (bytes read with the
-    /// head) first, then straight from the connection. A body that ends early is worth a retry,
-    /// as a reset is; so is one silent for the request timeout. `early` keeps what it held past
-    /// the body.
-    async fn read_body(
+    /// The `expected` bytes of a body into `into`: `early` (bytes read with the head) first,
+    /// then straight from the connection. A body that ends early is worth a retry, as a reset
+    /// is; so is one silent for the request timeout. `early` keeps what it held past the body.
+    async fn read_exactly(
         &self,
         connection: &mut Connection,
         early: &mut Vec<u8>,
+        into: &mut (impl BufMut + Filled),
         expected: usize,
-    ) -> Result<Bytes, GetFailure> {
-        let mut body = self.buffers.take(expected);
+    ) -> Result<(), GetFailure> {
         let first = early.len().min(expected);
-        body.extend_from_slice(&early[..first]);
+        into.put_slice(&early[..first]);
         early.drain(..first);
-        while body.len() < expected {
-            let room = expected - body.len();
-            let mut room = (&mut body).limit(room);
+        while into.filled() < expected {
+            let room = expected - into.filled();
+            let mut room = (&mut *into).limit(room);
             let read = tokio::time::timeout(self.request_timeout, connection.io.read_buf(&mut room));
             let failure = match read.await {
                 Ok(Ok(0)) => ObjectError::Unreachable(format!(
                     "body from {} ended after {} of {expected} bytes",
                     connection.origin,
-                    body.len()
+                    into.filled()
                 )),
                 Ok(Ok(_)) => continue,
                 Ok(Err(error)) => {
@@ -243,36 +282,38 @@ impl DirectGet {
                     "body from {}: nothing within {:?} after {} of {expected} bytes",
                     connection.origin,
                     self.request_timeout,
-                    body.len()
+                    into.filled()
                 )),
             };
             return Err(GetFailure::Failed(failure));
         }
-        Ok(self.buffers.freeze(body))
+        Ok(())
     }
 
-    /// An error answer as a [`GetFailure::Refused`], its error document read when it is short.
+    /// An error answer as a [`GetFailure::Refused`], its error document read for S3's code; a
+    /// document that cannot be read (not framed by a Content-Length, longer than any S3 sends,
+    /// cut short) makes it [`GetFailure::Unclassified`].
     async fn refusal(
         &self,
         mut connection: Connection,
         response: &ResponseHead,
         mut early: Vec<u8>,
     ) -> GetFailure {
-        let document = match response.content_length {
-            Some(length) if length <= MAX_ERROR_BODY => {
-                match self.read_body(&mut connection, &mut early, length as usize).await {
-                    Ok(document) => {
-                        if response.keep_alive && early.is_empty() {
-                            self.keep(connection);
-                        }
-                        document
-                    }
-                    // The status alone says what happened.
-                    Err(_) => Bytes::new(),
-                }
-            }
-            _ => Bytes::new(),
+        let unclassified = || GetFailure::Unclassified(format!("HTTP {}", response.status));
+        let length = match response.content_length {
+            Some(length) if length <= MAX_ERROR_BODY => length as usize,
+            _ => return unclassified(),
         };
+        let mut document = Vec::with_capacity(length);
+        let read = self
+            .read_exactly(&mut connection, &mut early, &mut document, length)
+            .await;
+        if read.is_err() {
+            return unclassified();
+        }
+        if response.keep_alive && early.is_empty() {
+            self.keep(connection);
+        }
         let document = String::from_utf8_lossy(&document);
         GetFailure::Refused {
             status: response.status,
@@ -288,10 +329,17 @@ impl DirectGet {
             true => Some(self.tls_config().map_err(GetFailure::Declined)?),
             false => None,
         };
+        // The connector takes a URI; it connects, the TLS (if any) is this module's.
+        let address: http::Uri = format!("http://{}/", target.authority)
+            .parse()
+            .map_err(|error| GetFailure::Declined(format!("unusable host {}: {error}", target.authority)))?;
+        let mut connector = self.connector.clone();
         let connecting = async {
-            let tcp = TcpStream::connect((origin.host.as_str(), origin.port)).await?;
-            // Requests are one small write each; do not hold them back for an ACK.
-            tcp.set_nodelay(true)?;
+            let tcp = connector
+                .call(address)
+                .await
+                .map_err(|error| io::Error::other(source_chain(&error)))?
+                .into_inner();
             let io: Box<dyn Io> = match tls {
                 Some(config) => {
                     let name = ServerName::try_from(origin.host.clone())
@@ -341,17 +389,24 @@ impl DirectGet {
         made.clone()
     }
 
-    /// A kept connection to `origin` not idle for too long, the most recently used first.
+    /// A kept connection to `origin`, the most recently used first, that has not been idle for
+    /// too long and has nothing to read: bytes (or the end) arriving on an idle connection are
+    /// no answer to any request of ours, and it is closed.
     fn take_kept(&self, origin: &Origin) -> Option<Connection> {
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = lock(&self.idle);
         idle.retain(|connection| connection.idle_since.elapsed() < IDLE_KEEP);
-        let at = idle.iter().rposition(|connection| &connection.origin == origin)?;
-        Some(idle.remove(at))
+        while let Some(at) = idle.iter().rposition(|connection| &connection.origin == origin) {
+            let mut connection = idle.remove(at);
+            if connection.is_quiet() {
+                return Some(connection);
+            }
+        }
+        None
     }
 
     fn keep(&self, mut connection: Connection) {
         connection.idle_since = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = lock(&self.idle);
         if idle.len() >= MAX_IDLE {
             idle.remove(0);
         }
@@ -361,10 +416,7 @@ impl DirectGet {
     /// Idle connections kept (for tests).
     #[cfg(test)]
     fn kept(&self) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
+        lock(&self.idle).len()
     }
 }
 
@@ -392,7 +444,9 @@ impl std::fmt::Display for Origin {
 #[derive(Debug, PartialEq, Eq)]
 struct Target {
     origin: Origin,
-    /// As the URL has it (port included when not the scheme's), which the signature covers.
+    /// The `Host` header: the host, with the port only when it is not the scheme's, as the SDK's
+    /// signer and its HTTP client have it (an endpoint written `https://host:443` is signed for
+    /// `host`).
     authority: String,
     path_and_query: String,
 }
@@ -408,8 +462,13 @@ impl Target {
             other => return Err(format!("unsupported scheme {other:?} in {uri:?}")),
         };
         let authority = parsed.authority().ok_or_else(|| format!("no host in {uri:?}"))?;
+        let default_port = if https { 443 } else { 80 };
+        let port = authority.port_u16().unwrap_or(default_port);
+        let host_header = match port == default_port {
+            true => authority.host().to_owned(),
+            false => format!("{}:{port}", authority.host()),
+        };
         let host = authority.host().trim_start_matches('[').trim_end_matches(']');
-        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let path_and_query = parsed.path_and_query().map_or("/", |target| target.as_str());
         Ok(Self {
             origin: Origin {
@@ -417,7 +476,7 @@ impl Target {
                 host: host.to_owned(),
                 port,
             },
-            authority: authority.as_str().to_owned(),
+            authority: host_header,
             path_and_query: path_and_query.to_owned(),
         })
     }
@@ -457,6 +516,14 @@ struct ResponseHead {
     request_id: Option<String>,
 }
 
+impl ResponseHead {
+    /// An interim answer (`100 Continue`, `103 Early Hints`): the real one follows. (101 would
+    /// switch protocols, which a GET of ours never asks for.)
+    fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status) && self.status != 101
+    }
+}
+
 /// Parses a response head from the start of `bytes`: the head and its length, or `None` when
 /// more bytes are needed.
 fn parse_response_head(bytes: &[u8]) -> Result<Option<(ResponseHead, usize)>, String> {
@@ -467,24 +534,19 @@ fn parse_response_head(bytes: &[u8]) -> Result<Option<(ResponseHead, usize)>, St
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(error) => return Err(format!("unreadable response head: {error}")),
     };
-    let header = |wanted: &str| {
+    let values = |wanted: &'static str| {
         response
             .headers
             .iter()
-            .find(|header| header.name.eq_ignore_ascii_case(wanted))
-            .and_then(|header| std::str::from_utf8(header.value).ok())
-            .map(str::trim)
+            .filter(move |header| header.name.eq_ignore_ascii_case(wanted))
+            .map(|header| String::from_utf8_lossy(header.value).trim().to_owned())
     };
     // A Transfer-Encoding overrides any Content-Length (RFC 9112, 6.3).
-    let content_length = match (header("transfer-encoding"), header("content-length")) {
-        (Some(_), _) | (None, None) => None,
-        (None, Some(value)) => Some(
-            value
-                .parse::<u64>()
-                .map_err(|_| format!("unreadable Content-Length {value:?}"))?,
-        ),
+    let content_length = match values("transfer-encoding").next() {
+        Some(_) => None,
+        None => content_length(values("content-length"))?,
     };
-    let closes = header("connection").is_some_and(|value| {
+    let closes = values("connection").any(|value| {
         value
             .split(',')
             .any(|option| option.trim().eq_ignore_ascii_case("close"))
@@ -493,51 +555,75 @@ fn parse_response_head(bytes: &[u8]) -> Result<Option<(ResponseHead, usize)>, St
         status: response.code.unwrap_or(0),
         content_length,
         keep_alive: response.version == Some(1) && !closes,
-        request_id: header("x-amz-request-id").map(str::to_owned),
+        request_id: values("x-amz-request-id").next(),
     };
     Ok(Some((head, length)))
 }
 
-/// Reads a response head; returns it with the bytes read past it (the body's first bytes).
+/// The length the Content-Length headers give, `None` without one. Every value (headers may be
+/// repeated, values listed) must be the same string of digits (RFC 9110, 8.6): a response that
+/// disagrees with itself cannot be framed, and its connection could not be trusted again.
+fn content_length(values: impl Iterator<Item = String>) -> Result<Option<u64>, String> {
+    let mut length = None;
+    for value in values {
+        for item in value.split(',').map(str::trim) {
+            let digits = !item.is_empty() && item.bytes().all(|byte| byte.is_ascii_digit());
+            let parsed = item.parse::<u64>().ok().filter(|_| digits);
+            match (parsed, length) {
+                (None, _) => return Err(format!("unreadable Content-Length {value:?}")),
+                (Some(parsed), Some(known)) if parsed != known => {
+                    return Err(format!("Content-Lengths that disagree: {known} and {parsed}"));
+                }
+                (Some(parsed), _) => length = Some(parsed),
+            }
+        }
+    }
+    Ok(length)
+}
+
+/// Reads a response head, past any interim ones; returns it with the bytes read past it (the
+/// body's first bytes).
 async fn read_response_head(
     io: &mut Box<dyn Io>,
     origin: &Origin,
 ) -> Result<(ResponseHead, Vec<u8>), Exchange> {
+    let failed = |message: String| Exchange::Failed(GetFailure::Failed(ObjectError::Unreachable(message)));
     let mut bytes = Vec::with_capacity(8 << 10);
+    // Bytes of interim heads already passed, which count toward the bound too.
+    let mut passed = 0;
     loop {
-        let read = io.read_buf(&mut bytes).await;
-        match read {
-            Ok(0) if bytes.is_empty() => {
+        match parse_response_head(&bytes).map_err(|error| failed(format!("{origin}: {error}")))? {
+            Some((head, length)) if head.is_interim() => {
+                bytes.drain(..length);
+                passed += length;
+                continue;
+            }
+            Some((head, length)) => return Ok((head, bytes.split_off(length))),
+            None => {}
+        }
+        if passed + bytes.len() >= MAX_HEAD_BYTES {
+            return Err(failed(format!(
+                "{origin}: a response head longer than {MAX_HEAD_BYTES} bytes"
+            )));
+        }
+        if bytes.capacity() == bytes.len() {
+            bytes.reserve(bytes.len().max(1024));
+        }
+        let nothing_yet = bytes.is_empty() && passed == 0;
+        match io.read_buf(&mut bytes).await {
+            Ok(0) if nothing_yet => {
                 return Err(Exchange::ClosedBeforeAnswer(io::ErrorKind::UnexpectedEof.into()));
             }
             Ok(0) => {
-                return Err(Exchange::Failed(GetFailure::Failed(ObjectError::Unreachable(
-                    format!("{origin} closed the connection inside a response head"),
-                ))));
+                return Err(failed(format!(
+                    "{origin} closed the connection inside a response head"
+                )));
             }
             Ok(_) => {}
-            Err(error) if bytes.is_empty() => return Err(Exchange::ClosedBeforeAnswer(error)),
+            Err(error) if nothing_yet => return Err(Exchange::ClosedBeforeAnswer(error)),
             Err(error) => {
-                return Err(Exchange::Failed(GetFailure::Failed(ObjectError::Unreachable(
-                    format!("reading a response head from {origin}: {error}"),
-                ))));
+                return Err(failed(format!("reading a response head from {origin}: {error}")));
             }
-        }
-        let parsed = parse_response_head(&bytes).map_err(|error| {
-            Exchange::Failed(GetFailure::Failed(ObjectError::Unreachable(format!(
-                "{origin}: {error}"
-            ))))
-        })?;
-        if let Some((head, length)) = parsed {
-            return Ok((head, bytes.split_off(length)));
-        }
-        if bytes.len() >= MAX_HEAD_BYTES {
-            return Err(Exchange::Failed(GetFailure::Failed(ObjectError::Unreachable(
-                format!("{origin}: a response head longer than {MAX_HEAD_BYTES} bytes"),
-            ))));
-        }
-        if bytes.capacity() == bytes.len() {
-            bytes.reserve(bytes.len());
         }
     }
 }
@@ -576,6 +662,19 @@ struct Connection {
     idle_since: Instant,
 }
 
+impl Connection {
+    /// Whether nothing waits to be read on it: no byte, no end, no error (one read tried,
+    /// without waiting).
+    fn is_quiet(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut byte);
+        let mut context = Context::from_waker(Waker::noop());
+        Pin::new(&mut self.io)
+            .poll_read(&mut context, &mut probe)
+            .is_pending()
+    }
+}
+
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
@@ -583,6 +682,27 @@ impl std::fmt::Debug for Connection {
             .field("idle_since", &self.idle_since)
             .finish_non_exhaustive()
     }
+}
+
+/// What a body is read into, and how much of it is there: a pooled body, or an error document.
+trait Filled {
+    fn filled(&self) -> usize;
+}
+
+impl Filled for Body {
+    fn filled(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Filled for Vec<u8> {
+    fn filled(&self) -> usize {
+        self.len()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

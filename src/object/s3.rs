@@ -253,6 +253,11 @@ impl S3Client {
         self.direct.as_ref().is_some_and(|direct| direct.is_on())
     }
 
+    /// How many GETs had their body carried on this client's own connections.
+    pub fn gets_carried_directly(&self) -> u64 {
+        self.direct.as_ref().map_or(0, |direct| direct.carried())
+    }
+
     /// A ranged GET signed by the SDK and carried by [`DirectGet`], which reads its body
     /// straight into a pooled buffer. `None` when it is not to be sent that way: the direct path
     /// is off, the SDK could not presign it (the SDK path then says why), or the direct path
@@ -300,6 +305,14 @@ impl S3Client {
                 key,
             ))),
             Err(GetFailure::Failed(error)) => Some(Err(error)),
+            Err(GetFailure::Unclassified(status)) => {
+                tracing::debug!(
+                    key,
+                    status,
+                    "an error document not read; the GET goes again through the SDK"
+                );
+                None
+            }
             Err(GetFailure::Declined(reason)) => {
                 direct.turn_off(&reason);
                 None
@@ -894,7 +907,7 @@ impl S3Client {
 /// An error and its causes, as one line: "dispatch failure: io error: Connection refused". (The
 /// SDK's DisplayErrorContext appends a Debug dump of the whole error, response headers and
 /// all, which no one reading a log line or a mount's one-line error should have to read.)
-fn source_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn source_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut line = error.to_string();
     let mut cause = error.source();
     while let Some(next) = cause {
