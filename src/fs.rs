@@ -721,8 +721,10 @@ impl S3Fs {
                 Some(entry)
                     if entry.details.is_none() && self.config.posix_metadata == PosixMetadata::Exact =>
                 {
+                    let sent = self.metadata.stamp();
                     return match self.with_details(path, entry).await {
-                        Err(FsError::NotFound) => Ok((None, false)),
+                        // Gone, unless a change of this mount (a create) overtook the HEAD.
+                        Err(FsError::NotFound) => Ok((None, self.metadata.changed_since(path, sent))),
                         detailed => detailed.map(|(entry, overtaken)| (Some(entry), overtaken)),
                     };
                 }
@@ -837,7 +839,10 @@ impl S3Fs {
             },
             (_, Ok(head)) => file_entry_from_head(&head),
             (_, Err(ObjectError::NoSuchKey(_))) => {
-                self.metadata.forget(path);
+                // Not what this mount put there since the HEAD left, which it knows better.
+                if !self.metadata.changed_since(path, sent) {
+                    self.metadata.forget(path);
+                }
                 return Err(FsError::NotFound);
             }
             (_, Err(error)) => return Err(error.into()),

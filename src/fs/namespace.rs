@@ -29,6 +29,9 @@ fn renamed_content_type(metadata: &ObjectMetadata, from: &str, to: &str) -> Opti
 
 /// Copies and deletes of a directory rename in flight at once.
 const RENAME_CONCURRENCY: usize = 16;
+/// How many times a file rename follows a staged file that was let go and staged again while
+/// the rename waited for it, before it moves the object as it is.
+const STAGED_RENAME_ATTEMPTS: usize = 3;
 
 /// `renameat2` flags.
 pub const RENAME_NOREPLACE: u32 = 1;
@@ -233,12 +236,21 @@ impl S3Fs {
         if let Some(replaced) = self.staged.remove(to) {
             self.drop_staged(&replaced).await?;
         }
-        match self.staged.get(from) {
-            Some(staged) => self.rename_staged(from, Arc::from(to), &staged).await?,
-            None => {
-                let (from_key, to_key) = (self.config.root.file_key(from), self.config.root.file_key(to));
-                self.rename_object(&from_key, &to_key).await?;
+        // A staged file let go while the rename waited for it may have been staged again by an
+        // open for writing: that one is the file to move. A few times, then the object.
+        let mut moved = false;
+        for _ in 0..STAGED_RENAME_ATTEMPTS {
+            let Some(staged) = self.staged.get(from) else {
+                break;
+            };
+            if self.rename_staged(from, Arc::from(to), &staged).await? {
+                moved = true;
+                break;
             }
+        }
+        if !moved {
+            let (from_key, to_key) = (self.config.root.file_key(from), self.config.root.file_key(to));
+            self.rename_object(&from_key, &to_key).await?;
         }
         self.metadata.changed_to(from.to_owned(), None);
         self.metadata.changed_unknown(to);
@@ -246,21 +258,20 @@ impl S3Fs {
     }
 
     /// [`S3Fs::rename_file`] of a staged file: its content goes to S3 first if it changed, and
-    /// the staged file follows its object to the new name. A staged file whose last handle's
-    /// settle let it go while this waited for its lock (a rename right after a close) is staged
-    /// no more: its object, in S3 by then, is what moves.
+    /// the staged file follows its object to the new name. `false` when there was nothing to
+    /// do: the last handle's settle let the file go while this waited for its lock (a rename
+    /// right after a close), and it is staged no more.
     async fn rename_staged(
         &self,
         from: &str,
         to: Arc<str>,
         staged: &Arc<super::write::StagedEntry>,
-    ) -> Result<(), FsError> {
+    ) -> Result<bool, FsError> {
         let (from_key, to_key) = (self.config.root.file_key(from), self.config.root.file_key(&to));
         let ctx = self.writes()?;
         let mut file = staged.file.lock().await;
         if !self.staged.holds(from, staged) {
-            drop(file);
-            return self.rename_object(&from_key, &to_key).await;
+            return Ok(false);
         }
         if file.exists_remotely() {
             if file.is_dirty() {
@@ -283,15 +294,17 @@ impl S3Fs {
         }
         staged.update_seen(&file);
         // Under the file's lock, which a settle takes too: the settle finds the entry at its new
-        // name, never a moment where it is at neither.
-        let displaced = self.staged.move_entry(from, to, staged);
+        // name, never a moment where it is at neither. An entry unlinked meanwhile stays out.
+        let (_, displaced) = self.staged.move_entry(from, to.clone(), staged);
         drop(file);
         // A file opened for writing at the new name meanwhile loses that name, as the one
-        // replaced at the start did.
-        if let Some(displaced) = displaced {
-            self.drop_staged(&displaced).await?;
+        // replaced at the start did. The rename itself is done whatever that costs it.
+        if let Some(displaced) = displaced
+            && let Err(error) = self.drop_staged(&displaced).await
+        {
+            tracing::warn!(path = %to, %error, "a file opened at a rename's target during the rename lost its name; its handles may fail");
         }
-        Ok(())
+        Ok(true)
     }
 
     /// [`S3Fs::rename_file`] of a file not staged: copied with every header the object has,

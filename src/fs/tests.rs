@@ -1256,25 +1256,45 @@ async fn a_lookup_overtaken_by_a_close_of_the_same_file_answers_with_the_new_fil
     );
 }
 
-/// With exact POSIX metadata a lookup completes a listed entry with a HEAD of its own. A close of
-/// the same file that overtakes that HEAD wins, as it does over a lookup's first HEAD: the answer
-/// from before the close is not believed.
-#[tokio::test]
-async fn an_exact_lookup_of_a_listed_file_overtaken_by_a_close_answers_with_the_new_file() {
+/// A writable file system with exact POSIX metadata over a bucket holding `f` ("old content"),
+/// its root listed (`f` known without its details) and the HEADs a listing starts ahead held
+/// back (while the permit lives), so that a lookup's own HEAD completes `f`.
+async fn exact_with_f_listed() -> (
+    Arc<Bucket>,
+    tempfile::TempDir,
+    Arc<S3Fs>,
+    tokio::sync::OwnedSemaphorePermit,
+) {
     let client = Arc::new(Bucket::memory("b"));
     client.put_object("f", "old content");
     let dir = tempfile::tempdir().unwrap();
     let mut exact = config("");
     exact.posix_metadata = PosixMetadata::Exact;
     let fs = Arc::new(writable_with(&client, &dir, exact));
-    let _ahead = hold_details_ahead(&fs).await;
+    let ahead = hold_details_ahead(&fs).await;
     let listed = list_names(&fs, ROOT_INO).await;
     assert!(listed.iter().any(|(name, _)| name == "f"), "{listed:?}");
-    let lookup = {
-        let fs = fs.clone();
-        let lookup = async move { fs.lookup(ROOT_INO, OsStr::new("f")).await };
-        sent_now_answered_late(&client, Duration::from_millis(300), 1, lookup).await
-    };
+    (client, dir, fs, ahead)
+}
+
+/// A lookup of `f` whose `requests` requests are sent now and answered 300 ms later.
+async fn lookup_of_f_answered_late(
+    fs: &Arc<S3Fs>,
+    client: &Arc<Bucket>,
+    requests: u64,
+) -> tokio::task::JoinHandle<Result<Attr, FsError>> {
+    let fs = fs.clone();
+    let lookup = async move { fs.lookup(ROOT_INO, OsStr::new("f")).await };
+    sent_now_answered_late(client, Duration::from_millis(300), requests, lookup).await
+}
+
+/// With exact POSIX metadata a lookup completes a listed entry with a HEAD of its own. A close of
+/// the same file that overtakes that HEAD wins, as it does over a lookup's first HEAD: the answer
+/// from before the close is not believed.
+#[tokio::test]
+async fn an_exact_lookup_of_a_listed_file_overtaken_by_a_close_answers_with_the_new_file() {
+    let (client, _dir, fs, _ahead) = exact_with_f_listed().await;
+    let lookup = lookup_of_f_answered_late(&fs, &client, 1).await;
     answer_at_once(&client);
     rewrite(&fs, ROOT_INO, "f", b"the new, longer content").await;
     let looked_up = lookup.await.unwrap().unwrap();
@@ -1292,6 +1312,37 @@ async fn an_exact_lookup_of_a_listed_file_overtaken_by_a_close_answers_with_the_
 /// every later version other writers put there).
 #[tokio::test]
 async fn a_rename_that_waited_for_the_settle_of_the_last_close_moves_the_object() {
+    let (client, _dir, fs, writer) = tmp_written_beside_final().await;
+    // Both wait for the file's lock, the release first (tokio's mutex is fair).
+    let staged = fs.staged.get("tmp").unwrap();
+    let held = staged.file.lock().await;
+    let release = spawn_release(&fs, writer);
+    let_the_others_run().await;
+    let rename = spawn_rename(&fs, "tmp", "final");
+    let_the_others_run().await;
+    let heads = client.calls(Op::Head);
+    drop(held);
+    release.await.unwrap();
+    rename.await.unwrap().unwrap();
+    assert_eq!(
+        client.calls(Op::Head) - heads,
+        1,
+        "the settle went first: the rename HEADed the object it moved (a staged move HEADs nothing)"
+    );
+    assert_eq!(client.keys(), vec!["final".to_owned()]);
+    assert_eq!(client.body("final").as_deref(), Some(&b"the new version"[..]));
+    assert!(fs.staged.all().is_empty(), "nothing is left staged");
+    client.put_object("final", "a later version, from elsewhere");
+    let ino = lookup_path(&fs, "final").await.unwrap().ino;
+    assert_eq!(
+        read_all(&fs, ino).await.unwrap(),
+        b"a later version, from elsewhere"
+    );
+}
+
+/// A file system over a bucket holding `final` ("the old version"), with `tmp` created, written
+/// ("the new version") and flushed, its writer's handle still open, and `final` looked up.
+async fn tmp_written_beside_final() -> (Arc<Bucket>, tempfile::TempDir, Arc<S3Fs>, u64) {
     let client = Arc::new(Bucket::memory("b"));
     client.put_object("final", "the old version");
     let dir = tempfile::tempdir().unwrap();
@@ -1303,38 +1354,141 @@ async fn a_rename_that_waited_for_the_settle_of_the_last_close_moves_the_object(
     fs.write(writer.handle, 0, b"the new version").await.unwrap();
     fs.flush(writer.handle).await.unwrap();
     lookup_path(&fs, "final").await.unwrap();
-    // Both wait for the file's lock, the release first (tokio's mutex is fair).
+    (client, dir, fs, writer.handle)
+}
+
+fn spawn_rename(
+    fs: &Arc<S3Fs>,
+    from: &'static str,
+    to: &'static str,
+) -> tokio::task::JoinHandle<Result<(), FsError>> {
+    let fs = fs.clone();
+    tokio::spawn(async move {
+        fs.rename(ROOT_INO, OsStr::new(from), ROOT_INO, OsStr::new(to), 0)
+            .await
+    })
+}
+
+fn spawn_release(fs: &Arc<S3Fs>, handle: u64) -> tokio::task::JoinHandle<()> {
+    let fs = fs.clone();
+    tokio::spawn(async move { fs.release(handle).await })
+}
+
+/// Lets the tasks spawned on this (current-thread) runtime run until they wait on something.
+async fn let_the_others_run() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The other order: the rename takes the staged file's lock first, and the release's settle
+/// waits behind it. The settle then finds the file at its new name and lets it go there.
+#[tokio::test]
+async fn a_rename_that_took_the_lock_before_the_settle_moves_the_staged_file() {
+    let (client, _dir, fs, writer) = tmp_written_beside_final().await;
     let staged = fs.staged.get("tmp").unwrap();
     let held = staged.file.lock().await;
-    let release = {
-        let fs = fs.clone();
-        tokio::spawn(async move { fs.release(writer.handle).await })
-    };
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
-    }
-    let rename = {
-        let fs = fs.clone();
-        tokio::spawn(async move {
-            fs.rename(ROOT_INO, OsStr::new("tmp"), ROOT_INO, OsStr::new("final"), 0)
-                .await
-        })
-    };
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
-    }
+    let rename = spawn_rename(&fs, "tmp", "final");
+    let_the_others_run().await;
+    let release = spawn_release(&fs, writer);
+    let_the_others_run().await;
+    let heads = client.calls(Op::Head);
     drop(held);
-    release.await.unwrap();
     rename.await.unwrap().unwrap();
+    release.await.unwrap();
+    assert_eq!(
+        client.calls(Op::Head),
+        heads,
+        "the staged file moved, not the object"
+    );
     assert_eq!(client.keys(), vec!["final".to_owned()]);
     assert_eq!(client.body("final").as_deref(), Some(&b"the new version"[..]));
-    assert!(fs.staged.all().is_empty(), "nothing is left staged");
-    client.put_object("final", "a later version, from elsewhere");
-    let ino = lookup_path(&fs, "final").await.unwrap().ino;
-    assert_eq!(
-        read_all(&fs, ino).await.unwrap(),
-        b"a later version, from elsewhere"
+    assert!(fs.staged.all().is_empty(), "the settle let it go at its new name");
+}
+
+/// A file whose upload at the last close failed stays staged for a retry: a rename then moves
+/// the staged file (uploading it itself), and the retry's settle lets it go at the new name.
+#[tokio::test]
+async fn a_rename_of_a_file_whose_last_upload_failed_moves_it_and_it_settles_later() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("final", "the old version");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(writable(&client, &dir));
+    let (_, writer) = fs
+        .create(ROOT_INO, OsStr::new("tmp"), libc::O_WRONLY | libc::O_CREAT)
+        .await
+        .unwrap();
+    fs.write(writer.handle, 0, b"the new version").await.unwrap();
+    client.fail_next(Op::Put, 1, ObjectError::AccessDenied("no".into()));
+    fs.release(writer.handle).await;
+    assert!(fs.staged.get("tmp").is_some(), "kept for a retry");
+    fs.rename(ROOT_INO, OsStr::new("tmp"), ROOT_INO, OsStr::new("final"), 0)
+        .await
+        .unwrap();
+    assert!(
+        fs.staged.get("final").is_some(),
+        "staged at its new name, for the retry"
     );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !fs.staged.all().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the retry never settled it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(client.keys(), vec!["final".to_owned()]);
+    assert_eq!(client.body("final").as_deref(), Some(&b"the new version"[..]));
+}
+
+/// An unlink of the source while the rename's copy is on its way takes the staged file's name:
+/// the rename must not give it the new one, where the next writer's data would go into a file
+/// that is never uploaded.
+#[tokio::test]
+async fn a_source_unlinked_during_the_rename_is_not_staged_at_the_new_name() {
+    let client = Arc::new(Bucket::memory("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(writable(&client, &dir));
+    let (_, first) = fs
+        .create(ROOT_INO, OsStr::new("tmp"), libc::O_WRONLY | libc::O_CREAT)
+        .await
+        .unwrap();
+    fs.write(first.handle, 0, b"renamed").await.unwrap();
+    fs.flush(first.handle).await.unwrap();
+    client.set_stalled(Op::Copy, true);
+    let rename = spawn_rename(&fs, "tmp", "final");
+    while client.calls(Op::Copy) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let unlink = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.unlink(ROOT_INO, OsStr::new("tmp")).await })
+    };
+    let_the_others_run().await;
+    client.set_stalled(Op::Copy, false);
+    rename.await.unwrap().unwrap();
+    unlink.await.unwrap().unwrap();
+    assert!(fs.staged.get("final").is_none(), "the unlinked file has no name");
+    let ino = lookup_path(&fs, "final").await.unwrap().ino;
+    let second = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).await.unwrap();
+    fs.write(second.handle, 0, b"second writer").await.unwrap();
+    fs.flush(second.handle).await.unwrap();
+    fs.release(second.handle).await;
+    fs.release(first.handle).await;
+    assert_eq!(
+        client.body("final").as_deref(),
+        Some(&b"second writer"[..]),
+        "the second writer's close succeeded, so its data is in S3"
+    );
+}
+
+/// With exact POSIX metadata, a listed file's HEAD that answers "no such key" after this mount
+/// created the file again and closed it is not believed either.
+#[tokio::test]
+async fn an_exact_lookup_whose_not_found_a_create_overtook_answers_with_the_new_file() {
+    let (client, _dir, fs, _ahead) = exact_with_f_listed().await;
+    client.inner().delete_object("f");
+    let lookup = lookup_of_f_answered_late(&fs, &client, 1).await;
+    answer_at_once(&client);
+    rewrite(&fs, ROOT_INO, "f", b"the new, longer content").await;
+    assert_eq!(lookup.await.unwrap().unwrap().size, 23);
 }
 
 /// The kernel sends a release after close(2) returns, so a writer's `stat` right after its close

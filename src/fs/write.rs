@@ -234,22 +234,25 @@ impl StagedTable {
             .is_some_and(|e| Arc::ptr_eq(e, entry))
     }
 
-    /// Moves `entry` from `from` (if it is there, and not another entry since) to `to`, in one
-    /// hold of the table; returns the entry it displaced at `to`, if any.
+    /// Moves `entry` from `from` to `to`, in one hold of the table: only if it is still at
+    /// `from` and still has a name (an unlink, or a rename onto `from`, may have taken it out
+    /// meanwhile; put at `to`, such an entry would take the writes of the next writer of `to`
+    /// and never upload them). Returns whether it moved, and the entry it displaced at `to`.
     pub(super) fn move_entry(
         &self,
         from: &str,
         to: Arc<str>,
         entry: &Arc<StagedEntry>,
-    ) -> Option<Arc<StagedEntry>> {
+    ) -> (bool, Option<Arc<StagedEntry>>) {
         let mut table = lock(&self.by_path);
-        if table.get(from).is_some_and(|e| Arc::ptr_eq(e, entry)) {
-            table.remove(from);
+        let at_from = table.get(from).is_some_and(|e| Arc::ptr_eq(e, entry));
+        if !at_from || entry.is_unlinked() {
+            return (false, None);
         }
+        table.remove(from);
         entry.set_path(to.clone());
-        table
-            .insert(to, entry.clone())
-            .filter(|displaced| !Arc::ptr_eq(displaced, entry))
+        let displaced = table.insert(to, entry.clone());
+        (true, displaced.filter(|displaced| !Arc::ptr_eq(displaced, entry)))
     }
 
     pub(super) fn remove(&self, path: &str) -> Option<Arc<StagedEntry>> {
