@@ -7,6 +7,7 @@
 
 pub mod disk;
 
+use crate::lock;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -196,7 +197,7 @@ impl BlockReader {
         object: &ObjectVersion,
         blocks: &[u64],
     ) -> (InFlightGuard<'_>, Vec<(u64, watch::Receiver<BlockResult>)>) {
-        let mut registry = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut registry = lock(&self.in_flight);
         let mut owned = InFlightGuard {
             in_flight: &self.in_flight,
             object: object.clone(),
@@ -348,7 +349,7 @@ impl BlockReader {
         tokio::task::spawn_blocking(move || {
             for (name, data, key, sender, permit) in writes {
                 disk.put(&name, &data);
-                in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                lock(&in_flight).remove(&key);
                 drop((sender, permit));
             }
         });
@@ -473,7 +474,7 @@ impl InFlightGuard<'_> {
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        let mut registry = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut registry = lock(self.in_flight);
         for block in self.senders.keys() {
             registry.remove(&(self.object.clone(), *block));
         }

@@ -23,11 +23,12 @@ mod walk;
 mod write;
 pub mod xattr;
 
+use crate::lock;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -978,12 +979,6 @@ fn keep_known_checksum(head: &mut ObjectHead, known: Option<&Entry>) {
     if let Some(details) = &known.details {
         head.checksum_crc32c = details.checksum_crc32c.clone();
     }
-}
-
-/// Locks a std mutex, recovering from poisoning: the data behind these locks stays consistent
-/// at every await-free step, and a panicking request must not take the whole mount down.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -26,6 +26,13 @@ pub mod upload;
 pub mod warm;
 pub mod writeback;
 
+/// Locks a std mutex, recovering from poisoning: the data behind the crate's std mutexes stays
+/// consistent at every step (each critical section is short and await-free), and a panic in
+/// one request or test must not take every later one down with it.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Helpers shared by the unit tests of several modules.
 #[cfg(test)]
 mod test_support {

@@ -200,7 +200,7 @@ pub fn remember_error(operation: &str, path: &str, error: &str) {
     let at = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut recent = RECENT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut recent = crate::lock(&RECENT);
     if recent.len() == RECENT_ERRORS {
         recent.pop_front();
     }

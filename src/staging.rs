@@ -8,6 +8,7 @@
 //! area. It is synchronous (but for `PageCacheEvictor`, which works on tokio's blocking pool) and
 //! knows nothing of S3: the write-back (`writeback`) decides what to do with a leftover.
 
+use crate::lock;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Range;
@@ -175,8 +176,8 @@ impl Staging {
 
     /// Creates the directories (0700) and takes the lock, once.
     fn ready(&self) -> Result<(), StagingError> {
-        let mut lock = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if lock.is_some() {
+        let mut held = lock(&self.lock);
+        if held.is_some() {
             return Ok(());
         }
         for path in [&self.dir, &self.recovery_dir] {
@@ -189,7 +190,7 @@ impl Staging {
                     error,
                 })?;
         }
-        *lock = Some(take_lock(&self.dir)?);
+        *held = Some(take_lock(&self.dir)?);
         Ok(())
     }
 
@@ -412,7 +413,7 @@ impl PageCacheEvictor {
 
     /// Queues `range`; starts a thread to drain the queue unless one runs. Needs a tokio runtime.
     pub fn evict(self: &Arc<Self>, range: Range<u64>) {
-        let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut queue = lock(&self.queue);
         queue.0.push(range);
         if !queue.1 {
             queue.1 = true;
@@ -424,7 +425,7 @@ impl PageCacheEvictor {
     fn drain(&self) {
         loop {
             let ranges = {
-                let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut queue = lock(&self.queue);
                 if queue.0.is_empty() {
                     queue.1 = false;
                     return;

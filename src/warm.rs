@@ -157,8 +157,7 @@ impl Warm {
                     Err(error) => {
                         tracing::warn!(key = %object.key, %error, "cannot warm");
                         self.tally.failed_files.fetch_add(1, Ordering::Relaxed);
-                        *self.tally.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(format!("{}: {error}", object.key));
+                        *crate::lock(&self.tally.last_error) = Some(format!("{}: {error}", object.key));
                     }
                 }
                 self.tally.files_done.fetch_add(1, Ordering::Relaxed);

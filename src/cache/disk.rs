@@ -19,6 +19,7 @@
 //! slot is written only while no index entry points at it, so a read that overlaps a slot's
 //! reuse is told apart from damage: its entry is gone when it looks again.
 
+use crate::lock;
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -681,10 +682,6 @@ impl Drop for DiskCache {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The disk a block of `data_len` bytes takes: its data in whole sectors, and its trailer.

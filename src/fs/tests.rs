@@ -1347,14 +1347,10 @@ async fn tmp_written_beside_final() -> (Arc<Bucket>, tempfile::TempDir, Arc<S3Fs
     client.put_object("final", "the old version");
     let dir = tempfile::tempdir().unwrap();
     let fs = Arc::new(writable(&client, &dir));
-    let (_, writer) = fs
-        .create(ROOT_INO, OsStr::new("tmp"), libc::O_WRONLY | libc::O_CREAT)
-        .await
-        .unwrap();
-    fs.write(writer.handle, 0, b"the new version").await.unwrap();
-    fs.flush(writer.handle).await.unwrap();
+    let (_, writer) = create_file(&fs, ROOT_INO, "tmp", b"the new version").await;
+    fs.flush(writer).await.unwrap();
     lookup_path(&fs, "final").await.unwrap();
-    (client, dir, fs, writer.handle)
+    (client, dir, fs, writer)
 }
 
 fn spawn_rename(
@@ -1414,13 +1410,9 @@ async fn a_rename_of_a_file_whose_last_upload_failed_moves_it_and_it_settles_lat
     client.put_object("final", "the old version");
     let dir = tempfile::tempdir().unwrap();
     let fs = Arc::new(writable(&client, &dir));
-    let (_, writer) = fs
-        .create(ROOT_INO, OsStr::new("tmp"), libc::O_WRONLY | libc::O_CREAT)
-        .await
-        .unwrap();
-    fs.write(writer.handle, 0, b"the new version").await.unwrap();
+    let (_, writer) = create_file(&fs, ROOT_INO, "tmp", b"the new version").await;
     client.fail_next(Op::Put, 1, ObjectError::AccessDenied("no".into()));
-    fs.release(writer.handle).await;
+    fs.release(writer).await;
     assert!(fs.staged.get("tmp").is_some(), "kept for a retry");
     fs.rename(ROOT_INO, OsStr::new("tmp"), ROOT_INO, OsStr::new("final"), 0)
         .await
@@ -1446,12 +1438,8 @@ async fn a_source_unlinked_during_the_rename_is_not_staged_at_the_new_name() {
     let client = Arc::new(Bucket::memory("b"));
     let dir = tempfile::tempdir().unwrap();
     let fs = Arc::new(writable(&client, &dir));
-    let (_, first) = fs
-        .create(ROOT_INO, OsStr::new("tmp"), libc::O_WRONLY | libc::O_CREAT)
-        .await
-        .unwrap();
-    fs.write(first.handle, 0, b"renamed").await.unwrap();
-    fs.flush(first.handle).await.unwrap();
+    let (_, first) = create_file(&fs, ROOT_INO, "tmp", b"renamed").await;
+    fs.flush(first).await.unwrap();
     client.set_stalled(Op::Copy, true);
     let rename = spawn_rename(&fs, "tmp", "final");
     while client.calls(Op::Copy) == 0 {
@@ -1471,7 +1459,7 @@ async fn a_source_unlinked_during_the_rename_is_not_staged_at_the_new_name() {
     fs.write(second.handle, 0, b"second writer").await.unwrap();
     fs.flush(second.handle).await.unwrap();
     fs.release(second.handle).await;
-    fs.release(first.handle).await;
+    fs.release(first).await;
     assert_eq!(
         client.body("final").as_deref(),
         Some(&b"second writer"[..]),

@@ -9,6 +9,7 @@
 //! at most `IDLE_BYTES` of idle buffers, by size class (whole MiB), and frees the rest. The block
 //! cache reads blocks from disk into buffers of its own pool the same way.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -99,7 +100,7 @@ impl BufferPool {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
-        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.idle)
     }
 
     #[cfg(test)]

@@ -21,6 +21,7 @@
 //! and only if nothing arrived on it while it sat idle: bytes that no request asked for are
 //! never taken as the answer to a later one.
 
+use crate::lock;
 use std::io;
 use std::ops::Range;
 use std::pin::Pin;
@@ -699,10 +700,6 @@ impl Filled for Vec<u8> {
     fn filled(&self) -> usize {
         self.len()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -8,10 +8,11 @@
 //! (`cfg(test)` or the `test-util` feature), never into the release binary. It derefs to the
 //! wrapped client, so a test keeps using its setup helpers (`put_object`, `counters`, ...).
 
+use crate::lock;
 use std::collections::VecDeque;
 use std::ops::{Deref, Range};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -52,10 +53,6 @@ pub struct FaultClient<C> {
     stalled: watch::Sender<u16>,
     /// Calls of each operation made through this wrapper, whatever became of them.
     calls: [AtomicU64; OP_COUNT],
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<C> FaultClient<C> {

@@ -34,12 +34,13 @@
 //!   the metadata. A copy's storage class and encryption are the request's, not the source's
 //!   (S3 gives a copy the bucket's defaults unless told).
 
+use crate::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{DefaultHasher, Hasher};
 use std::ops::{Bound, Range};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -137,12 +138,6 @@ impl fmt::Debug for MemoryClient {
             .field("objects", &self.object_count())
             .finish_non_exhaustive()
     }
-}
-
-/// Locks a mutex, carrying on if a panicking test poisoned it (the data is still consistent:
-/// every critical section here is a plain read or a single insert/remove).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The quoted, content-derived ETag described in the module documentation.

@@ -21,6 +21,7 @@
 //! S3 then needs the algorithm named at CreateMultipartUpload and every part's checksum repeated
 //! at CompleteMultipartUpload, so the client keeps the checksums of the uploads it has open.
 
+use crate::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::ops::Range;
@@ -110,7 +111,7 @@ type EtagAndChecksum = (String, String);
 
 impl PartChecksums {
     fn record(&self, upload_id: &str, part_number: u32, etag: &str, checksum: String) {
-        let mut uploads = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut uploads = lock(&self.0);
         uploads
             .entry(upload_id.to_owned())
             .or_default()
@@ -119,13 +120,13 @@ impl PartChecksums {
 
     /// The checksum of the part as last uploaded, if that upload gave it `etag`.
     fn of(&self, upload_id: &str, part_number: u32, etag: &str) -> Option<String> {
-        let uploads = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let uploads = lock(&self.0);
         let (recorded_etag, checksum) = uploads.get(upload_id)?.get(&part_number)?;
         (recorded_etag == etag).then(|| checksum.clone())
     }
 
     fn forget(&self, upload_id: &str) {
-        let mut uploads = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut uploads = lock(&self.0);
         uploads.remove(upload_id);
     }
 }
