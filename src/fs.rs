@@ -12,6 +12,7 @@
 
 pub mod dir;
 pub mod error;
+mod gates;
 mod headers;
 pub mod inode;
 mod metadata;
@@ -317,6 +318,8 @@ pub struct S3Fs {
     files: Mutex<HashMap<u64, Handle>>,
     /// Files being written on this mount, by path: every handle on a path shares one.
     staged: write::StagedTable,
+    /// Keeps renames and the opens for writing or metadata changes of the names they move apart.
+    gates: gates::PathGates,
     /// `None` on a read-only mount.
     writes: Option<Arc<WriteContext>>,
     dirs: Mutex<HashMap<u64, Arc<readdir::OpenDir>>>,
@@ -358,6 +361,7 @@ impl S3Fs {
             metadata,
             files: Mutex::new(HashMap::new()),
             staged: write::StagedTable::default(),
+            gates: gates::PathGates::default(),
             writes,
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -457,6 +461,15 @@ impl S3Fs {
         }
         if mode.write {
             self.writes()?;
+            // Not while a rename moves the file: staged from the key the rename deletes, or
+            // uploaded before the rename's copy lands over it, what it writes would be lost.
+            let (path, _pass) = self.pass_to_change(|| self.path_of(ino)).await?;
+            if let Some(entry) = self.staged.get(&path)
+                && let Some(opened) = self.open_staged(ino, entry, mode).await?
+            {
+                return Ok(opened);
+            }
+            return self.open_for_write(ino, &path, mode).await;
         }
         for attempt in 0..OPEN_ATTEMPTS {
             if attempt > 0 {
@@ -468,9 +481,6 @@ impl S3Fs {
                 && let Some(opened) = self.open_staged(ino, entry, mode).await?
             {
                 return Ok(opened);
-            }
-            if mode.write {
-                return self.open_for_write(ino, &path, mode).await;
             }
             if let Some(opened) = self.open_for_read(ino, &path).await? {
                 return Ok(opened);

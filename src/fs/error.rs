@@ -23,6 +23,10 @@ pub enum FsError {
     /// The kernel named an inode or handle we do not know (forgotten, or never handed out).
     #[error("unknown inode or file handle")]
     BadHandle,
+    /// The file an inode named was replaced (a rename over it) while the request waited for
+    /// that rename: ESTALE, on which the kernel looks the name up again and retries an open.
+    #[error("the file was replaced meanwhile")]
+    Stale,
     #[error("invalid name: {0}")]
     InvalidName(#[from] NameError),
     #[error("operation not supported")]
@@ -66,6 +70,7 @@ impl FsError {
             FsError::IsADirectory => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
+            FsError::Stale => libc::ESTALE,
             FsError::InvalidName(NameError::TooLong | NameError::KeyTooLong) => libc::ENAMETOOLONG,
             // Such a name can never exist in the bucket as we show it.
             FsError::InvalidName(
@@ -123,6 +128,7 @@ mod tests {
     #[test]
     fn errnos() {
         assert_eq!(FsError::NotFound.errno(), libc::ENOENT);
+        assert_eq!(FsError::Stale.errno(), libc::ESTALE);
         assert_eq!(FsError::from(NameError::TooLong).errno(), libc::ENAMETOOLONG);
         assert_eq!(
             FsError::from(ObjectError::PreconditionFailed("k".into())).errno(),

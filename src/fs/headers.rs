@@ -38,7 +38,8 @@ impl S3Fs {
         edit: impl Fn(&mut ObjectMetadata, Kind, SystemTime) -> Result<(), FsError>,
     ) -> Result<Entry, FsError> {
         self.writes()?;
-        let path = self.path_of(ino)?;
+        // Not while a rename moves the file: the change could land on the key it deletes.
+        let (path, _pass) = self.pass_to_change(|| self.path_of(ino)).await?;
         if let Some(staged) = self.staged.get(&path) {
             return self.change_staged_headers(&staged, &edit).await;
         }

@@ -3,14 +3,17 @@
 //!
 //! S3 has no rename: a file is copied on the server (in parts above 5 GiB) and the source
 //! deleted; a directory is every key under it, moved one by one, which is not atomic and is
-//! refused with EXDEV past `max_rename_keys` (so `mv` copies file by file instead). Owns these
-//! rules and keeps the staged files, the inode table and the metadata cache in step with them.
+//! refused with EXDEV past `max_rename_keys` (so `mv` copies file by file instead). A rename
+//! holds its names (`gates`) so that no open for writing or metadata change of them runs under
+//! it. Owns these rules and keeps the staged files, the inode table and the metadata cache in
+//! step with them.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
 
+use super::gates::MovePass;
 use super::names::{check_os_name, join};
 use super::write::content_type_of;
 use super::{Attr, Creator, Details, Entry, FsError, Kind, S3Fs, lock};
@@ -201,8 +204,7 @@ impl S3Fs {
             // RENAME_EXCHANGE cannot be done on S3 without a window where one name is missing.
             return Err(FsError::InvalidArgument);
         }
-        let from = self.child_path(parent, name)?;
-        let to = self.child_path(new_parent, new_name)?;
+        let (from, to, _pass) = self.pass_to_move(parent, name, new_parent, new_name).await?;
         if from == to {
             return Ok(());
         }
@@ -226,6 +228,35 @@ impl S3Fs {
         }
         lock(&self.inodes).rename(&from, &to);
         Ok(())
+    }
+
+    /// A rename's source and target paths, and its pass to move them (see `gates`), taken at the
+    /// paths they are once no other rename moves them (a rename of a directory above may have).
+    async fn pass_to_move(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+    ) -> Result<(String, String, MovePass), FsError> {
+        let paths = || -> Result<(String, String), FsError> {
+            Ok((
+                self.child_path(parent, name)?,
+                self.child_path(new_parent, new_name)?,
+            ))
+        };
+        let (mut from, mut to) = paths()?;
+        loop {
+            let pass = self
+                .gates
+                .moving(vec![Arc::from(from.as_str()), Arc::from(to.as_str())])
+                .await;
+            let after = paths()?;
+            if after == (from.clone(), to.clone()) {
+                return Ok((from, to, pass));
+            }
+            (from, to) = after;
+        }
     }
 
     /// Moves one file. A file never uploaded just changes the key it will be uploaded to;

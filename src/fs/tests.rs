@@ -1440,11 +1440,7 @@ async fn a_source_unlinked_during_the_rename_is_not_staged_at_the_new_name() {
     let fs = Arc::new(writable(&client, &dir));
     let (_, first) = create_file(&fs, ROOT_INO, "tmp", b"renamed").await;
     fs.flush(first).await.unwrap();
-    client.set_stalled(Op::Copy, true);
-    let rename = spawn_rename(&fs, "tmp", "final");
-    while client.calls(Op::Copy) == 0 {
-        tokio::task::yield_now().await;
-    }
+    let rename = spawn_rename_held_at_its_copy(&client, &fs, "tmp", "final").await;
     let unlink = {
         let fs = fs.clone();
         tokio::spawn(async move { fs.unlink(ROOT_INO, OsStr::new("tmp")).await })
@@ -1464,6 +1460,141 @@ async fn a_source_unlinked_during_the_rename_is_not_staged_at_the_new_name() {
         client.body("final").as_deref(),
         Some(&b"second writer"[..]),
         "the second writer's close succeeded, so its data is in S3"
+    );
+}
+
+/// Starts a rename of `from` to `to` and returns once its copy is on its way, held there until
+/// the test lets copies go (`set_stalled(Op::Copy, false)`).
+async fn spawn_rename_held_at_its_copy(
+    client: &Bucket,
+    fs: &Arc<S3Fs>,
+    from: &'static str,
+    to: &'static str,
+) -> tokio::task::JoinHandle<Result<(), FsError>> {
+    client.set_stalled(Op::Copy, true);
+    let rename = spawn_rename(fs, from, to);
+    while client.calls(Op::Copy) == 0 {
+        tokio::task::yield_now().await;
+    }
+    rename
+}
+
+/// A writer that opens `ino` for writing, writes `data` at its start, and closes it.
+fn spawn_write_at_start(
+    fs: &Arc<S3Fs>,
+    ino: u64,
+    data: &'static [u8],
+) -> tokio::task::JoinHandle<Result<(), FsError>> {
+    let fs = fs.clone();
+    tokio::spawn(async move {
+        let opened = fs.open(ino, libc::O_WRONLY).await?;
+        fs.write(opened.handle, 0, data).await?;
+        let flushed = fs.flush(opened.handle).await;
+        fs.release(opened.handle).await;
+        flushed
+    })
+}
+
+/// A writer that opens a rename's target while the rename's copy is on its way waits for the
+/// rename: otherwise its upload could land first and the copy over it, its close having
+/// reported success. The inode it opened was replaced meanwhile: ESTALE, on which the kernel
+/// looks the name up again and opens what the rename put there, and writes over it.
+#[tokio::test]
+async fn a_writer_of_the_target_during_a_rename_goes_after_it() {
+    let (client, _dir, fs, first) = tmp_written_beside_final().await;
+    fs.release(first).await;
+    let final_ino = lookup_path(&fs, "final").await.unwrap().ino;
+    let rename = spawn_rename_held_at_its_copy(&client, &fs, "tmp", "final").await;
+    let writer = {
+        let fs = fs.clone();
+        tokio::spawn(async move {
+            let flags = libc::O_WRONLY | libc::O_TRUNC;
+            let stale = fs.open(final_ino, flags).await.unwrap_err();
+            assert_eq!(stale.errno(), libc::ESTALE, "{stale}");
+            let ino = lookup_path(&fs, "final").await.unwrap().ino;
+            let opened = fs.open(ino, flags).await?;
+            fs.write(opened.handle, 0, b"the writer's").await?;
+            let flushed = fs.flush(opened.handle).await;
+            fs.release(opened.handle).await;
+            flushed
+        })
+    };
+    let_the_others_run().await;
+    assert!(!writer.is_finished(), "the writer waits for the rename");
+    assert_eq!(client.calls(Op::Put), 1, "only tmp's own upload so far");
+    client.set_stalled(Op::Copy, false);
+    rename.await.unwrap().unwrap();
+    writer.await.unwrap().unwrap();
+    assert_eq!(client.keys(), vec!["final".to_owned()]);
+    assert_eq!(client.body("final").as_deref(), Some(&b"the writer's"[..]));
+}
+
+/// An open for writing of a rename's source while the object is being moved waits, then opens
+/// the file at its new name (the inode it opens moved there): staged from the source key, which
+/// the rename deletes, its untouched bytes could never be uploaded.
+#[tokio::test]
+async fn an_open_for_writing_of_the_source_during_a_rename_opens_the_moved_file() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("tmp", "moved content");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(writable(&client, &dir));
+    let tmp_ino = lookup_path(&fs, "tmp").await.unwrap().ino;
+    let rename = spawn_rename_held_at_its_copy(&client, &fs, "tmp", "final").await;
+    let writer = spawn_write_at_start(&fs, tmp_ino, b"MOVED");
+    let_the_others_run().await;
+    assert!(!writer.is_finished(), "the writer waits for the rename");
+    client.set_stalled(Op::Copy, false);
+    rename.await.unwrap().unwrap();
+    writer.await.unwrap().unwrap();
+    assert_eq!(client.keys(), vec!["final".to_owned()]);
+    assert_eq!(client.body("final").as_deref(), Some(&b"MOVED content"[..]));
+    assert!(fs.staged.all().is_empty());
+}
+
+/// A directory rename holds the files below it too: an open for writing of one of them while
+/// the keys are being moved waits, then opens the file under the directory's new name.
+#[tokio::test]
+async fn an_open_for_writing_below_a_directory_being_renamed_opens_it_at_the_new_name() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("d/f", "moved content");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(writable(&client, &dir));
+    let f_ino = lookup_path(&fs, "d/f").await.unwrap().ino;
+    let rename = spawn_rename_held_at_its_copy(&client, &fs, "d", "e").await;
+    let writer = spawn_write_at_start(&fs, f_ino, b"MOVED");
+    let_the_others_run().await;
+    assert!(!writer.is_finished(), "the writer waits for the rename");
+    client.set_stalled(Op::Copy, false);
+    rename.await.unwrap().unwrap();
+    writer.await.unwrap().unwrap();
+    assert_eq!(client.keys(), vec!["e/f".to_owned()]);
+    assert_eq!(client.body("e/f").as_deref(), Some(&b"MOVED content"[..]));
+}
+
+/// A chmod of a rename's source while the object is being moved waits, then changes the file at
+/// its new name; made on the source key, it would be deleted with it (or fail, the key gone).
+#[tokio::test]
+async fn a_metadata_change_of_the_source_during_a_rename_changes_the_moved_file() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("tmp", "content");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(writable(&client, &dir));
+    let tmp_ino = lookup_path(&fs, "tmp").await.unwrap().ino;
+    let rename = spawn_rename_held_at_its_copy(&client, &fs, "tmp", "final").await;
+    let chmod = {
+        let fs = fs.clone();
+        tokio::spawn(async move { fs.setxattr(tmp_ino, OsStr::new("user.note"), b"kept", 0).await })
+    };
+    let_the_others_run().await;
+    assert!(!chmod.is_finished(), "the change waits for the rename");
+    client.set_stalled(Op::Copy, false);
+    rename.await.unwrap().unwrap();
+    chmod.await.unwrap().unwrap();
+    assert_eq!(client.keys(), vec!["final".to_owned()]);
+    let final_ino = lookup_path(&fs, "final").await.unwrap().ino;
+    assert_eq!(
+        fs.getxattr(final_ino, OsStr::new("user.note")).await.unwrap(),
+        b"kept"
     );
 }
 

@@ -355,9 +355,14 @@ impl S3Fs {
         creator: Option<Creator>,
     ) -> Result<(Attr, Opened), FsError> {
         let ctx = self.writes()?.clone();
-        let parent_path = self.path_of(parent)?;
-        let path: Arc<str> = Arc::from(join(&parent_path, check_os_name(name)?));
-        super::names::check_key_len(&self.config.root, &path)?;
+        let name = check_os_name(name)?;
+        let (path, pass) = self
+            .pass_to_change(|| {
+                let path: Arc<str> = Arc::from(join(&self.path_of(parent)?, name));
+                super::names::check_key_len(&self.config.root, &path)?;
+                Ok(path)
+            })
+            .await?;
         let mode = OpenMode {
             opener,
             ..OpenMode::from_flags(flags)
@@ -370,6 +375,9 @@ impl S3Fs {
                 return Err(FsError::IsADirectory);
             }
             let ino = lock(&self.inodes).remember(&path);
+            // The open takes a pass of its own (holding this one, it could wait behind a rename
+            // that waits for this one).
+            drop(pass);
             let opened = self.open_as(ino, flags, opener).await?;
             return self.attr_of_opened(ino, opened).await;
         }
@@ -390,6 +398,7 @@ impl S3Fs {
         let Some(opened) = self.open_staged(ino, stored.clone(), mode).await? else {
             // The file of a create that won the race was uploaded and dropped just now: it
             // exists in S3, and opens as any existing file.
+            drop(pass);
             let opened = self.open_as(ino, flags, opener).await?;
             return self.attr_of_opened(ino, opened).await;
         };
