@@ -137,6 +137,9 @@ enum FitRefusal {
 pub struct DiskCacheCounters {
     pub corrupt_dropped: AtomicU64,
     pub evicted: AtomicU64,
+    /// Slots whose disk space was given back (evicted under the free-space floor, damaged,
+    /// replaced, or left by a failed write).
+    pub punched: AtomicU64,
     pub write_failures: AtomicU64,
 }
 
@@ -167,6 +170,12 @@ struct Index {
     /// Slots below `slot_count` that hold no block and are not being written: the lowest is
     /// taken first, so the file stays as short as the cache.
     free: BTreeSet<u64>,
+    /// The free slots whose disk space was kept: blocks evicted for the size bound leave their
+    /// slot's space to the block coming in their place, which takes these first. Punching it out
+    /// and allocating it again would take the file's inode lock twice, each time waiting for
+    /// every write in flight (a cold read past the bound spent twice the CPU of one within it).
+    /// Only the slots between an eviction and the writes that take them are here.
+    kept: BTreeSet<u64>,
     /// Slots the file spans.
     slot_count: u64,
     next_sequence: u64,
@@ -180,6 +189,7 @@ impl Index {
             total_bytes: 0,
             reserved_bytes: 0,
             free: (0..slot_count).collect(),
+            kept: BTreeSet::new(),
             slot_count,
             next_sequence,
         }
@@ -190,6 +200,7 @@ impl Index {
     /// counted.
     fn insert(&mut self, key: BlockKey, entry: Entry) -> Option<Entry> {
         self.free.remove(&entry.slot);
+        self.kept.remove(&entry.slot);
         self.total_bytes += entry.stored_bytes();
         let replaced = self.lru.put(key, entry);
         if let Some(old) = &replaced {
@@ -388,9 +399,16 @@ impl DiskCache {
             return Err(self.note_failure(error));
         }
         // Another writer may have taken the room meanwhile: then this block is not cached.
-        let Some(entry) = self.reserve_slot(data_len) else {
+        let Some((entry, kept)) = self.reserve_slot(data_len) else {
             return Ok(());
         };
+        if kept {
+            // What the block does not fill of the space kept (a smaller block in a larger one's
+            // slot) goes back to the disk.
+            let start = entry.slot * SLOT_LEN;
+            let padded = data.len().next_multiple_of(DIRECT_ALIGN) as u64;
+            punch_out_bytes(&self.slots, start + padded, start + SLOT_DATA);
+        }
         match self.write_slot(&entry, &description, data) {
             Ok(()) => {
                 let mut index = self.lock_index();
@@ -410,8 +428,8 @@ impl DiskCache {
 
     /// A slot to write a block of `data_len` bytes into, and the write's sequence: no entry
     /// points at it until the write is done. Its bytes are reserved; `None` if they no longer
-    /// fit.
-    fn reserve_slot(&self, data_len: u32) -> Option<Entry> {
+    /// fit. Also whether the slot's disk space was kept from an evicted block (see `kept`).
+    fn reserve_slot(&self, data_len: u32) -> Option<(Entry, bool)> {
         let mut index = self.lock_index();
         let stored = stored_bytes(data_len as usize);
         if self.closed.load(Ordering::Relaxed)
@@ -422,18 +440,33 @@ impl DiskCache {
         index.reserved_bytes += stored;
         let sequence = index.next_sequence;
         index.next_sequence += 1;
-        let slot = match index.free.pop_first() {
-            Some(slot) => slot,
-            None => {
-                index.slot_count += 1;
-                index.slot_count - 1
+        let (slot, kept) = match index.kept.pop_first() {
+            Some(slot) => {
+                index.free.remove(&slot);
+                (slot, true)
             }
+            None => match index.free.pop_first() {
+                Some(slot) => (slot, false),
+                None => {
+                    index.slot_count += 1;
+                    (index.slot_count - 1, false)
+                }
+            },
         };
-        Some(Entry {
+        let entry = Entry {
             slot,
             data_len,
             sequence,
-        })
+        };
+        Some((entry, kept))
+    }
+
+    /// Frees the slot of a block evicted for the size bound, keeping its disk space for the
+    /// block that takes its place.
+    fn keep_slot(&self, slot: u64) {
+        let mut index = self.lock_index();
+        index.free.insert(slot);
+        index.kept.insert(slot);
     }
 
     /// Gives slots no entry points at any more back their disk space (a hole), then to the free
@@ -443,6 +476,9 @@ impl DiskCache {
         for &slot in &slots {
             punch_out(&self.slots, slot..slot + 1);
         }
+        self.counters
+            .punched
+            .fetch_add(slots.len() as u64, Ordering::Relaxed);
         let mut index = self.lock_index();
         index.free.extend(slots);
     }
@@ -645,6 +681,7 @@ impl DiskCache {
             .unwrap_or(0);
         index.slot_count = slot_count;
         index.free.retain(|&slot| slot < slot_count);
+        index.kept.clear();
         self.slots.set_len(slot_count * SLOT_LEN)?;
         for run in super::contiguous_runs(index.free.iter().copied().collect()) {
             punch_out(&self.slots, run);
@@ -677,7 +714,11 @@ impl DiskCache {
             let Some((_, entry)) = victim else {
                 return Err(refusal);
             };
-            self.release_slots(vec![entry.slot]);
+            match refusal {
+                FitRefusal::OverBound { .. } => self.keep_slot(entry.slot),
+                // Under the free-space floor the space must go back to the disk.
+                _ => self.release_slots(vec![entry.slot]),
+            }
             self.counters.evicted.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -1058,6 +1099,19 @@ fn take_saved_index(dir: &Path, slots: &File) -> Option<Index> {
 /// Gives the disk space of `slots` back (a hole). Where the file system cannot punch holes their
 /// trailers are zeroed instead, so that a freed slot whose reuse a kill cuts short is never
 /// taken at the next open for the block it held before.
+/// Gives the disk space of bytes `from..to` of the file back (a hole), where the file system
+/// can; what stays there is never read (it lies past a block's data).
+fn punch_out_bytes(file: &File, from: u64, to: u64) {
+    if from < to {
+        let _ = fallocate(
+            file,
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            from as libc::off_t,
+            (to - from) as libc::off_t,
+        );
+    }
+}
+
 fn punch_out(file: &File, slots: Range<u64>) {
     let punched = fallocate(
         file,
@@ -1301,6 +1355,33 @@ mod tests {
             allocation_end(0, SLOT_LEN, &bounded(plenty, floor), floor + SLOT_LEN + run),
             SLOT_LEN + run
         );
+    }
+
+    #[test]
+    fn a_block_evicted_for_the_size_bound_leaves_its_space_to_the_block_in_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let block = vec![5u8; SLOT_DATA as usize];
+        let cache = DiskCache::open(dir.path(), limits(2 * stored_bytes(block.len()))).unwrap();
+        for index in 0..10 {
+            cache.put(&name("k", index), &block);
+        }
+        assert_eq!(cache.counters.evicted.load(Ordering::Relaxed), 8);
+        assert_eq!(
+            cache.counters.punched.load(Ordering::Relaxed),
+            0,
+            "each slot went straight to the next block"
+        );
+        assert_eq!(cache.get(&name("k", 9)).as_deref(), Some(&block[..]));
+        // A smaller block in a kept slot gives back what it does not fill.
+        let small = vec![6u8; 5000];
+        cache.put(&name("small", 0), &small);
+        let allocated = fs::metadata(slots_path(dir.path())).unwrap().blocks() * 512;
+        assert!(
+            allocated <= SLOT_LEN + stored_bytes(small.len()) + DIRECT_ALIGN as u64,
+            "{allocated} bytes on disk for a block of {SLOT_DATA} and one of 5000"
+        );
+        assert_eq!(cache.get(&name("small", 0)).as_deref(), Some(&small[..]));
+        assert_eq!(cache.get(&name("k", 9)).as_deref(), Some(&block[..]));
     }
 
     #[test]
