@@ -75,7 +75,13 @@ fn failed(fs: &S3Fs, op: &'static str, ino: u64, started: std::time::Instant, er
 fn log_failure(fs: &S3Fs, op: &'static str, ino: u64, errno: i32, error: &FsError) {
     let path = fs.path_for_log(ino);
     let errno_name = metrics::errno_name(errno);
-    match metrics::errno_severity(errno) {
+    // A file a rename replaced while the request waited: the kernel looks it up again and
+    // retries, so nothing failed that anyone sees.
+    let severity = match error {
+        FsError::Stale => tracing::Level::DEBUG,
+        _ => metrics::errno_severity(errno),
+    };
+    match severity {
         tracing::Level::DEBUG => {
             tracing::debug!(op, path = %path, errno = errno_name, %error, "request failed")
         }

@@ -2,17 +2,20 @@
 //!
 //! S3 has no rename: s3mount copies the object to the new key and deletes the old one, which at
 //! real S3 latency takes from tens of milliseconds to minutes. Meanwhile the kernel lets an open
-//! for writing of either name through (it locks the parent directories of a rename against
-//! creates, not against opens of an existing name, nor against chmod of either file). Left
-//! alone, such a writer's upload could land before the copy and be overwritten by it (its close
-//! reported success, its data gone), or its file could be staged from the source key the rename
-//! is about to delete. So a rename holds a [`MovePass`] on both names, and every open for
-//! writing, create or metadata change holds a [`ChangePass`] on its path while it stages or
-//! changes the file: a change waits for a rename of its path (or of a directory above it) to
-//! finish, then goes on at whatever name the file has by then; a rename waits for the changes
-//! already under way. A waiting rename stops new changes from starting, so a stream of writers
-//! cannot starve it. A pass lasts only while a file is staged or changed, not for the life of a
-//! handle: writes through handles already open go on during a rename, as POSIX has them.
+//! for writing of either name through, and anything inside a renamed directory (it locks the
+//! parent directories and the renamed inodes, not those). Left alone, such a writer's upload
+//! could land before the copy and be overwritten by it (its close reported success, its data
+//! gone), its file could be staged from the source key the rename is about to delete, or a new
+//! entry could stay behind under the old name. So a rename holds a [`MovePass`] on both names,
+//! and every open for writing, create, metadata change, mkdir, symlink, unlink and rmdir holds a
+//! [`ChangePass`] on its path while it stages or changes it (s3mount's own API, which tests and
+//! tools call directly, has no kernel locks at all): a change waits for a rename of its path
+//! (or of a directory above it) to finish, then goes on at whatever name the file has by then;
+//! a rename waits for the changes already under way. A waiting rename stops new changes from
+//! starting, so a stream of writers cannot starve it. A pass lasts only while a file is staged
+//! or changed, not for the life of a handle: writes through handles already open go on during a
+//! file's rename, as POSIX has them (a directory's rename holds the locks of the files being
+//! written inside it instead, see `namespace`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

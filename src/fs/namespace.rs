@@ -13,12 +13,14 @@ use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
 
-use super::gates::MovePass;
+use super::gates::{ChangePass, MovePass};
 use super::names::{check_os_name, join};
+use super::write::StagedEntry;
 use super::write::content_type_of;
 use super::{Attr, Creator, Details, Entry, FsError, Kind, S3Fs, lock};
 use crate::object::{ListRequest, ObjectMetadata, ObjectSummary, PutOptions};
 use crate::upload::copy_object;
+use crate::writeback::StagedFile;
 
 /// The content type of a file never uploaded, renamed: taken from the new name if it was taken
 /// from the old one, else (an object truncated at open keeps its own) unchanged.
@@ -44,7 +46,7 @@ impl S3Fs {
     /// keep reading and writing it, but it is never uploaded again).
     pub async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
         self.writes()?;
-        let path = self.child_path(parent, name)?;
+        let (path, _pass) = self.pass_for_child(parent, name).await?;
         let entry = self.resolve(&path).await?.ok_or(FsError::NotFound)?;
         if entry.kind == Kind::Dir {
             return Err(FsError::IsADirectory);
@@ -72,7 +74,7 @@ impl S3Fs {
         creator: Option<Creator>,
     ) -> Result<Attr, FsError> {
         self.writes()?;
-        let path = self.child_path(parent, name)?;
+        let (path, _pass) = self.pass_for_child(parent, name).await?;
         // Nothing is at the path, nor under it, as of the answer resolve gets: S3's now, or a
         // negative answer cached for up to a second, which the new directory's first lookup
         // then refreshes (see `MetadataCache::remember_new_dir`).
@@ -115,7 +117,7 @@ impl S3Fs {
         creator: Option<Creator>,
     ) -> Result<Attr, FsError> {
         self.writes()?;
-        let path = self.child_path(parent, name)?;
+        let (path, _pass) = self.pass_for_child(parent, name).await?;
         if target.len() > libc::PATH_MAX as usize {
             return Err(FsError::InvalidName(super::names::NameError::TooLong));
         }
@@ -176,7 +178,7 @@ impl S3Fs {
     /// Removes an empty directory (its marker, if it has one).
     pub async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
         self.writes()?;
-        let path = self.child_path(parent, name)?;
+        let (path, _pass) = self.pass_for_child(parent, name).await?;
         let entry = self.resolve(&path).await?.ok_or(FsError::NotFound)?;
         if entry.kind != Kind::Dir {
             return Err(FsError::NotADirectory);
@@ -296,7 +298,7 @@ impl S3Fs {
         &self,
         from: &str,
         to: Arc<str>,
-        staged: &Arc<super::write::StagedEntry>,
+        staged: &Arc<StagedEntry>,
     ) -> Result<bool, FsError> {
         let (from_key, to_key) = (self.config.root.file_key(from), self.config.root.file_key(&to));
         let ctx = self.writes()?;
@@ -328,14 +330,19 @@ impl S3Fs {
         // name, never a moment where it is at neither. An entry unlinked meanwhile stays out.
         let (_, displaced) = self.staged.move_entry(from, to.clone(), staged);
         drop(file);
-        // A file opened for writing at the new name meanwhile loses that name, as the one
-        // replaced at the start did. The rename itself is done whatever that costs it.
+        self.drop_displaced(&to, displaced).await;
+        Ok(true)
+    }
+
+    /// A file staged at a rename's target during the rename (which the gates keep from
+    /// happening through this mount's own opens) loses that name, as a file there at the start
+    /// did. The rename itself is done whatever that costs it.
+    async fn drop_displaced(&self, to: &str, displaced: Option<Arc<StagedEntry>>) {
         if let Some(displaced) = displaced
             && let Err(error) = self.drop_staged(&displaced).await
         {
-            tracing::warn!(path = %to, %error, "a file opened at a rename's target during the rename lost its name; its handles may fail");
+            tracing::warn!(path = %to, %error, "a file staged at a rename's target during the rename lost its name; its handles may fail");
         }
-        Ok(true)
     }
 
     /// [`S3Fs::rename_file`] of a file not staged: copied with every header the object has,
@@ -357,9 +364,24 @@ impl S3Fs {
     /// no new move starts after the first failure, and only a key whose copy landed but whose
     /// delete failed is at both, with the same content. Staged files follow their objects.
     async fn rename_dir(&self, from: &str, to: &str) -> Result<(), FsError> {
-        for (path, staged) in self.staged.under(from) {
-            let ino = lock(&self.inodes).peek(&path);
-            self.upload_staged(&staged, ino).await?;
+        // Files being written under it are uploaded, and their locks held until they have
+        // followed their objects: a close in between would upload to a key being copied and
+        // deleted, and its data would be lost after its close succeeded. Their writers wait.
+        let staged = self.staged.under(from);
+        let mut held = Vec::with_capacity(staged.len());
+        for (path, entry) in &staged {
+            let mut file = entry.file.lock().await;
+            // A settle (under the file's lock) may have let it go since it was listed.
+            if !self.staged.holds(path, entry) {
+                continue;
+            }
+            let ino = lock(&self.inodes).peek(path);
+            self.upload_held(entry, &mut file, ino).await?;
+            held.push(HeldStaged {
+                path: path.clone(),
+                entry,
+                file,
+            });
         }
         let from_prefix = self.config.root.dir_prefix(from);
         let to_prefix = self.config.root.dir_prefix(to);
@@ -403,7 +425,7 @@ impl S3Fs {
         }
         // Staged files follow whatever copy of their object landed, even when the rename
         // failed: a later close must not bring a moved object back under its old name.
-        self.move_staged_under(from, to, &copied).await?;
+        self.move_staged_under(from, to, &copied, held).await;
         self.metadata.changed_everything();
         match first_error {
             None => Ok(()),
@@ -431,32 +453,43 @@ impl S3Fs {
         }
     }
 
-    /// Staged files under a renamed directory follow it, as the copies of their objects. After
-    /// a rename that failed midway, only those whose object was copied (or that were never
-    /// uploaded, so have no object to copy) move; the others stay with their object.
+    /// Staged files under a renamed directory (`held`, locked since their upload) follow it, as
+    /// the copies of their objects. After a rename that failed midway, only those whose object
+    /// was copied (or that were never uploaded, so have no object to copy) move; the others stay
+    /// with their object. A file that cannot follow (its journal cannot be written) keeps its
+    /// old name and key, logged: the directory's rename is done by then either way.
     async fn move_staged_under(
         &self,
         from: &str,
         to: &str,
         copied: &[(String, String)],
-    ) -> Result<(), FsError> {
-        for (path, staged) in self.staged.under(from) {
+        held: Vec<HeldStaged<'_>>,
+    ) {
+        for HeldStaged {
+            path,
+            entry,
+            mut file,
+        } in held
+        {
             let new_path: Arc<str> = Arc::from(format!("{to}{}", &path[from.len()..]));
             let new_key = self.config.root.file_key(&new_path);
-            let mut file = staged.file.lock().await;
-            if let Some((_, etag)) = copied.iter().find(|(key, _)| *key == new_key) {
-                file.moved_to(new_key, etag.clone())?;
+            let followed = if let Some((_, etag)) = copied.iter().find(|(key, _)| *key == new_key) {
+                file.moved_to(new_key, etag.clone())
             } else if !file.exists_remotely() {
                 let content_type = renamed_content_type(file.metadata(), &path, &new_path);
-                file.rekey(new_key, content_type)?;
+                file.rekey(new_key, content_type)
             } else {
                 continue;
+            };
+            if let Err(error) = followed {
+                tracing::warn!(%path, to = %new_path, %error, "a file being written could not follow its directory's rename");
+                continue;
             }
+            entry.update_seen(&file);
+            let (_, displaced) = self.staged.move_entry(&path, new_path.clone(), entry);
             drop(file);
-            self.staged.remove(&path);
-            self.staged.put(new_path, staged);
+            self.drop_displaced(&new_path, displaced).await;
         }
-        Ok(())
     }
 
     /// Every object under `prefix` (no delimiter), refusing past `max_rename_keys`.
@@ -515,7 +548,7 @@ impl S3Fs {
     }
 
     /// A staged file that lost its name: never uploaded again; dropped now if nothing has it open.
-    async fn drop_staged(&self, staged: &Arc<super::write::StagedEntry>) -> Result<(), FsError> {
+    async fn drop_staged(&self, staged: &Arc<StagedEntry>) -> Result<(), FsError> {
         let ctx = self.writes()?;
         staged.mark_unlinked();
         let mut file = staged.file.lock().await;
@@ -527,12 +560,33 @@ impl S3Fs {
         Ok(())
     }
 
+    /// The path of `name` in `parent`, and a pass to change what is there (see `gates`): the
+    /// kernel does not hold back a change inside a directory while that directory is renamed.
+    pub(super) async fn pass_for_child(
+        &self,
+        parent: u64,
+        name: &OsStr,
+    ) -> Result<(String, ChangePass), FsError> {
+        let (path, pass) = self
+            .pass_to_change(|| self.child_path(parent, name).map(Arc::from))
+            .await?;
+        Ok((path.to_string(), pass))
+    }
+
     fn child_path(&self, parent: u64, name: &OsStr) -> Result<String, FsError> {
         let parent_path = self.path_of(parent)?;
         let path = join(&parent_path, check_os_name(name)?);
         super::names::check_key_len(&self.config.root, &path)?;
         Ok(path)
     }
+}
+
+/// A staged file under a directory being renamed, its lock held from its upload until it
+/// follows the directory.
+struct HeldStaged<'a> {
+    path: Arc<str>,
+    entry: &'a Arc<StagedEntry>,
+    file: tokio::sync::MutexGuard<'a, StagedFile>,
 }
 
 /// Runs `futures` at most `limit` at once; the results come in completion order.

@@ -1430,11 +1430,13 @@ async fn a_rename_of_a_file_whose_last_upload_failed_moves_it_and_it_settles_lat
     assert_eq!(client.body("final").as_deref(), Some(&b"the new version"[..]));
 }
 
-/// An unlink of the source while the rename's copy is on its way takes the staged file's name:
-/// the rename must not give it the new one, where the next writer's data would go into a file
-/// that is never uploaded.
+/// An unlink of the source while the rename's copy is on its way waits for the rename, then
+/// finds nothing at the old name. (Before the gates it took the staged file's name mid-rename,
+/// and the rename then gave the unlinked file the new one, where the next writer's data went
+/// into a file never uploaded.) The next writer of the new name shares the renamed file, and
+/// its data is in S3 once its close succeeds.
 #[tokio::test]
-async fn a_source_unlinked_during_the_rename_is_not_staged_at_the_new_name() {
+async fn an_unlink_of_the_source_during_the_rename_waits_and_finds_nothing() {
     let client = Arc::new(Bucket::memory("b"));
     let dir = tempfile::tempdir().unwrap();
     let fs = Arc::new(writable(&client, &dir));
@@ -1448,8 +1450,15 @@ async fn a_source_unlinked_during_the_rename_is_not_staged_at_the_new_name() {
     let_the_others_run().await;
     client.set_stalled(Op::Copy, false);
     rename.await.unwrap().unwrap();
-    unlink.await.unwrap().unwrap();
-    assert!(fs.staged.get("final").is_none(), "the unlinked file has no name");
+    let unlinked = unlink.await.unwrap();
+    assert!(
+        matches!(unlinked, Err(FsError::NotFound)),
+        "the unlink came after the rename: {unlinked:?}"
+    );
+    assert!(
+        fs.staged.get("final").is_some(),
+        "the open file followed its name"
+    );
     let ino = lookup_path(&fs, "final").await.unwrap().ino;
     let second = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).await.unwrap();
     fs.write(second.handle, 0, b"second writer").await.unwrap();
@@ -1564,11 +1573,87 @@ async fn an_open_for_writing_below_a_directory_being_renamed_opens_it_at_the_new
     let writer = spawn_write_at_start(&fs, f_ino, b"MOVED");
     let_the_others_run().await;
     assert!(!writer.is_finished(), "the writer waits for the rename");
+    assert!(fs.staged.all().is_empty(), "nothing staged under the rename");
     client.set_stalled(Op::Copy, false);
     rename.await.unwrap().unwrap();
     writer.await.unwrap().unwrap();
     assert_eq!(client.keys(), vec!["e/f".to_owned()]);
     assert_eq!(client.body("e/f").as_deref(), Some(&b"MOVED content"[..]));
+}
+
+/// A close through a handle opened before a directory rename, coming while the rename moves
+/// the keys, waits for the file to follow the directory: uploaded to the old key between the
+/// copy and the delete, its data would be gone once its close had succeeded.
+#[tokio::test]
+async fn a_close_of_a_file_open_under_a_directory_being_renamed_uploads_it_at_the_new_name() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("d/f", "old content");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(writable(&client, &dir));
+    let f_ino = lookup_path(&fs, "d/f").await.unwrap().ino;
+    let opened = fs.open(f_ino, libc::O_WRONLY).await.unwrap();
+    client.set_stalled(Op::Delete, true);
+    let rename = spawn_rename(&fs, "d", "e");
+    while client.calls(Op::Delete) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let writer = {
+        let fs = fs.clone();
+        tokio::spawn(async move {
+            fs.write(opened.handle, 0, b"NEW").await?;
+            let flushed = fs.flush(opened.handle).await;
+            fs.release(opened.handle).await;
+            flushed
+        })
+    };
+    // The writer's staging goes through blocking threads: give it time to get as far as it can
+    // (a PUT, without the fix), or to show it waits.
+    let puts = client.calls(Op::Put);
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while !writer.is_finished() && client.calls(Op::Put) == puts && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!writer.is_finished(), "the writer waits for its file to follow");
+    assert_eq!(client.calls(Op::Put), puts, "nothing uploaded to the old key");
+    client.set_stalled(Op::Delete, false);
+    rename.await.unwrap().unwrap();
+    writer.await.unwrap().unwrap();
+    assert_eq!(client.keys(), vec!["e/f".to_owned()]);
+    assert_eq!(client.body("e/f").as_deref(), Some(&b"NEW content"[..]));
+}
+
+/// mkdir, symlink and unlink inside a directory being renamed wait for the rename (the kernel
+/// does not hold them back), then happen under its new name.
+#[tokio::test]
+async fn namespace_changes_inside_a_directory_being_renamed_happen_under_its_new_name() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("d/f", "content");
+    client.put_object("d/gone", "unlinked");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(writable(&client, &dir));
+    let d_ino = lookup_path(&fs, "d").await.unwrap().ino;
+    lookup_path(&fs, "d/gone").await.unwrap();
+    let rename = spawn_rename_held_at_its_copy(&client, &fs, "d", "e").await;
+    let changes = {
+        let fs = fs.clone();
+        tokio::spawn(async move {
+            let name = OsStr::new;
+            let mkdir = fs.mkdir(d_ino, name("x"));
+            let symlink = fs.symlink(d_ino, name("s"), b"f", None);
+            let unlink = fs.unlink(d_ino, name("gone"));
+            let (made, linked, unlinked) = tokio::join!(mkdir, symlink, unlink);
+            made.and(linked).and(unlinked)
+        })
+    };
+    let_the_others_run().await;
+    assert!(!changes.is_finished(), "the changes wait for the rename");
+    client.set_stalled(Op::Copy, false);
+    rename.await.unwrap().unwrap();
+    changes.await.unwrap().unwrap();
+    assert_eq!(
+        client.keys(),
+        vec!["e/f".to_owned(), "e/s".to_owned(), "e/x/".to_owned()]
+    );
 }
 
 /// A chmod of a rename's source while the object is being moved waits, then changes the file at

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::metadata::MetadataCache;
-use super::names::{check_os_name, join};
 use super::{
     Attr, AttrChange, Creator, Details, Entry, FsError, Handle, Kind, Opened, S3Fs, lock, posix,
     set_attrs_view,
@@ -259,12 +258,6 @@ impl StagedTable {
         lock(&self.by_path).remove(path)
     }
 
-    /// Puts `entry` at `path`, returning what was there.
-    pub(super) fn put(&self, path: Arc<str>, entry: Arc<StagedEntry>) -> Option<Arc<StagedEntry>> {
-        entry.set_path(path.clone());
-        lock(&self.by_path).insert(path, entry)
-    }
-
     /// Names of the staged files directly in directory `dir`.
     pub(super) fn children(&self, dir: &str) -> BTreeSet<String> {
         lock(&self.by_path)
@@ -355,14 +348,8 @@ impl S3Fs {
         creator: Option<Creator>,
     ) -> Result<(Attr, Opened), FsError> {
         let ctx = self.writes()?.clone();
-        let name = check_os_name(name)?;
-        let (path, pass) = self
-            .pass_to_change(|| {
-                let path: Arc<str> = Arc::from(join(&self.path_of(parent)?, name));
-                super::names::check_key_len(&self.config.root, &path)?;
-                Ok(path)
-            })
-            .await?;
+        let (path, pass) = self.pass_for_child(parent, name).await?;
+        let path: Arc<str> = Arc::from(path);
         let mode = OpenMode {
             opener,
             ..OpenMode::from_flags(flags)
@@ -638,13 +625,23 @@ impl S3Fs {
 
     /// Uploads a staged file if it changed, and records what S3 now holds.
     pub(super) async fn upload_staged(&self, entry: &Arc<StagedEntry>, ino: u64) -> Result<(), FsError> {
-        let ctx = self.writes()?;
         let mut file = entry.file.lock().await;
+        self.upload_held(entry, &mut file, ino).await
+    }
+
+    /// [`S3Fs::upload_staged`] of a file whose lock the caller holds.
+    pub(super) async fn upload_held(
+        &self,
+        entry: &StagedEntry,
+        file: &mut StagedFile,
+        ino: u64,
+    ) -> Result<(), FsError> {
+        let ctx = self.writes()?;
         if entry.is_unlinked() || !file.is_dirty() {
             return Ok(());
         }
         let uploaded = file.upload(ctx).await;
-        entry.update_seen(&file);
+        entry.update_seen(file);
         if let Err(error) = uploaded {
             tracing::warn!(key = %file.key(), %error, "upload failed; the data stays staged for a retry");
             return Err(error.into());
