@@ -10,8 +10,10 @@
 //! Why one file of slots rather than a file per block: creating, renaming and later unlinking a
 //! file per 1 MiB block was a sixth of the daemon's CPU on a cold read (inode allocation above
 //! all); a block in a slot costs one or two `pwrite`s and is read back with one or two `pread`s
-//! (`O_DIRECT` where the file system takes it, into pooled buffers), and an evicted block's slot
-//! is punched out (its disk space given back) and reused.
+//! (`O_DIRECT` where the file system takes it, into pooled buffers), and a freed slot is reused.
+//! A slot freed under the free-space floor, or for damage, is punched out (its disk space given
+//! back); one evicted for the size bound keeps its space for the block taking its place (see
+//! `Index::kept`).
 //!
 //! A block is trusted only if the trailer of its slot names exactly the block asked for, with
 //! the sequence the index holds, and its data's CRC32C matches; anything else (torn write, bit
@@ -20,7 +22,7 @@
 //! reuse is told apart from damage: its entry is gone when it looks again.
 
 use crate::lock;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::ops::Range;
@@ -65,10 +67,10 @@ const FOOTER_LEN: usize = 4 + 4 + 4 + 8 + 8;
 /// The longest block description a trailer holds (S3 keys are at most 1,024 bytes; a longer
 /// name from some other server is simply not cached).
 const MAX_NAME_LEN: usize = TRAILER_LEN - FOOTER_LEN;
-/// Slots allocated on disk at once when the file grows, ahead of their writes: a direct write
-/// past the file's end takes the file's inode lock for the whole write on ext4 and XFS, so the
-/// concurrent block writes of a cold read queued on it (a tenth of the daemon's CPU went to
-/// spinning and sleeping there); into blocks already allocated below the end they go side by
+/// Slots allocated on disk at once when whole blocks grow the file, ahead of their writes: a
+/// direct write past the file's end takes the file's inode lock for the whole write on ext4, so
+/// the concurrent block writes of a cold read queued on it (spinning and sleeping there were a
+/// twentieth of the daemon's CPU); into space already allocated below the end they go side by
 /// side, under a shared lock.
 const SLOTS_ALLOCATED_AHEAD: u64 = 32;
 /// Write buffers kept for reuse between block writes: a fresh buffer for each block cost more
@@ -137,8 +139,9 @@ enum FitRefusal {
 pub struct DiskCacheCounters {
     pub corrupt_dropped: AtomicU64,
     pub evicted: AtomicU64,
-    /// Slots whose disk space was given back (evicted under the free-space floor, damaged,
-    /// replaced, or left by a failed write).
+    /// Slots freed with their disk space given back (evicted under the free-space floor,
+    /// damaged, replaced, left by a failed write, or orphans found at open), or, where the file
+    /// system cannot punch, with their trailer zeroed.
     pub punched: AtomicU64,
     pub write_failures: AtomicU64,
 }
@@ -159,6 +162,18 @@ impl Entry {
     }
 }
 
+/// Where a reserved slot's disk space stands, for what its write must do first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotSpace {
+    /// A free slot below the file's end, punched out when it was freed (or at open).
+    Hole,
+    /// A slot added at the file's end: allocated if a run ahead covers it.
+    New,
+    /// Kept from a block evicted for the size bound, whose data took `data_space` bytes there;
+    /// its trailer still names that block.
+    Kept { data_space: u64 },
+}
+
 struct Index {
     /// Stored blocks, least recently used first.
     lru: LruCache<BlockKey, Entry>,
@@ -167,15 +182,16 @@ struct Index {
     /// Bytes of the blocks being written: they count against the bound from their reservation
     /// on, so concurrent writers cannot together pass it.
     reserved_bytes: u64,
-    /// Slots below `slot_count` that hold no block and are not being written: the lowest is
-    /// taken first, so the file stays as short as the cache.
+    /// Slots below `slot_count` that hold no block and are not being written: those in `kept`
+    /// are taken first, then the lowest, so the file stays as short as the cache.
     free: BTreeSet<u64>,
-    /// The free slots whose disk space was kept: blocks evicted for the size bound leave their
-    /// slot's space to the block coming in their place, which takes these first. Punching it out
-    /// and allocating it again would take the file's inode lock twice, each time waiting for
-    /// every write in flight (a cold read past the bound spent twice the CPU of one within it).
-    /// Only the slots between an eviction and the writes that take them are here.
-    kept: BTreeSet<u64>,
+    /// The free slots whose disk space was kept, with the bytes of data space the evicted block
+    /// took there: blocks evicted for the size bound leave their slot's space to the block coming
+    /// in their place. Punching it out and allocating it again would take the file's inode lock
+    /// twice, each time waiting for every write in flight (a cold read past the bound spent a
+    /// quarter more CPU). Only the slots between an eviction and the writes that take them are
+    /// here; under the free-space floor they are punched out before any block is evicted.
+    kept: BTreeMap<u64, u64>,
     /// Slots the file spans.
     slot_count: u64,
     next_sequence: u64,
@@ -189,7 +205,7 @@ impl Index {
             total_bytes: 0,
             reserved_bytes: 0,
             free: (0..slot_count).collect(),
-            kept: BTreeSet::new(),
+            kept: BTreeMap::new(),
             slot_count,
             next_sequence,
         }
@@ -233,9 +249,12 @@ pub struct DiskCache {
     /// Set by [`DiskCache::close`]: the index is saved, and nothing more is stored.
     closed: AtomicBool,
     spare_buffers: Mutex<Vec<Vec<u8>>>,
-    /// Where the file's allocated space ends (see [`SLOTS_ALLOCATED_AHEAD`]); `None` once the file
-    /// system refused to allocate ahead.
-    allocated_end: Mutex<Option<u64>>,
+    /// Where the file's space allocated ahead ends (see [`SLOTS_ALLOCATED_AHEAD`]): read without
+    /// a lock by every write; `growing` is held to move it.
+    allocated_end: AtomicU64,
+    growing: Mutex<()>,
+    /// Cleared once the file system refused to allocate ahead (no `fallocate`).
+    allocates_ahead: AtomicBool,
     pub counters: DiskCacheCounters,
 }
 
@@ -295,7 +314,9 @@ impl DiskCache {
             warned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             spare_buffers: Mutex::new(Vec::new()),
-            allocated_end: Mutex::new(Some(0)),
+            allocated_end: AtomicU64::new(0),
+            growing: Mutex::new(()),
+            allocates_ahead: AtomicBool::new(true),
             counters: DiskCacheCounters::default(),
         };
         cache.release_slots(cache.orphans_of_the_scan());
@@ -303,7 +324,10 @@ impl DiskCache {
             tracing::warn!(dir = %dir.display(), %refusal, "the block cache cannot store anything now");
         }
         cache.compact().map_err(io_error)?;
-        *crate::lock(&cache.allocated_end) = Some(cache.lock_index().slot_count * SLOT_LEN);
+        let slot_count = cache.lock_index().slot_count;
+        cache
+            .allocated_end
+            .store(slot_count * SLOT_LEN, Ordering::Relaxed);
         Ok(cache)
     }
 
@@ -399,16 +423,10 @@ impl DiskCache {
             return Err(self.note_failure(error));
         }
         // Another writer may have taken the room meanwhile: then this block is not cached.
-        let Some((entry, kept)) = self.reserve_slot(data_len) else {
+        let Some((entry, space)) = self.reserve_slot(data_len) else {
             return Ok(());
         };
-        if kept {
-            // What the block does not fill of the space kept (a smaller block in a larger one's
-            // slot) goes back to the disk.
-            let start = entry.slot * SLOT_LEN;
-            let padded = data.len().next_multiple_of(DIRECT_ALIGN) as u64;
-            punch_out_bytes(&self.slots, start + padded, start + SLOT_DATA);
-        }
+        self.prepare_slot(entry.slot, space, data.len());
         match self.write_slot(&entry, &description, data) {
             Ok(()) => {
                 let mut index = self.lock_index();
@@ -428,8 +446,8 @@ impl DiskCache {
 
     /// A slot to write a block of `data_len` bytes into, and the write's sequence: no entry
     /// points at it until the write is done. Its bytes are reserved; `None` if they no longer
-    /// fit. Also whether the slot's disk space was kept from an evicted block (see `kept`).
-    fn reserve_slot(&self, data_len: u32) -> Option<(Entry, bool)> {
+    /// fit. Also where the slot's disk space stands.
+    fn reserve_slot(&self, data_len: u32) -> Option<(Entry, SlotSpace)> {
         let mut index = self.lock_index();
         let stored = stored_bytes(data_len as usize);
         if self.closed.load(Ordering::Relaxed)
@@ -440,16 +458,16 @@ impl DiskCache {
         index.reserved_bytes += stored;
         let sequence = index.next_sequence;
         index.next_sequence += 1;
-        let (slot, kept) = match index.kept.pop_first() {
-            Some(slot) => {
+        let (slot, space) = match index.kept.pop_first() {
+            Some((slot, data_space)) => {
                 index.free.remove(&slot);
-                (slot, true)
+                (slot, SlotSpace::Kept { data_space })
             }
             None => match index.free.pop_first() {
-                Some(slot) => (slot, false),
+                Some(slot) => (slot, SlotSpace::Hole),
                 None => {
                     index.slot_count += 1;
-                    (index.slot_count - 1, false)
+                    (index.slot_count - 1, SlotSpace::New)
                 }
             },
         };
@@ -458,15 +476,70 @@ impl DiskCache {
             data_len,
             sequence,
         };
-        Some((entry, kept))
+        Some((entry, space))
     }
 
     /// Frees the slot of a block evicted for the size bound, keeping its disk space for the
     /// block that takes its place.
-    fn keep_slot(&self, slot: u64) {
+    fn keep_slot(&self, evicted: &Entry) {
         let mut index = self.lock_index();
-        index.free.insert(slot);
-        index.kept.insert(slot);
+        index.free.insert(evicted.slot);
+        let data_space = (evicted.data_len as u64).next_multiple_of(DIRECT_ALIGN as u64);
+        index.kept.insert(evicted.slot, data_space);
+    }
+
+    /// Takes every kept slot out of the free ones, for their space to be given back.
+    fn take_kept(&self) -> Vec<u64> {
+        let mut index = self.lock_index();
+        let kept: Vec<u64> = std::mem::take(&mut index.kept).into_keys().collect();
+        for slot in &kept {
+            index.free.remove(slot);
+        }
+        kept
+    }
+
+    /// Readies a reserved `slot` for a block of `data_len` bytes, by where its space stands:
+    /// - kept from an evicted block: its trailer, which still names that block, is cleared first
+    ///   (a kill during the write must leave a free slot, never the evicted block with part of
+    ///   this one's data), and the space this block does not fill goes back to the disk;
+    /// - new at the file's end: a whole block allocates the run ahead of it, a smaller one in a
+    ///   run allocated ahead gives back what it does not fill.
+    fn prepare_slot(&self, slot: u64, space: SlotSpace, data_len: usize) {
+        let start = slot * SLOT_LEN;
+        let data_space = (data_len as u64).next_multiple_of(DIRECT_ALIGN as u64);
+        match space {
+            SlotSpace::Kept { data_space: evicted } => {
+                if self.clear_trailer(start + SLOT_DATA).is_err() {
+                    punch_out(&self.slots, slot..slot + 1);
+                }
+                punch_out_bytes(&self.slots, start + data_space, start + evicted);
+            }
+            SlotSpace::New if data_space == SLOT_DATA => self.allocate_ahead_of(slot),
+            SlotSpace::New if start + SLOT_LEN <= self.allocated_end.load(Ordering::Relaxed) => {
+                punch_out_bytes(&self.slots, start + data_space, start + SLOT_DATA);
+            }
+            SlotSpace::New | SlotSpace::Hole => {}
+        }
+    }
+
+    /// Writes a zero sector over the trailer at `at`, in place (its space is allocated: no wait
+    /// for the file's other writes).
+    fn clear_trailer(&self, at: u64) -> io::Result<()> {
+        const ZEROS: [u8; TRAILER_LEN] = [0; TRAILER_LEN];
+        if let Some(direct) = self
+            .direct
+            .as_ref()
+            .filter(|_| self.direct_writes.load(Ordering::Relaxed))
+        {
+            let mut buffer = self.take_buffer();
+            let written = match aligned_copy(&mut buffer, &ZEROS) {
+                Some(zeros) => direct.write_all_at(zeros, at),
+                None => self.slots.write_all_at(&ZEROS, at),
+            };
+            self.give_back_buffer(buffer);
+            return written;
+        }
+        self.slots.write_all_at(&ZEROS, at)
     }
 
     /// Gives slots no entry points at any more back their disk space (a hole), then to the free
@@ -544,7 +617,6 @@ impl DiskCache {
     /// Writes the block's data at the start of its slot and its trailer at the end: with
     /// O_DIRECT while the file system takes it, else through the page cache.
     fn write_slot(&self, entry: &Entry, description: &[u8], data: &[u8]) -> io::Result<()> {
-        self.allocate_ahead_of(entry.slot);
         let mut buffer = self.take_buffer();
         let written = self.write_slot_with(entry, description, data, &mut buffer);
         self.give_back_buffer(buffer);
@@ -588,29 +660,37 @@ impl DiskCache {
         write_data_then_trailer(&self.slots, start, data, &trailer_bytes)
     }
 
-    /// Allocates the file's space up to `slot`'s end and [`SLOTS_ALLOCATED_AHEAD`] slots past
-    /// it when `slot` lies past what is allocated; no further than the size bound, nor into the
-    /// free-space floor. A refusal only costs the speed it was for: the write allocates what it
-    /// needs itself.
+    /// Allocates the file's space for `slot`, a new slot at its end about to take a whole block,
+    /// and for [`SLOTS_ALLOCATED_AHEAD`] slots past it; not past the slots the size bound fills,
+    /// nor into the free-space floor (then the write allocates what it needs itself, as it does
+    /// where the file system cannot allocate ahead: a refusal costs only the speed it was for).
     fn allocate_ahead_of(&self, slot: u64) {
-        let mut allocated_end = lock(&self.allocated_end);
-        let Some(allocated) = *allocated_end else {
-            return;
-        };
         let needed = (slot + 1) * SLOT_LEN;
+        if needed <= self.allocated_end.load(Ordering::Relaxed)
+            || !self.allocates_ahead.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let _growing = lock(&self.growing);
+        let allocated = self.allocated_end.load(Ordering::Relaxed);
         if needed <= allocated {
             return;
         }
+        // From the slot's start: the slots between the end of what was allocated ahead and it
+        // hold small blocks in their own space, or holes, and stay as they are.
+        let from = allocated.max(slot * SLOT_LEN);
         let free = free_bytes(&self.dir).unwrap_or(0);
-        let end = allocation_end(allocated, needed, &self.limits, free);
+        let Some(end) = allocation_end(from, needed, &self.limits, free) else {
+            return;
+        };
         match fallocate(
             &self.slots,
             FallocateFlags::empty(),
-            allocated as libc::off_t,
-            (end - allocated) as libc::off_t,
+            from as libc::off_t,
+            (end - from) as libc::off_t,
         ) {
-            Ok(()) => *allocated_end = Some(end),
-            Err(nix::errno::Errno::EOPNOTSUPP) => *allocated_end = None,
+            Ok(()) => self.allocated_end.store(end, Ordering::Relaxed),
+            Err(nix::errno::Errno::EOPNOTSUPP) => self.allocates_ahead.store(false, Ordering::Relaxed),
             Err(_) => {}
         }
     }
@@ -700,6 +780,14 @@ impl DiskCache {
             let Some(refusal) = self.refusal(incoming) else {
                 return Ok(());
             };
+            if let FitRefusal::UnderFloor { .. } = refusal {
+                // Space kept for incoming blocks goes back first, before any block is evicted.
+                let kept = self.take_kept();
+                if !kept.is_empty() {
+                    self.release_slots(kept);
+                    continue;
+                }
+            }
             let victim = {
                 let mut index = self.lock_index();
                 if self.closed.load(Ordering::Relaxed) {
@@ -715,7 +803,7 @@ impl DiskCache {
                 return Err(refusal);
             };
             match refusal {
-                FitRefusal::OverBound { .. } => self.keep_slot(entry.slot),
+                FitRefusal::OverBound { .. } => self.keep_slot(&entry),
                 // Under the free-space floor the space must go back to the disk.
                 _ => self.release_slots(vec![entry.slot]),
             }
@@ -1096,9 +1184,6 @@ fn take_saved_index(dir: &Path, slots: &File) -> Option<Index> {
     index
 }
 
-/// Gives the disk space of `slots` back (a hole). Where the file system cannot punch holes their
-/// trailers are zeroed instead, so that a freed slot whose reuse a kill cuts short is never
-/// taken at the next open for the block it held before.
 /// Gives the disk space of bytes `from..to` of the file back (a hole), where the file system
 /// can; what stays there is never read (it lies past a block's data).
 fn punch_out_bytes(file: &File, from: u64, to: u64) {
@@ -1112,6 +1197,9 @@ fn punch_out_bytes(file: &File, from: u64, to: u64) {
     }
 }
 
+/// Gives the disk space of `slots` back (a hole). Where the file system cannot punch holes their
+/// trailers are zeroed instead, so that a freed slot whose reuse a kill cuts short is never
+/// taken at the next open for the block it held before.
 fn punch_out(file: &File, slots: Range<u64>) {
     let punched = fallocate(
         file,
@@ -1126,19 +1214,20 @@ fn punch_out(file: &File, slots: Range<u64>) {
     }
 }
 
-/// Where the file's allocated space is to end for a write ending at `needed`, past `allocated`:
-/// [`SLOTS_ALLOCATED_AHEAD`] slots further, but not past the slots the size bound fills, nor
-/// into the free-space floor given `free` bytes free now (then just what the write needs).
-fn allocation_end(allocated: u64, needed: u64, limits: &DiskCacheLimits, free: u64) -> u64 {
-    let bounded = limits.max_bytes.div_ceil(SLOT_LEN) * SLOT_LEN;
-    let ahead = (needed + SLOTS_ALLOCATED_AHEAD * SLOT_LEN)
-        .min(bounded)
-        .max(needed);
-    if free.saturating_sub(ahead - allocated.min(ahead)) < limits.min_free_bytes {
-        needed
-    } else {
-        ahead
+/// Where the file's allocated space is to end for a whole block's slot ending at `needed`,
+/// allocated from `from`: [`SLOTS_ALLOCATED_AHEAD`] slots further, but not past the slots the size bound
+/// fills; `None` when `needed` lies past those already (blocks smaller than a slot), or when
+/// the run would eat into the free-space floor given `free` bytes free now.
+fn allocation_end(from: u64, needed: u64, limits: &DiskCacheLimits, free: u64) -> Option<u64> {
+    let bounded = limits.max_bytes.div_ceil(SLOT_LEN).saturating_mul(SLOT_LEN);
+    if needed > bounded {
+        return None;
     }
+    let end = needed
+        .saturating_add(SLOTS_ALLOCATED_AHEAD * SLOT_LEN)
+        .min(bounded);
+    let taken = end - from.min(end);
+    (free.saturating_sub(taken) >= limits.min_free_bytes).then_some(end)
 }
 
 /// Bytes available to unprivileged users on the file system holding `dir`.
@@ -1302,7 +1391,12 @@ mod tests {
         let block = vec![3u8; SLOT_DATA as usize];
         let cache = open(dir.path());
         cache.put(&name("k", 0), &block);
-        let ahead = (1 + SLOTS_ALLOCATED_AHEAD) * SLOT_LEN;
+        // Where the file system cannot allocate ahead, the file grows slot by slot.
+        let probe = File::create(dir.path().join("probe")).unwrap();
+        let ahead = match fallocate(&probe, FallocateFlags::empty(), 0, 4096) {
+            Err(nix::errno::Errno::EOPNOTSUPP) => SLOT_LEN,
+            _ => (1 + SLOTS_ALLOCATED_AHEAD) * SLOT_LEN,
+        };
         let file = fs::metadata(slots_path(dir.path())).unwrap();
         assert_eq!(
             file.len(),
@@ -1311,7 +1405,10 @@ mod tests {
         );
         assert!(file.blocks() * 512 >= ahead, "allocated, not sparse");
         cache.put(&name("k", 1), &block);
-        assert_eq!(fs::metadata(slots_path(dir.path())).unwrap().len(), ahead);
+        assert_eq!(
+            fs::metadata(slots_path(dir.path())).unwrap().len(),
+            ahead.max(2 * SLOT_LEN)
+        );
         drop(cache);
         let cache = open(dir.path());
         assert_eq!(
@@ -1333,27 +1430,115 @@ mod tests {
         let run = SLOTS_ALLOCATED_AHEAD * SLOT_LEN;
         assert_eq!(
             allocation_end(0, SLOT_LEN, &bounded(plenty, 0), plenty),
-            SLOT_LEN + run
+            Some(SLOT_LEN + run)
         );
         assert_eq!(
             allocation_end(0, SLOT_LEN, &bounded(3 * SLOT_LEN - 1, 0), plenty),
-            3 * SLOT_LEN,
+            Some(3 * SLOT_LEN),
             "no more slots than the bound fills"
         );
         assert_eq!(
             allocation_end(4 * SLOT_LEN, 5 * SLOT_LEN, &bounded(2 * SLOT_LEN, 0), plenty),
-            5 * SLOT_LEN,
-            "a write past the bound's slots (small blocks) still gets its own"
+            None,
+            "past the bound's slots (small blocks took them) nothing is allocated ahead"
+        );
+        assert_eq!(
+            allocation_end(0, SLOT_LEN, &bounded(u64::MAX, 0), plenty),
+            Some(SLOT_LEN + run),
+            "no overflow at the largest bound"
         );
         let floor = 1 << 30;
         assert_eq!(
             allocation_end(0, SLOT_LEN, &bounded(plenty, floor), floor + run),
-            SLOT_LEN,
+            None,
             "the run would go below the floor"
         );
         assert_eq!(
             allocation_end(0, SLOT_LEN, &bounded(plenty, floor), floor + SLOT_LEN + run),
-            SLOT_LEN + run
+            Some(SLOT_LEN + run)
+        );
+    }
+
+    /// Bytes the slots file takes on disk.
+    fn allocated(dir: &Path) -> u64 {
+        fs::metadata(slots_path(dir)).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn small_blocks_take_their_own_space_only_whether_or_not_a_run_was_allocated_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = vec![7u8; 5000];
+        let small_space = stored_bytes(small.len());
+        let cache = open(dir.path());
+        for index in 0..40 {
+            cache.put(&name("small", index), &small);
+        }
+        assert!(
+            allocated(dir.path()) <= 40 * small_space + 4 * DIRECT_ALIGN as u64,
+            "{} bytes on disk for 40 blocks of 5000: small blocks allocate nothing ahead",
+            allocated(dir.path())
+        );
+        // A whole block allocates a run ahead; small blocks in it give back what they leave.
+        let before_run = allocated(dir.path());
+        cache.put(&name("whole", 0), &vec![8u8; SLOT_DATA as usize]);
+        let with_run = allocated(dir.path());
+        assert!(
+            with_run <= before_run + (1 + SLOTS_ALLOCATED_AHEAD) * SLOT_LEN,
+            "{with_run} bytes: the run starts at the whole block's slot, past the small ones"
+        );
+        for index in 40..43 {
+            cache.put(&name("small", index), &small);
+        }
+        let unfilled = 3 * (SLOT_LEN - small_space);
+        assert!(
+            allocated(dir.path()) + unfilled <= with_run + 4 * DIRECT_ALIGN as u64,
+            "{} bytes on disk, {with_run} before 3 small blocks went into the run",
+            allocated(dir.path())
+        );
+        assert_eq!(cache.get(&name("small", 42)).as_deref(), Some(&small[..]));
+    }
+
+    #[test]
+    fn a_kill_while_a_kept_slot_is_rewritten_leaves_it_free_not_the_evicted_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let block = vec![5u8; SLOT_DATA as usize];
+        let cache = DiskCache::open(dir.path(), limits(2 * stored_bytes(block.len()))).unwrap();
+        cache.put(&name("k", 0), &block);
+        cache.put(&name("k", 1), &block);
+        cache.evict_to_fit(stored_bytes(block.len())).unwrap();
+        let (entry, space) = cache.reserve_slot(block.len() as u32).unwrap();
+        assert!(matches!(space, SlotSpace::Kept { .. }), "{space:?}");
+        cache.prepare_slot(entry.slot, space, block.len());
+        // The kill comes with part of the next block's data written, before its trailer.
+        scribble(dir.path(), entry.slot * SLOT_LEN, &[9u8; 3 * DIRECT_ALIGN]);
+        drop(cache);
+        forget_saved_index(dir.path());
+        let cache = open(dir.path());
+        assert_eq!(cache.block_count(), 1, "only the block that was not evicted");
+        assert_eq!(cache.get(&name("k", 0)), None);
+        assert_eq!(cache.get(&name("k", 1)).as_deref(), Some(&block[..]));
+        assert_eq!(cache.counters.corrupt_dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn under_the_free_space_floor_kept_space_goes_back_before_any_block_is_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = vec![5u8; SLOT_DATA as usize];
+        let mut cache = DiskCache::open(dir.path(), limits(stored_bytes(whole.len()))).unwrap();
+        for index in 0..3 {
+            cache.put(&name("small", index), &[6u8; 5000]);
+        }
+        // The whole block evicts the three small ones, and takes one of their slots.
+        cache.put(&name("whole", 0), &whole);
+        assert_eq!(cache.lock_index().kept.len(), 2);
+        let punched = cache.counters.punched.load(Ordering::Relaxed);
+        cache.limits.min_free_bytes = u64::MAX;
+        assert!(cache.evict_to_fit(0).is_err(), "nothing can meet this floor");
+        assert!(cache.lock_index().kept.is_empty());
+        assert_eq!(
+            cache.counters.punched.load(Ordering::Relaxed) - punched,
+            3,
+            "the two kept slots, then the whole block's"
         );
     }
 
