@@ -550,6 +550,25 @@ impl S3Fs {
         Ok(data)
     }
 
+    /// [`S3Fs::read`] of bytes already here, answered without waiting (on the caller's thread);
+    /// `None` when that cannot be, and the read must go the usual way.
+    pub fn try_read_now(&self, handle: u64, offset: u64, size: u32) -> Option<Bytes> {
+        let Ok(Handle::Read(file)) = self.handle(handle) else {
+            return None;
+        };
+        let pages_are_ours = || {
+            lock(&self.inodes)
+                .kernel_view(file.ino)
+                .and_then(|view| view.pages)
+                .is_none_or(|pages| pages == file.version)
+        };
+        if !pages_are_ours() {
+            return None;
+        }
+        let data = Prefetcher::try_read_ready(&file.prefetcher, offset, u64::from(size))?;
+        pages_are_ours().then_some(data)
+    }
+
     /// ESTALE once the kernel's pages of the file's inode belong to another version than the
     /// one `file` reads.
     async fn check_pages_still_of(&self, file: &OpenFile) -> Result<(), FsError> {

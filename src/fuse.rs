@@ -1,10 +1,12 @@
 //! The FUSE adapter: `impl fuser::Filesystem` over [`S3Fs`], one short function per operation.
 //!
 //! Every request that may touch the network is handed to the tokio runtime and answered from
-//! its task, so a slow GET never blocks a `stat` or another read. This module only converts
-//! between fuser types and the file system's; it holds no state and makes no decision of its own
-//! beyond which operations S3 cannot do at all (hard links, device nodes) and which attribute
-//! namespaces do not exist here (answered at once, without a request).
+//! its task, so a slow GET never blocks a `stat` or another read; a read whose bytes the
+//! read-ahead already holds is answered at once on the session's thread, without that
+//! hand-over (two thread switches per request on a cold sequential read). This module only
+//! converts between fuser types and the file system's; it holds no state and makes no decision
+//! of its own beyond which operations S3 cannot do at all (hard links, device nodes) and which
+//! attribute namespaces do not exist here (answered at once, without a request).
 
 use std::ffi::OsStr;
 use std::future::Future;
@@ -339,6 +341,18 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // Bytes the read-ahead has already brought are answered here, on the session's thread.
+        let started = std::time::Instant::now();
+        let ready = {
+            let _runtime = self.runtime.enter();
+            self.fs.try_read_now(fh.0, offset, size)
+        };
+        if let Some(data) = ready {
+            metrics::bytes_to_reader(data.len() as u64);
+            metrics::fuse_request("read", 0, started.elapsed());
+            reply.data(&data);
+            return;
+        }
         self.serve(reply, "read", ino.0, |fs| async move {
             let data = fs.read(fh.0, offset, size).await?;
             metrics::bytes_to_reader(data.len() as u64);

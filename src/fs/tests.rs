@@ -638,6 +638,28 @@ async fn a_reopened_unchanged_file_keeps_the_page_cache_and_old_handles_go_stale
     assert_eq!(&fs.read(third.handle, 0, 20).await.unwrap()[..], b"version two");
 }
 
+/// A read of bytes already arrived is answered on the caller's thread, but never once the
+/// kernel's pages belong to a newer version: the usual read then says ESTALE.
+#[tokio::test]
+async fn reads_answered_without_waiting_keep_the_estale_rule() {
+    let client = Arc::new(Bucket::memory("b"));
+    client.put_object("d/f", "v1");
+    let fs = mount(&client, "");
+    let f = lookup_path(&fs, "d/f").await.unwrap();
+    let first = fs.open(f.ino, libc::O_RDONLY).await.unwrap();
+    assert!(fs.try_read_now(first.handle, 0, 2).is_none(), "not fetched yet");
+    assert_eq!(&fs.read(first.handle, 0, 2).await.unwrap()[..], b"v1");
+    assert_eq!(fs.try_read_now(first.handle, 0, 2).as_deref(), Some(&b"v1"[..]));
+    client.put_object("d/f", "version two");
+    let newer = fs.open(f.ino, libc::O_RDONLY).await.unwrap();
+    assert!(fs.try_read_now(first.handle, 0, 2).is_none());
+    assert_eq!(
+        fs.read(first.handle, 0, 2).await.unwrap_err().errno(),
+        libc::ESTALE
+    );
+    assert_eq!(&fs.read(newer.handle, 0, 20).await.unwrap()[..], b"version two");
+}
+
 #[tokio::test]
 async fn writes_are_refused_for_now() {
     let client = Arc::new(Bucket::memory("b"));

@@ -269,3 +269,68 @@ async fn a_failed_part_is_fetched_again_on_the_next_read() {
     assert!(Prefetcher::read(&prefetcher, 0, 4096).await.is_err());
     bed.check(&prefetcher, 0, 4096).await;
 }
+
+#[tokio::test]
+async fn a_read_of_bytes_already_arrived_is_answered_without_waiting_and_keeps_reading_ahead() {
+    let bed = bed(100 * MIB, 256 * MIB);
+    let prefetcher = bed.prefetcher();
+    assert!(
+        Prefetcher::try_read_ready(&prefetcher, 0, MIB).is_none(),
+        "nothing fetched yet: the read must wait"
+    );
+    assert!(
+        prefetcher.lock().await.parts.is_empty(),
+        "a read that would wait changes nothing"
+    );
+    // Two reads the usual way: the second, sequential, starts the read-ahead.
+    bed.check(&prefetcher, 0, MIB).await;
+    bed.check(&prefetcher, MIB, MIB).await;
+    bed.settled(&prefetcher).await;
+    let gets = bed.client.counters().get;
+    let fetched_to = prefetcher.lock().await.fetched_to;
+    assert!(fetched_to > 2 * MIB, "{fetched_to}");
+    // Every block up to what is fetched reads without waiting, and the read-ahead moves on.
+    let mut offset = 2 * MIB;
+    while offset + MIB <= fetched_to {
+        let data = Prefetcher::try_read_ready(&prefetcher, offset, MIB).expect("arrived");
+        assert_eq!(&data[..], &bed.body[offset as usize..(offset + MIB) as usize]);
+        offset += MIB;
+    }
+    assert!(
+        prefetcher.lock().await.fetched_to > fetched_to,
+        "the read-ahead went on past {fetched_to}"
+    );
+    bed.settled(&prefetcher).await;
+    assert!(bed.client.counters().get > gets);
+    // A read across two parts, and one past the end.
+    let data = Prefetcher::try_read_ready(&prefetcher, offset - 4 * KIB, 8 * KIB).expect("arrived");
+    assert_eq!(
+        &data[..],
+        &bed.body[(offset - 4 * KIB) as usize..(offset + 4 * KIB) as usize]
+    );
+    assert_eq!(
+        Prefetcher::try_read_ready(&prefetcher, 200 * MIB, MIB).as_deref(),
+        Some(&[][..])
+    );
+}
+
+#[tokio::test]
+async fn a_read_that_finds_the_prefetcher_busy_or_a_part_failed_goes_the_usual_way() {
+    let bed = bed(16 * MIB, 256 * MIB);
+    let prefetcher = bed.prefetcher();
+    bed.check(&prefetcher, 0, MIB).await;
+    bed.check(&prefetcher, MIB, MIB).await;
+    bed.settled(&prefetcher).await;
+    {
+        let _busy = prefetcher.lock().await;
+        assert!(Prefetcher::try_read_ready(&prefetcher, 2 * MIB, MIB).is_none());
+    }
+    assert!(Prefetcher::try_read_ready(&prefetcher, 2 * MIB, MIB).is_some());
+    // A failed part is not answered here: the usual read reports it and starts clean.
+    let far = 12 * MIB;
+    bed.client
+        .fail_next(crate::object::Op::Get, 1, ObjectError::AccessDenied("no".into()));
+    assert!(Prefetcher::read(&prefetcher, far, MIB).await.is_err());
+    assert!(Prefetcher::try_read_ready(&prefetcher, far, MIB).is_none());
+    bed.check(&prefetcher, far, MIB).await;
+}
