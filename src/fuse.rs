@@ -345,7 +345,17 @@ impl Filesystem for FuseAdapter {
         let started = std::time::Instant::now();
         let ready = {
             let _runtime = self.runtime.enter();
-            self.fs.try_read_now(fh.0, offset, size)
+            // A panic here would end the session's thread, and the mount with it: the read goes
+            // the usual way instead, where a panic fails only itself.
+            let attempt = std::panic::AssertUnwindSafe(|| self.fs.try_read_now(fh.0, offset, size));
+            std::panic::catch_unwind(attempt).unwrap_or_else(|_| {
+                tracing::error!(
+                    ino = ino.0,
+                    offset,
+                    "a read answered on the session's thread panicked"
+                );
+                None
+            })
         };
         if let Some(data) = ready {
             metrics::bytes_to_reader(data.len() as u64);

@@ -195,14 +195,15 @@ impl Prefetcher {
             return Some(Bytes::new());
         }
         let arrived = prefetcher.arrived(offset..end)?;
-        prefetcher.plan(offset..end);
-        drop(prefetcher);
         let mut pieces = Vec::with_capacity(arrived.len());
         for (part_range, data) in arrived {
             let from = offset.max(part_range.start) - part_range.start;
             let to = end.min(part_range.end) - part_range.start;
+            // (A part short of its range: the usual read reports it and starts clean.)
             cut(&data, from..to, &mut pieces).ok()?;
         }
+        prefetcher.plan(offset..end);
+        drop(prefetcher);
         Some(concat(pieces.into_iter()))
     }
 

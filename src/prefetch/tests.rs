@@ -316,7 +316,7 @@ async fn a_read_of_bytes_already_arrived_is_answered_without_waiting_and_keeps_r
 
 #[tokio::test]
 async fn a_read_that_finds_the_prefetcher_busy_or_a_part_failed_goes_the_usual_way() {
-    let bed = bed(16 * MIB, 256 * MIB);
+    let bed = bed(64 * MIB, 256 * MIB);
     let prefetcher = bed.prefetcher();
     bed.check(&prefetcher, 0, MIB).await;
     bed.check(&prefetcher, MIB, MIB).await;
@@ -325,12 +325,67 @@ async fn a_read_that_finds_the_prefetcher_busy_or_a_part_failed_goes_the_usual_w
         let _busy = prefetcher.lock().await;
         assert!(Prefetcher::try_read_ready(&prefetcher, 2 * MIB, MIB).is_none());
     }
-    assert!(Prefetcher::try_read_ready(&prefetcher, 2 * MIB, MIB).is_some());
-    // A failed part is not answered here: the usual read reports it and starts clean.
-    let far = 12 * MIB;
+    // The read-ahead this read starts fails.
     bed.client
         .fail_next(crate::object::Op::Get, 1, ObjectError::AccessDenied("no".into()));
-    assert!(Prefetcher::read(&prefetcher, far, MIB).await.is_err());
-    assert!(Prefetcher::try_read_ready(&prefetcher, far, MIB).is_none());
-    bed.check(&prefetcher, far, MIB).await;
+    assert!(Prefetcher::try_read_ready(&prefetcher, 2 * MIB, MIB).is_some());
+    bed.settled(&prefetcher).await;
+    let (failed, parts, window) = {
+        let p = prefetcher.lock().await;
+        let failed = p
+            .parts
+            .iter()
+            .find(|part| matches!(&*part.result.borrow(), Some(Err(_))));
+        let failed = failed.expect("a failed part").range.clone();
+        (failed, p.parts.len(), p.window)
+    };
+    assert!(Prefetcher::try_read_ready(&prefetcher, failed.start, MIB).is_none());
+    {
+        let p = prefetcher.lock().await;
+        assert_eq!(
+            (p.parts.len(), p.window),
+            (parts, window),
+            "a read that went nowhere changed nothing"
+        );
+    }
+    assert!(Prefetcher::read(&prefetcher, failed.start, MIB).await.is_err());
+    bed.check(&prefetcher, failed.start, MIB).await;
+}
+
+/// A sequential reader whose reads are answered without waiting wherever they can be reads
+/// ahead exactly as one whose reads all wait: the same GETs, every byte once.
+#[tokio::test]
+async fn reads_answered_without_waiting_read_ahead_as_the_usual_ones_do() {
+    let bed = bed(100 * MIB, 256 * MIB);
+    let prefetcher = bed.prefetcher();
+    let mut offset = 0;
+    let mut answered_at_once = 0;
+    while offset < 100 * MIB {
+        let data = match Prefetcher::try_read_ready(&prefetcher, offset, 128 * KIB) {
+            Some(data) => {
+                answered_at_once += 1;
+                data
+            }
+            None => Prefetcher::read(&prefetcher, offset, 128 * KIB).await.unwrap(),
+        };
+        let at = offset as usize;
+        assert_eq!(&data[..], &bed.body[at..at + 128 * KIB as usize], "at {offset}");
+        offset += 128 * KIB;
+        if offset % (4 * MIB) == 0 {
+            // Let the read-ahead land now and then, as a reader slower than the network does.
+            bed.settled(&prefetcher).await;
+        }
+    }
+    assert!(
+        answered_at_once > 400,
+        "{answered_at_once} of 800 reads answered at once"
+    );
+    let counts = bed.client.counters();
+    assert_eq!(counts.get_bytes, 100 * MIB, "every byte fetched exactly once");
+    assert!(counts.get <= 20, "{} GETs", counts.get);
+    assert_eq!(
+        prefetcher.lock().await.window,
+        8 * 8 * MIB,
+        "the window grew to its bound"
+    );
 }
