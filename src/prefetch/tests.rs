@@ -62,6 +62,19 @@ impl Bed {
         assert_eq!(&data[..], &self.body[start..end], "read of {len} at {offset}");
     }
 
+    /// After a sequential read of 100 MiB: every byte fetched once, in parts that grew to their
+    /// bound (1 + 1 + 2 + 4 + 8 MiB, then 8 MiB parts: far fewer GETs than the 100 blocks).
+    async fn read_ahead_was_exact(&self, prefetcher: &Mutex<Prefetcher>) {
+        let counts = self.client.counters();
+        assert_eq!(counts.get_bytes, 100 * MIB, "every byte fetched exactly once");
+        assert!(counts.get <= 20, "{} GETs", counts.get);
+        assert_eq!(
+            prefetcher.lock().await.window,
+            8 * 8 * MIB,
+            "the window grew to its bound"
+        );
+    }
+
     /// Waits until every GET started has finished (read-ahead runs in the background).
     async fn settled(&self, prefetcher: &Mutex<Prefetcher>) {
         let pending: Vec<_> = {
@@ -83,15 +96,7 @@ async fn a_sequential_reader_gets_growing_parts_and_nothing_twice() {
         bed.check(&prefetcher, offset, 128 * KIB).await;
         offset += 128 * KIB;
     }
-    let counts = bed.client.counters();
-    assert_eq!(counts.get_bytes, 100 * MIB, "every byte fetched exactly once");
-    // 1 + 1 + 2 + 4 + 8 MiB, then 8 MiB parts: far fewer GETs than the 100 blocks.
-    assert!(counts.get <= 20, "{} GETs", counts.get);
-    assert_eq!(
-        prefetcher.lock().await.window,
-        8 * 8 * MIB,
-        "the window grew to its bound"
-    );
+    bed.read_ahead_was_exact(&prefetcher).await;
 }
 
 #[tokio::test]
@@ -380,12 +385,5 @@ async fn reads_answered_without_waiting_read_ahead_as_the_usual_ones_do() {
         answered_at_once > 400,
         "{answered_at_once} of 800 reads answered at once"
     );
-    let counts = bed.client.counters();
-    assert_eq!(counts.get_bytes, 100 * MIB, "every byte fetched exactly once");
-    assert!(counts.get <= 20, "{} GETs", counts.get);
-    assert_eq!(
-        prefetcher.lock().await.window,
-        8 * 8 * MIB,
-        "the window grew to its bound"
-    );
+    bed.read_ahead_was_exact(&prefetcher).await;
 }
