@@ -33,6 +33,10 @@ pub struct KernelView {
     /// was last emptied (its handle was open when the file was staged): the next open must
     /// empty it again, whatever version it finds.
     pub pages_mixed: bool,
+    /// The version the staged file the pages followed was uploaded as, while they still hold
+    /// it: a write through the staged file after that (a writer going on after an fsync) makes
+    /// them follow it again, where they would otherwise count as mixed.
+    pub pages_uploaded_from_staged: Option<u64>,
 }
 
 impl KernelView {
@@ -45,13 +49,17 @@ impl KernelView {
     pub fn follow_staged_file(&mut self, reading_older: bool) {
         self.pages = Some(Self::STAGED);
         self.pages_mixed |= reading_older;
+        self.pages_uploaded_from_staged = None;
     }
 
     /// A write through a staged handle: the kernel copied its bytes into its pages before it
     /// sent it. If the pages follow something else now (an open of an older version since the
     /// staged open took them over), they are mixed.
     pub fn written_through(&mut self) {
-        if self.pages != Some(Self::STAGED) {
+        if self.pages.is_some() && self.pages == self.pages_uploaded_from_staged {
+            self.pages = Some(Self::STAGED);
+            self.pages_uploaded_from_staged = None;
+        } else if self.pages != Some(Self::STAGED) {
             self.pages_mixed = true;
         }
     }
@@ -63,6 +71,7 @@ impl KernelView {
     pub fn uploaded_as(&mut self, version: u64) {
         if self.pages == Some(Self::STAGED) {
             self.pages = Some(version);
+            self.pages_uploaded_from_staged = Some(version);
         } else {
             self.pages_mixed = true;
         }
@@ -71,6 +80,7 @@ impl KernelView {
     /// An open of `version` for reading: the pages follow it from now. True when they already
     /// did and nothing else may have slipped in (the kernel may keep its page cache).
     pub fn opened_for_read(&mut self, version: u64) -> bool {
+        self.pages_uploaded_from_staged = None;
         let mixed = std::mem::take(&mut self.pages_mixed);
         self.pages.replace(version) == Some(version) && !mixed
     }
@@ -224,6 +234,29 @@ impl InodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_after_an_upload_follow_the_staged_file_unless_another_version_came_in_between() {
+        let mut view = KernelView::default();
+        view.follow_staged_file(false);
+        view.written_through();
+        view.uploaded_as(7);
+        assert_eq!(view.pages, Some(7));
+        // A writer going on after its fsync: the pages follow the staged file again.
+        view.written_through();
+        assert_eq!(view.pages, Some(KernelView::STAGED));
+        assert!(!view.pages_mixed);
+        view.uploaded_as(8);
+        assert!(view.opened_for_read(8), "the pages are version 8's: kept");
+        // Another version opened since the upload: a write through the staged file mixes them.
+        let mut view = KernelView::default();
+        view.follow_staged_file(false);
+        view.uploaded_as(7);
+        view.opened_for_read(5);
+        view.written_through();
+        assert!(view.pages_mixed);
+        assert!(!view.opened_for_read(5), "mixed: emptied whatever the version");
+    }
 
     #[test]
     fn numbers_are_stable_across_forget() {

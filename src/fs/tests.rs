@@ -1225,6 +1225,25 @@ async fn an_open_answered_after_a_writers_fsync_reads_what_the_writer_holds() {
     fs.release(writer.handle).await;
 }
 
+/// A writer that goes on writing after an fsync leaves the kernel's pages the staged file's,
+/// not mixed: once it closes, the next open keeps them (they hold what was written, which is
+/// what S3 has), instead of emptying a cache that holds the right bytes.
+#[tokio::test]
+async fn a_writer_going_on_after_an_fsync_leaves_pages_the_next_open_keeps() {
+    let (client, _dir, fs, ino) = writable_with_file("AAAAAAAAAAA").await;
+    let writer = fs.open(ino, libc::O_RDWR).await.unwrap();
+    fs.write(writer.handle, 0, b"BB").await.unwrap();
+    fs.fsync(writer.handle).await.unwrap();
+    fs.write(writer.handle, 2, b"CC").await.unwrap();
+    fs.flush(writer.handle).await.unwrap();
+    fs.release(writer.handle).await;
+    assert_eq!(client.body("f").as_deref(), Some(&b"BBCCAAAAAAA"[..]));
+    let fresh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert!(fresh.keep_cache, "the pages are the version the close uploaded");
+    assert_eq!(&fs.read(fresh.handle, 0, 100).await.unwrap()[..], b"BBCCAAAAAAA");
+    fs.release(fresh.handle).await;
+}
+
 /// A file unlinked while a writer still holds it open, then created there again, opens for
 /// reading as usual: the unlinked staged file holds nothing back (the
 /// kernel keeps the inode, and so its number, alive while the writer's descriptor is open).
