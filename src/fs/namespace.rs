@@ -253,11 +253,11 @@ impl S3Fs {
                 .gates
                 .moving(vec![Arc::from(from.as_str()), Arc::from(to.as_str())])
                 .await;
-            let after = paths()?;
-            if after == (from.clone(), to.clone()) {
+            let (from_now, to_now) = paths()?;
+            if from_now == from && to_now == to {
                 return Ok((from, to, pass));
             }
-            (from, to) = after;
+            (from, to) = (from_now, to_now);
         }
     }
 

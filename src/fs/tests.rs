@@ -752,11 +752,19 @@ pub(super) fn writable_with(client: &Arc<Bucket>, dir: &tempfile::TempDir, confi
 /// A writable file system over a bucket holding one file, `f` with `body`: the bucket, the
 /// staging directory (kept alive with it), the file system and `f`'s inode.
 async fn writable_with_file(body: &'static str) -> (Arc<Bucket>, tempfile::TempDir, Arc<S3Fs>, u64) {
+    writable_with_object("f", body).await
+}
+
+/// [`writable_with_file`] with the file at `path` (looked up, directories included).
+async fn writable_with_object(
+    path: &str,
+    body: &'static str,
+) -> (Arc<Bucket>, tempfile::TempDir, Arc<S3Fs>, u64) {
     let client = Arc::new(Bucket::memory("b"));
-    client.put_object("f", body);
+    client.put_object(path, body);
     let dir = tempfile::tempdir().unwrap();
     let fs = Arc::new(writable(&client, &dir));
-    let ino = lookup_path(&fs, "f").await.unwrap().ino;
+    let ino = lookup_path(&fs, path).await.unwrap().ino;
     (client, dir, fs, ino)
 }
 
@@ -1583,11 +1591,7 @@ async fn a_writer_of_the_target_during_a_rename_goes_after_it() {
 /// the rename deletes, its untouched bytes could never be uploaded.
 #[tokio::test]
 async fn an_open_for_writing_of_the_source_during_a_rename_opens_the_moved_file() {
-    let client = Arc::new(Bucket::memory("b"));
-    client.put_object("tmp", "moved content");
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(writable(&client, &dir));
-    let tmp_ino = lookup_path(&fs, "tmp").await.unwrap().ino;
+    let (client, _dir, fs, tmp_ino) = writable_with_object("tmp", "moved content").await;
     let rename = spawn_rename_held_at_its_copy(&client, &fs, "tmp", "final").await;
     let writer = spawn_write_at_start(&fs, tmp_ino, b"MOVED");
     let_the_others_run().await;
@@ -1604,11 +1608,7 @@ async fn an_open_for_writing_of_the_source_during_a_rename_opens_the_moved_file(
 /// the keys are being moved waits, then opens the file under the directory's new name.
 #[tokio::test]
 async fn an_open_for_writing_below_a_directory_being_renamed_opens_it_at_the_new_name() {
-    let client = Arc::new(Bucket::memory("b"));
-    client.put_object("d/f", "moved content");
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(writable(&client, &dir));
-    let f_ino = lookup_path(&fs, "d/f").await.unwrap().ino;
+    let (client, _dir, fs, f_ino) = writable_with_object("d/f", "moved content").await;
     let rename = spawn_rename_held_at_its_copy(&client, &fs, "d", "e").await;
     let writer = spawn_write_at_start(&fs, f_ino, b"MOVED");
     let_the_others_run().await;
@@ -1626,11 +1626,7 @@ async fn an_open_for_writing_below_a_directory_being_renamed_opens_it_at_the_new
 /// copy and the delete, its data would be gone once its close had succeeded.
 #[tokio::test]
 async fn a_close_of_a_file_open_under_a_directory_being_renamed_uploads_it_at_the_new_name() {
-    let client = Arc::new(Bucket::memory("b"));
-    client.put_object("d/f", "old content");
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(writable(&client, &dir));
-    let f_ino = lookup_path(&fs, "d/f").await.unwrap().ino;
+    let (client, _dir, fs, f_ino) = writable_with_object("d/f", "old content").await;
     let opened = fs.open(f_ino, libc::O_WRONLY).await.unwrap();
     client.set_stalled(Op::Delete, true);
     let rename = spawn_rename(&fs, "d", "e");
@@ -1666,13 +1662,9 @@ async fn a_close_of_a_file_open_under_a_directory_being_renamed_uploads_it_at_th
 /// does not hold them back), then happen under its new name.
 #[tokio::test]
 async fn namespace_changes_inside_a_directory_being_renamed_happen_under_its_new_name() {
-    let client = Arc::new(Bucket::memory("b"));
+    let (client, _dir, fs, _) = writable_with_object("d/gone", "unlinked").await;
     client.put_object("d/f", "content");
-    client.put_object("d/gone", "unlinked");
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(writable(&client, &dir));
     let d_ino = lookup_path(&fs, "d").await.unwrap().ino;
-    lookup_path(&fs, "d/gone").await.unwrap();
     let rename = spawn_rename_held_at_its_copy(&client, &fs, "d", "e").await;
     let changes = {
         let fs = fs.clone();
@@ -1700,11 +1692,7 @@ async fn namespace_changes_inside_a_directory_being_renamed_happen_under_its_new
 /// its new name; made on the source key, it would be deleted with it (or fail, the key gone).
 #[tokio::test]
 async fn a_metadata_change_of_the_source_during_a_rename_changes_the_moved_file() {
-    let client = Arc::new(Bucket::memory("b"));
-    client.put_object("tmp", "content");
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(writable(&client, &dir));
-    let tmp_ino = lookup_path(&fs, "tmp").await.unwrap().ino;
+    let (client, _dir, fs, tmp_ino) = writable_with_object("tmp", "content").await;
     let rename = spawn_rename_held_at_its_copy(&client, &fs, "tmp", "final").await;
     let chmod = {
         let fs = fs.clone();
