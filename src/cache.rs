@@ -66,6 +66,14 @@ impl ReadCounters {
 }
 
 type BlockResult = Option<Result<Bytes, ObjectError>>;
+
+/// A block fetched from S3, and its CRC32C where the client took it as the bytes arrived (the
+/// disk cache stores it rather than reading the block again to compute it).
+struct FetchedBlock {
+    index: u64,
+    data: Bytes,
+    crc32c: Option<u32>,
+}
 type InFlightKey = (ObjectVersion, u64);
 /// Blocks being fetched, and fetched blocks on their way to disk: a reader that finds its block
 /// here waits for (or takes) that block instead of fetching it again.
@@ -260,38 +268,54 @@ impl BlockReader {
             if owned.senders.contains_key(&0) {
                 self.counters.cache_miss_blocks.fetch_add(1, Ordering::Relaxed);
                 owned.publish(0, Ok(start.data.clone()));
-                self.store_in_background(&object, &[(0, start.data.clone())], &mut owned);
+                let first = FetchedBlock {
+                    index: 0,
+                    data: start.data.clone(),
+                    crc32c: None,
+                };
+                self.store_in_background(&object, &[first], &mut owned);
             }
         }
         Ok((head, start.data))
     }
 
     /// One ranged GET for a run of blocks, of exactly the run's bytes (a short body is an
-    /// error), counted; the blocks sliced out of it. Both the readers' path and [`Self::fill`]
-    /// fetch through here.
+    /// error), counted; the blocks sliced out of it, with the CRC32C of each where the client
+    /// took them. Both the readers' path and [`Self::fill`] fetch through here.
     async fn get_blocks(
         &self,
         object: &ObjectVersion,
         run: Range<u64>,
-    ) -> Result<Vec<(u64, Bytes)>, ObjectError> {
+    ) -> Result<Vec<FetchedBlock>, ObjectError> {
         let range = run.start * BLOCK_SIZE..(run.end * BLOCK_SIZE).min(object.size);
         let expected = range.end - range.start;
         self.counters.get_requests.fetch_add(1, Ordering::Relaxed);
-        let data = self
+        let body = self
             .client
-            .get_version_range(
+            .get_range_body(
                 &object.key,
                 object.version_id.as_deref(),
                 range.clone(),
                 Some(&object.etag),
+                Some(BLOCK_SIZE as usize),
             )
             .await?;
+        let data = body.data;
         self.count_fetched(&object.key, expected, &data)?;
+        // (Sums of another count than the blocks' are not this run's: left out, not trusted.)
+        let sums = body
+            .piece_sums
+            .filter(|sums| sums.len() as u64 == run.end - run.start);
         Ok(run
-            .map(|block| {
-                let start = ((block * BLOCK_SIZE) - range.start) as usize;
+            .enumerate()
+            .map(|(nth, block)| {
+                let start = nth * BLOCK_SIZE as usize;
                 let end = (start + BLOCK_SIZE as usize).min(data.len());
-                (block, data.slice(start..end))
+                FetchedBlock {
+                    index: block,
+                    data: data.slice(start..end),
+                    crc32c: sums.as_ref().map(|sums| sums[nth]),
+                }
             })
             .collect())
     }
@@ -310,11 +334,14 @@ impl BlockReader {
                 return Err(error);
             }
         };
-        for (block, bytes) in &blocks {
-            owned.publish(*block, Ok(bytes.clone()));
+        for block in &blocks {
+            owned.publish(block.index, Ok(block.data.clone()));
         }
         self.store_in_background(object, &blocks, owned);
-        Ok(blocks)
+        Ok(blocks
+            .into_iter()
+            .map(|block| (block.index, block.data))
+            .collect())
     }
 
     /// Hands the blocks of one GET to the disk cache without waiting, all to one blocking task
@@ -325,30 +352,31 @@ impl BlockReader {
     fn store_in_background(
         &self,
         object: &ObjectVersion,
-        blocks: &[(u64, Bytes)],
+        blocks: &[FetchedBlock],
         owned: &mut InFlightGuard<'_>,
     ) {
         let Some(disk) = self.disk.clone() else { return };
         let mut writes = Vec::with_capacity(blocks.len());
-        for (block, data) in blocks {
+        for block in blocks {
             let Ok(permit) = self
                 .pending_writes
                 .clone()
-                .try_acquire_many_owned(data.len().max(1) as u32)
+                .try_acquire_many_owned(block.data.len().max(1) as u32)
             else {
                 continue;
             };
-            let sender = owned.senders.remove(block);
-            let name = block_name(&*self.client, object, *block);
-            writes.push((name, data.clone(), (object.clone(), *block), sender, permit));
+            let sender = owned.senders.remove(&block.index);
+            let name = block_name(&*self.client, object, block.index);
+            let key = (object.clone(), block.index);
+            writes.push((name, block.data.clone(), block.crc32c, key, sender, permit));
         }
         if writes.is_empty() {
             return;
         }
         let in_flight = self.in_flight.clone();
         tokio::task::spawn_blocking(move || {
-            for (name, data, key, sender, permit) in writes {
-                disk.put(&name, &data);
+            for (name, data, crc32c, key, sender, permit) in writes {
+                disk.put(&name, &data, crc32c);
                 lock(&in_flight).remove(&key);
                 drop((sender, permit));
             }
@@ -428,16 +456,16 @@ impl BlockReader {
         disk: &Arc<DiskCache>,
     ) -> Result<u64, ObjectError> {
         let blocks = self.get_blocks(object, run).await?;
-        let fetched = blocks.iter().map(|(_, bytes)| bytes.len() as u64).sum();
-        let named: Vec<(BlockName, Bytes)> = blocks
+        let fetched = blocks.iter().map(|block| block.data.len() as u64).sum();
+        let named: Vec<(BlockName, FetchedBlock)> = blocks
             .into_iter()
-            .map(|(block, bytes)| (block_name(&*self.client, object, block), bytes))
+            .map(|block| (block_name(&*self.client, object, block.index), block))
             .collect();
         let disk = disk.clone();
         let stored = tokio::task::spawn_blocking(move || {
             named
                 .iter()
-                .try_for_each(|(name, block)| disk.try_put(name, block))
+                .try_for_each(|(name, block)| disk.try_put(name, &block.data, block.crc32c))
         })
         .await
         .map_err(|e| e.to_string())

@@ -1,6 +1,8 @@
 //! CRC32C (Castagnoli, the iSCSI polynomial), the one checksum s3mount computes: of every block
 //! the disk cache stores and reads back, of the cache's saved index, and of every part it uploads
-//! (`x-amz-checksum-crc32c`). One function, so every caller gets the same, fastest code.
+//! (`x-amz-checksum-crc32c`). One function, so every caller gets the same, fastest code; and
+//! [`PieceSums`], the same CRC of each block-sized piece of a GET's body, taken as the body
+//! arrives.
 //!
 //! `crc-fast` picks the widest instructions the CPU has at run time (AVX-512 VPCLMULQDQ folded
 //! with the SSE4.2 `crc32` instruction on x86-64, PMULL on ARMv8), about twice the throughput of
@@ -14,9 +16,86 @@ pub fn crc32c(data: &[u8]) -> u32 {
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
 }
 
+/// The CRC32C of each `piece_len` bytes of a byte stream (the last piece may be shorter), fed
+/// as the bytes arrive. A GET's body summed right after each read from the socket is still in
+/// the CPU's cache; the disk cache summing each block later reads it back from memory, at about
+/// twice the CPU (7% of the daemon's samples on a cold read against 3%).
+pub struct PieceSums {
+    piece_len: usize,
+    digest: crc_fast::Digest,
+    /// Bytes of the current piece already fed to `digest`.
+    in_piece: usize,
+    sums: Vec<u32>,
+}
+
+impl PieceSums {
+    /// Sums of pieces of `piece_len` bytes (at least 1).
+    pub fn new(piece_len: usize) -> Self {
+        Self {
+            piece_len: piece_len.max(1),
+            digest: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi),
+            in_piece: 0,
+            sums: Vec::new(),
+        }
+    }
+
+    /// Feeds the stream's next bytes.
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let take = (self.piece_len - self.in_piece).min(bytes.len());
+            self.digest.update(&bytes[..take]);
+            self.in_piece += take;
+            bytes = &bytes[take..];
+            if self.in_piece == self.piece_len {
+                self.sums.push(self.digest.finalize_reset() as u32);
+                self.in_piece = 0;
+            }
+        }
+    }
+
+    /// The sum of every piece, in order: the last one's too when the stream ended inside it.
+    pub fn finish(mut self) -> Vec<u32> {
+        if self.in_piece > 0 {
+            self.sums.push(self.digest.finalize() as u32);
+        }
+        self.sums
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::crc32c;
+    use super::{PieceSums, crc32c};
+
+    /// Whatever the reads that deliver a stream (one byte, odd lengths across piece boundaries,
+    /// everything at once), each piece's sum is the CRC32C of that piece.
+    #[test]
+    fn piece_sums_are_each_pieces_crc32c_however_the_stream_is_cut() {
+        let data: Vec<u8> = (0..10_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        for piece_len in [1, 7, 4096, 5000, 10_000, 20_000] {
+            let expected: Vec<u32> = data.chunks(piece_len).map(crc32c).collect();
+            for read_len in [1, 3, 999, 4096, 4097, 10_000] {
+                let mut sums = PieceSums::new(piece_len);
+                for read in data.chunks(read_len) {
+                    sums.update(read);
+                }
+                assert_eq!(
+                    sums.finish(),
+                    expected,
+                    "pieces of {piece_len}, reads of {read_len}"
+                );
+            }
+        }
+        assert!(PieceSums::new(4096).finish().is_empty());
+        let mut exact = PieceSums::new(4);
+        exact.update(&data[..8]);
+        assert_eq!(
+            exact.finish().len(),
+            2,
+            "no empty piece after a stream ending at a boundary"
+        );
+    }
 
     /// The catalogue's check value and RFC 3720's test vectors (B.4): a change of algorithm or
     /// of crate that computed another CRC would make every cached block look damaged and every

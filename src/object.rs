@@ -67,6 +67,16 @@ pub struct ObjectStart {
     pub data: Bytes,
 }
 
+/// A ranged GET's answer: its bytes and, where asked for and the client took them as the bytes
+/// arrived, the CRC32C of each piece of them (see [`ObjectClient::get_range_body`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeBody {
+    pub data: Bytes,
+    /// The CRC32C of each piece of `data` from its start, in order; the last piece may be
+    /// shorter. `None`: not asked for, or not taken by this client.
+    pub piece_sums: Option<Vec<u32>>,
+}
+
 /// What HeadObject tells about one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectHead {
@@ -288,7 +298,27 @@ pub trait ObjectClient: Send + Sync + 'static {
         version_id: Option<&str>,
         range: Range<u64>,
         if_match: Option<&str>,
-    ) -> Result<Bytes, ObjectError>;
+    ) -> Result<Bytes, ObjectError> {
+        let body = self
+            .get_range_body(key, version_id, range, if_match, None)
+            .await?;
+        Ok(body.data)
+    }
+
+    /// [`ObjectClient::get_version_range`], and with `sum_pieces: Some(len)` the CRC32C of each
+    /// `len` bytes of the answer where the client takes them as the bytes arrive
+    /// ([`crate::checksum::PieceSums`]). The block reader asks for its blocks' sums, which the
+    /// disk cache then stores instead of reading each block again to sum it. Every GET of an
+    /// object's bytes goes through here: layers over a client (retries, faults, snapshots)
+    /// implement this one method and pass `sum_pieces` on.
+    async fn get_range_body(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        range: Range<u64>,
+        if_match: Option<&str>,
+        sum_pieces: Option<usize>,
+    ) -> Result<RangeBody, ObjectError>;
 
     /// The head and the first `len` bytes of the current version of `key`. S3 answers both in
     /// one GetObject of `bytes=0-(len-1)`: an open that needs both (close-to-open asks S3 for the
@@ -450,14 +480,17 @@ impl<T: ObjectClient + ?Sized> ObjectClient for std::sync::Arc<T> {
         (**self).head_version(key, version_id).await
     }
 
-    async fn get_version_range(
+    async fn get_range_body(
         &self,
         key: &str,
         version_id: Option<&str>,
         range: Range<u64>,
         if_match: Option<&str>,
-    ) -> Result<Bytes, ObjectError> {
-        (**self).get_version_range(key, version_id, range, if_match).await
+        sum_pieces: Option<usize>,
+    ) -> Result<RangeBody, ObjectError> {
+        (**self)
+            .get_range_body(key, version_id, range, if_match, sum_pieces)
+            .await
     }
 
     async fn get_start(&self, key: &str, len: u64) -> Result<ObjectStart, ObjectError> {

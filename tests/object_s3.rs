@@ -810,9 +810,10 @@ async fn a_staged_file_uploads_in_parts_and_reads_back(backend: Backend, prefix:
 
 /// Ranged GETs on the client's own connections (`direct_get`) answer as the SDK's do: the same
 /// bytes for odd keys (signed by the SDK, sent as it encoded them), the same clamping, and the
-/// same errors for a failed If-Match, a range past the end and a missing key. The direct path
-/// must have carried every one of them: a GET it declined would have gone through the SDK and
-/// hidden a difference, so the test checks that it is still on at the end.
+/// same errors for a failed If-Match, a range past the end and a missing key, and the same
+/// CRC32C of each block-sized piece when asked for it. The direct path must have carried every
+/// one of them: a GET it declined would have gone through the SDK and hidden a difference, so
+/// the test checks that it is still on at the end.
 #[test]
 fn ranged_gets_answer_alike_on_own_connections_and_through_the_sdk() {
     run(true, "direct-get", |backend, prefix| async move {
@@ -846,6 +847,16 @@ fn ranged_gets_answer_alike_on_own_connections_and_through_the_sdk() {
                     assert!(got == body.slice(range.start as usize..end), "{key:?} {range:?}");
                 }
             }
+            // Both ways take the CRC32C of each block-sized piece as the body arrives.
+            let sums: Vec<u32> = body.chunks(1 << 20).map(s3mount::checksum::crc32c).collect();
+            for client in [direct, &sdk] {
+                let got = client
+                    .get_range_body(&key, None, 0..u64::MAX, Some(&etag), Some(1 << 20))
+                    .await
+                    .unwrap();
+                assert!(got.data == body, "{key:?}");
+                assert_eq!(got.piece_sums.as_ref(), Some(&sums), "{key:?}");
+            }
             for client in [direct, &sdk] {
                 assert_eq!(
                     client.get_range(&key, 0..10, Some("\"other\"")).await,
@@ -870,7 +881,7 @@ fn ranged_gets_answer_alike_on_own_connections_and_through_the_sdk() {
         );
         assert_eq!(
             direct.gets_carried_directly() - carried,
-            (names.len() * 4) as u64,
+            (names.len() * 5) as u64,
             "every GET that gave a body came on the client's own connections"
         );
         // An error told apart by its code alone (404 is also a missing key's status).

@@ -397,15 +397,17 @@ impl DiskCache {
 
     /// Stores a block, evicting the least recently used ones to stay within the bounds. Failures
     /// (disk full, unwritable) are logged once and otherwise ignored: the cache is best-effort.
-    pub fn put(&self, name: &BlockName, data: &[u8]) {
-        let _ = self.try_put(name, data);
+    /// `known_crc32c` is the block's CRC32C where it was taken as the block arrived
+    /// ([`crate::checksum::PieceSums`]); `None`, and it is computed here.
+    pub fn put(&self, name: &BlockName, data: &[u8], known_crc32c: Option<u32>) {
+        let _ = self.try_put(name, data, known_crc32c);
     }
 
     /// [`Self::put`], saying why a block could not be stored (a bound it would break, a failed
     /// write): for `s3 mount warm`, whose whole point is that the blocks are there afterwards.
     /// A block another writer's reservation left no room for, and one offered after the cache
     /// was closed, are not stored and not an error.
-    pub fn try_put(&self, name: &BlockName, data: &[u8]) -> io::Result<()> {
+    pub fn try_put(&self, name: &BlockName, data: &[u8], known_crc32c: Option<u32>) -> io::Result<()> {
         if self.closed.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -427,7 +429,8 @@ impl DiskCache {
             return Ok(());
         };
         self.prepare_slot(entry.slot, space, data.len());
-        match self.write_slot(&entry, &description, data) {
+        let crc = block_crc32c(data, known_crc32c);
+        match self.write_slot(&entry, &description, data, crc) {
             Ok(()) => {
                 let mut index = self.lock_index();
                 index.reserved_bytes -= entry.stored_bytes();
@@ -616,9 +619,9 @@ impl DiskCache {
 
     /// Writes the block's data at the start of its slot and its trailer at the end: with
     /// O_DIRECT while the file system takes it, else through the page cache.
-    fn write_slot(&self, entry: &Entry, description: &[u8], data: &[u8]) -> io::Result<()> {
+    fn write_slot(&self, entry: &Entry, description: &[u8], data: &[u8], crc: u32) -> io::Result<()> {
         let mut buffer = self.take_buffer();
-        let written = self.write_slot_with(entry, description, data, &mut buffer);
+        let written = self.write_slot_with(entry, description, data, crc, &mut buffer);
         self.give_back_buffer(buffer);
         written
     }
@@ -628,10 +631,11 @@ impl DiskCache {
         entry: &Entry,
         description: &[u8],
         data: &[u8],
+        crc: u32,
         buffer: &mut Vec<u8>,
     ) -> io::Result<()> {
         let start = entry.slot * SLOT_LEN;
-        let trailer_bytes = encode_trailer(description, data, entry.sequence);
+        let trailer_bytes = encode_trailer(description, data.len(), crc, entry.sequence);
         if let Some(direct) = self
             .direct
             .as_ref()
@@ -857,15 +861,34 @@ fn stored_bytes(data_len: usize) -> u64 {
     (data_len.next_multiple_of(DIRECT_ALIGN) + TRAILER_LEN) as u64
 }
 
+/// The CRC32C a block is stored with: the one taken as it arrived, where there is one, else
+/// computed now. A sum taken on arrival is checked against the bytes in debug builds, so every
+/// test that caches a block checks the sums it was given; a release build trusts it (checking
+/// would cost what taking it on arrival saves), and a wrong one would only make the block look
+/// damaged when read back, and be fetched again.
+fn block_crc32c(data: &[u8], known: Option<u32>) -> u32 {
+    match known {
+        Some(crc) => {
+            debug_assert_eq!(
+                crc,
+                crc32c(data),
+                "a block's CRC32C taken on arrival is not its bytes'"
+            );
+            crc
+        }
+        None => crc32c(data),
+    }
+}
+
 /// A slot's trailer: the block's description at its start, zeros, then the footer (name length,
 /// data length, CRC32C of the data, write sequence, magic) ending the sector.
-fn encode_trailer(description: &[u8], data: &[u8], sequence: u64) -> [u8; TRAILER_LEN] {
+fn encode_trailer(description: &[u8], data_len: usize, crc: u32, sequence: u64) -> [u8; TRAILER_LEN] {
     let mut trailer = [0u8; TRAILER_LEN];
     trailer[..description.len()].copy_from_slice(description);
     let mut footer = Vec::with_capacity(FOOTER_LEN);
     footer.extend_from_slice(&(description.len() as u32).to_le_bytes());
-    footer.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    footer.extend_from_slice(&crc32c(data).to_le_bytes());
+    footer.extend_from_slice(&(data_len as u32).to_le_bytes());
+    footer.extend_from_slice(&crc.to_le_bytes());
     footer.extend_from_slice(&sequence.to_le_bytes());
     footer.extend_from_slice(MAGIC);
     trailer[TRAILER_LEN - FOOTER_LEN..].copy_from_slice(&footer);
@@ -1292,7 +1315,7 @@ mod tests {
     fn blocks_round_trip_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let cache = open(dir.path());
-        cache.put(&name("k", 0), b"hello");
+        cache.put(&name("k", 0), b"hello", None);
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&b"hello"[..]));
         assert_eq!(cache.get(&name("k", 1)), None);
         let other_version = BlockName {
@@ -1323,7 +1346,7 @@ mod tests {
         let cache = open(dir.path());
         let data = vec![7u8; 4096];
         for damage in 0..3 {
-            cache.put(&name("k", 0), &data);
+            cache.put(&name("k", 0), &data, None);
             let slot = slot_of(&cache, &name("k", 0));
             assert_eq!(slot, 0, "damage {damage}: a dropped block's slot is reused");
             match damage {
@@ -1362,17 +1385,17 @@ mod tests {
         let one = stored_bytes(block.len());
         let cache = DiskCache::open(dir.path(), limits(3 * one)).unwrap();
         for index in 0..3 {
-            cache.put(&name("k", index), &block);
+            cache.put(&name("k", index), &block, None);
         }
         assert!(cache.get(&name("k", 0)).is_some()); // 0 is now the most recently used
-        cache.put(&name("k", 3), &block);
+        cache.put(&name("k", 3), &block, None);
         assert!(cache.size() <= 3 * one);
         assert!(cache.get(&name("k", 1)).is_none(), "1 was least recently used");
         assert!(cache.get(&name("k", 0)).is_some());
         assert!(cache.get(&name("k", 3)).is_some());
         // Far past the bound: it stays bounded, and so does the file, its slots reused.
         for index in 4..50 {
-            cache.put(&name("k", index), &block);
+            cache.put(&name("k", index), &block, None);
         }
         assert!(cache.size() <= 3 * one);
         assert_eq!(cache.counters.evicted.load(Ordering::Relaxed), 47);
@@ -1390,7 +1413,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let block = vec![3u8; SLOT_DATA as usize];
         let cache = open(dir.path());
-        cache.put(&name("k", 0), &block);
+        cache.put(&name("k", 0), &block, None);
         // Where the file system cannot allocate ahead, the file grows slot by slot.
         let probe = File::create(dir.path().join("probe")).unwrap();
         let ahead = match fallocate(&probe, FallocateFlags::empty(), 0, 4096) {
@@ -1404,7 +1427,7 @@ mod tests {
             "the first write allocated the run after its slot"
         );
         assert!(file.blocks() * 512 >= ahead, "allocated, not sparse");
-        cache.put(&name("k", 1), &block);
+        cache.put(&name("k", 1), &block, None);
         assert_eq!(
             fs::metadata(slots_path(dir.path())).unwrap().len(),
             ahead.max(2 * SLOT_LEN)
@@ -1471,7 +1494,7 @@ mod tests {
         let small_space = stored_bytes(small.len());
         let cache = open(dir.path());
         for index in 0..40 {
-            cache.put(&name("small", index), &small);
+            cache.put(&name("small", index), &small, None);
         }
         assert!(
             allocated(dir.path()) <= 40 * small_space + 4 * DIRECT_ALIGN as u64,
@@ -1480,14 +1503,14 @@ mod tests {
         );
         // A whole block allocates a run ahead; small blocks in it give back what they leave.
         let before_run = allocated(dir.path());
-        cache.put(&name("whole", 0), &vec![8u8; SLOT_DATA as usize]);
+        cache.put(&name("whole", 0), &vec![8u8; SLOT_DATA as usize], None);
         let with_run = allocated(dir.path());
         assert!(
             with_run <= before_run + (1 + SLOTS_ALLOCATED_AHEAD) * SLOT_LEN,
             "{with_run} bytes: the run starts at the whole block's slot, past the small ones"
         );
         for index in 40..43 {
-            cache.put(&name("small", index), &small);
+            cache.put(&name("small", index), &small, None);
         }
         let unfilled = 3 * (SLOT_LEN - small_space);
         assert!(
@@ -1503,8 +1526,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let block = vec![5u8; SLOT_DATA as usize];
         let cache = DiskCache::open(dir.path(), limits(2 * stored_bytes(block.len()))).unwrap();
-        cache.put(&name("k", 0), &block);
-        cache.put(&name("k", 1), &block);
+        cache.put(&name("k", 0), &block, None);
+        cache.put(&name("k", 1), &block, None);
         cache.evict_to_fit(stored_bytes(block.len())).unwrap();
         let (entry, space) = cache.reserve_slot(block.len() as u32).unwrap();
         assert!(matches!(space, SlotSpace::Kept { .. }), "{space:?}");
@@ -1526,10 +1549,10 @@ mod tests {
         let whole = vec![5u8; SLOT_DATA as usize];
         let mut cache = DiskCache::open(dir.path(), limits(stored_bytes(whole.len()))).unwrap();
         for index in 0..3 {
-            cache.put(&name("small", index), &[6u8; 5000]);
+            cache.put(&name("small", index), &[6u8; 5000], None);
         }
         // The whole block evicts the three small ones, and takes one of their slots.
-        cache.put(&name("whole", 0), &whole);
+        cache.put(&name("whole", 0), &whole, None);
         assert_eq!(cache.lock_index().kept.len(), 2);
         let punched = cache.counters.punched.load(Ordering::Relaxed);
         cache.limits.min_free_bytes = u64::MAX;
@@ -1548,7 +1571,7 @@ mod tests {
         let block = vec![5u8; SLOT_DATA as usize];
         let cache = DiskCache::open(dir.path(), limits(2 * stored_bytes(block.len()))).unwrap();
         for index in 0..10 {
-            cache.put(&name("k", index), &block);
+            cache.put(&name("k", index), &block, None);
         }
         assert_eq!(cache.counters.evicted.load(Ordering::Relaxed), 8);
         assert_eq!(
@@ -1559,7 +1582,7 @@ mod tests {
         assert_eq!(cache.get(&name("k", 9)).as_deref(), Some(&block[..]));
         // A smaller block in a kept slot gives back what it does not fill.
         let small = vec![6u8; 5000];
-        cache.put(&name("small", 0), &small);
+        cache.put(&name("small", 0), &small, None);
         let allocated = fs::metadata(slots_path(dir.path())).unwrap().blocks() * 512;
         assert!(
             allocated <= SLOT_LEN + stored_bytes(small.len()) + DIRECT_ALIGN as u64,
@@ -1575,7 +1598,7 @@ mod tests {
         let block = vec![2u8; SLOT_DATA as usize];
         let cache = DiskCache::open(dir.path(), limits(2 * stored_bytes(block.len()))).unwrap();
         for index in 0..10 {
-            cache.put(&name("k", index), &block);
+            cache.put(&name("k", index), &block, None);
         }
         assert_eq!(cache.block_count(), 2);
         let allocated = fs::metadata(slots_path(dir.path())).unwrap().blocks() * 512;
@@ -1599,7 +1622,7 @@ mod tests {
         let cache = open(dir.path());
         let cases = [vec![3u8; SLOT_DATA as usize], vec![4u8; 5000], Vec::new()];
         for (index, data) in cases.iter().enumerate() {
-            cache.put(&name("k", index as u64), data);
+            cache.put(&name("k", index as u64), data, None);
         }
         let raw = fs::read(slots_path(dir.path())).unwrap();
         assert!(raw.len() as u64 >= 3 * SLOT_LEN);
@@ -1649,7 +1672,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = open(dir.path());
         let block = vec![9u8; SLOT_DATA as usize];
-        cache.put(&name("k", 0), &block);
+        cache.put(&name("k", 0), &block, None);
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&block[..]));
         let probe_dir = tempfile::tempdir_in(dir.path()).unwrap();
         let direct = takes_direct_writes(probe_dir.path());
@@ -1668,12 +1691,12 @@ mod tests {
         received.extend_from_slice(&block);
         let in_place = &received[pad..];
         assert!(is_whole_sectors(in_place));
-        cache.put(&name("k", 1), in_place);
+        cache.put(&name("k", 1), in_place, None);
         // Not whole sectors where it is (copied), and through the page cache (as on tmpfs).
-        cache.put(&name("k", 2), &block[1..]);
+        cache.put(&name("k", 2), &block[1..], None);
         cache.direct_writes.store(false, Ordering::Relaxed);
-        cache.put(&name("k", 3), &block);
-        cache.put(&name("k", 4), &block[1..]);
+        cache.put(&name("k", 3), &block, None);
+        cache.put(&name("k", 4), &block[1..], None);
         for index in [0, 1, 3] {
             assert_eq!(
                 cache.get(&name("k", index)).as_deref(),
@@ -1707,7 +1730,7 @@ mod tests {
     fn an_interrupted_write_leaves_a_free_slot_not_a_block() {
         let dir = tempfile::tempdir().unwrap();
         let cache = open(dir.path());
-        cache.put(&name("k", 0), b"whole");
+        cache.put(&name("k", 0), b"whole", None);
         drop(cache);
         // A kill after the data of slot 1 was written, before its trailer.
         forget_saved_index(dir.path());
@@ -1715,7 +1738,7 @@ mod tests {
         let cache = open(dir.path());
         assert_eq!(cache.block_count(), 1);
         assert_eq!(cache.size(), stored_bytes(5), "the torn slot is not counted");
-        cache.put(&name("k", 1), b"next");
+        cache.put(&name("k", 1), b"next", None);
         assert_eq!(slot_of(&cache, &name("k", 1)), 1, "the torn slot is reused");
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&b"whole"[..]));
         assert_eq!(cache.get(&name("k", 1)).as_deref(), Some(&b"next"[..]));
@@ -1725,8 +1748,8 @@ mod tests {
     fn a_block_stored_again_keeps_one_slot_the_latest() {
         let dir = tempfile::tempdir().unwrap();
         let cache = open(dir.path());
-        cache.put(&name("k", 0), b"first");
-        cache.put(&name("k", 0), b"second");
+        cache.put(&name("k", 0), b"first", None);
+        cache.put(&name("k", 0), b"second", None);
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&b"second"[..]));
         assert_eq!(cache.block_count(), 1);
         assert_eq!(cache.size(), stored_bytes(6));
@@ -1738,13 +1761,13 @@ mod tests {
         forget_saved_index(dir.path());
         let mut older_slot = b"first".to_vec();
         older_slot.resize(SLOT_DATA as usize, 0);
-        older_slot.extend_from_slice(&encode_trailer(&name("k", 0).describe(), b"first", 0));
+        older_slot.extend_from_slice(&encode_trailer(&name("k", 0).describe(), 5, crc32c(b"first"), 0));
         scribble(dir.path(), older * SLOT_LEN, &older_slot);
         let cache = open(dir.path());
         assert_eq!(cache.get(&name("k", 0)).as_deref(), Some(&b"second"[..]));
         assert_eq!(cache.block_count(), 1);
         assert_eq!(cache.size(), stored_bytes(6));
-        cache.put(&name("k", 1), b"third");
+        cache.put(&name("k", 1), b"third", None);
         assert_eq!(
             slot_of(&cache, &name("k", 1)),
             older,
@@ -1763,7 +1786,7 @@ mod tests {
             let cache = cache.clone();
             std::thread::spawn(move || {
                 for round in 0..3000u64 {
-                    cache.put(&name("k", round % 8), &content(round % 8));
+                    cache.put(&name("k", round % 8), &content(round % 8), None);
                 }
             })
         };
@@ -1789,7 +1812,7 @@ mod tests {
         let index_file = dir.path().join("blocks").join(INDEX_FILE);
         let cache = open(dir.path());
         for (index, data) in [b"zero", b"one!", b"two!"].iter().enumerate() {
-            cache.put(&name("k", index as u64), &data[..]);
+            cache.put(&name("k", index as u64), &data[..], None);
         }
         assert!(
             cache.get(&name("k", 0)).is_some(),
@@ -1816,7 +1839,7 @@ mod tests {
         // After an open from the saved index, a new block goes to a free slot and a new
         // sequence: every block reads back, also after a kill (from the trailers).
         let cache = open(dir.path());
-        cache.put(&name("k", 5), b"five");
+        cache.put(&name("k", 5), b"five", None);
         assert_ne!(slot_of(&cache, &name("k", 5)), slot_of(&cache, &name("k", 0)));
         drop(cache);
         forget_saved_index(dir.path());
@@ -1830,8 +1853,8 @@ mod tests {
     fn a_saved_index_that_does_not_add_up_is_not_believed() {
         let dir = tempfile::tempdir().unwrap();
         let cache = open(dir.path());
-        cache.put(&name("k", 0), b"zero");
-        cache.put(&name("k", 1), b"one");
+        cache.put(&name("k", 0), b"zero", None);
+        cache.put(&name("k", 1), b"one", None);
         let index = cache.lock_index();
         let entries: Vec<(BlockKey, Entry)> = index.lru.iter().map(|(k, e)| (*k, *e)).collect();
         let saved = |slot_count: u64, next_sequence: u64, entries: &[(BlockKey, Entry)]| {
@@ -1870,8 +1893,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index_file = dir.path().join("blocks").join(INDEX_FILE);
         let cache = open(dir.path());
-        cache.put(&name("k", 0), b"zero");
-        cache.put(&name("k", 1), b"one");
+        cache.put(&name("k", 0), b"zero", None);
+        cache.put(&name("k", 1), b"one", None);
         drop(cache);
         for damage in 0..2 {
             let mut bytes = fs::read(&index_file).unwrap();
@@ -1900,9 +1923,9 @@ mod tests {
     fn a_closed_cache_stores_nothing_more() {
         let dir = tempfile::tempdir().unwrap();
         let cache = open(dir.path());
-        cache.put(&name("k", 0), b"before");
+        cache.put(&name("k", 0), b"before", None);
         cache.close();
-        cache.put(&name("k", 1), b"after");
+        cache.put(&name("k", 1), b"after", None);
         assert_eq!(cache.block_count(), 1);
         assert_eq!(
             cache.get(&name("k", 0)).as_deref(),
@@ -1933,15 +1956,15 @@ mod tests {
     fn a_block_too_large_for_the_cache_or_a_slot_is_skipped_with_a_counted_failure() {
         let dir = tempfile::tempdir().unwrap();
         let cache = DiskCache::open(dir.path(), limits(100)).unwrap();
-        cache.put(&name("k", 0), &[0u8; 1000]);
+        cache.put(&name("k", 0), &[0u8; 1000], None);
         assert_eq!(cache.get(&name("k", 0)), None);
         assert_eq!(cache.counters.write_failures.load(Ordering::Relaxed), 1);
         let cache = {
             drop(cache);
             open(dir.path())
         };
-        cache.put(&name("k", 0), &vec![0u8; SLOT_DATA as usize + 1]);
-        cache.put(&name(&"k".repeat(MAX_NAME_LEN), 0), b"x");
+        cache.put(&name("k", 0), &vec![0u8; SLOT_DATA as usize + 1], None);
+        cache.put(&name(&"k".repeat(MAX_NAME_LEN), 0), b"x", None);
         assert_eq!(cache.block_count(), 0);
         assert_eq!(cache.counters.write_failures.load(Ordering::Relaxed), 2);
     }
@@ -1957,7 +1980,7 @@ mod tests {
             },
         )
         .unwrap();
-        cache.put(&name("k", 0), b"x");
+        cache.put(&name("k", 0), b"x", None);
         assert_eq!(cache.get(&name("k", 0)), None);
         assert_eq!(cache.counters.write_failures.load(Ordering::Relaxed), 1);
     }
@@ -1966,14 +1989,14 @@ mod tests {
     fn at_open_holes_are_skipped_and_the_file_is_cut_after_its_last_block() {
         let dir = tempfile::tempdir().unwrap();
         let cache = open(dir.path());
-        cache.put(&name("k", 0), b"zero");
-        cache.put(&name("k", 1), b"one");
+        cache.put(&name("k", 0), b"zero", None);
+        cache.put(&name("k", 1), b"one", None);
         drop(cache);
         forget_saved_index(dir.path());
         // A block far out, beyond 4,000 slots of holes (as a larger --cache-size leaves).
         let mut far = b"far".to_vec();
         far.resize(SLOT_DATA as usize, 0);
-        far.extend_from_slice(&encode_trailer(&name("k", 9).describe(), b"far", 0));
+        far.extend_from_slice(&encode_trailer(&name("k", 9).describe(), 3, crc32c(b"far"), 0));
         scribble(dir.path(), 4000 * SLOT_LEN, &far);
         let cache = open(dir.path());
         assert_eq!(cache.block_count(), 3);
@@ -1988,7 +2011,7 @@ mod tests {
         assert_eq!(fs::metadata(slots_path(dir.path())).unwrap().len(), 2 * SLOT_LEN);
         drop(cache);
         let cache = open(dir.path());
-        cache.put(&name("k", 2), b"two");
+        cache.put(&name("k", 2), b"two", None);
         assert_eq!(slot_of(&cache, &name("k", 2)), 0, "the lowest free slot");
     }
 
@@ -2013,7 +2036,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("cache");
         let cache = DiskCache::open(&root, limits(1 << 30)).unwrap();
-        cache.put(&name("k", 0), b"secret");
+        cache.put(&name("k", 0), b"secret", None);
         cache.close();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&root.join("blocks")), 0o700);

@@ -159,7 +159,7 @@ impl Body {
         &mut self.buffer[self.start..]
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         &self.buffer[self.start..]
     }
 }

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes};
+use bytes::BufMut;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::TlsConnector;
@@ -38,9 +38,10 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tower_service::Service;
 
-use super::ObjectError;
 use super::buffers::{Body, BufferPool};
 use super::s3::source_chain;
+use super::{ObjectError, RangeBody};
+use crate::checksum::PieceSums;
 
 /// The longest response head accepted. S3's are a few KiB at most (user metadata is limited to
 /// 2 KiB); anything longer is not an S3 answer.
@@ -149,8 +150,14 @@ impl DirectGet {
     }
 
     /// The body of `request`, a GET of the bytes `range` of an object: at most `range`'s length,
-    /// fewer where the object ends first (the server clamps the range).
-    pub async fn get(&self, request: &SignedGet, range: Range<u64>) -> Result<Bytes, GetFailure> {
+    /// fewer where the object ends first (the server clamps the range). With `sum_pieces`, the
+    /// CRC32C of each piece of that length, taken after each read from the socket.
+    pub async fn get(
+        &self,
+        request: &SignedGet,
+        range: Range<u64>,
+        sum_pieces: Option<usize>,
+    ) -> Result<RangeBody, GetFailure> {
         let target = Target::parse(&request.uri).map_err(GetFailure::Declined)?;
         let head = request_head(&target, &request.headers).map_err(GetFailure::Declined)?;
         let (mut connection, response, mut early) = self.exchange(&target, &head).await?;
@@ -184,14 +191,18 @@ impl DirectGet {
         let expected = usize::try_from(expected)
             .map_err(|_| GetFailure::Declined("a body too large for memory".to_owned()))?;
         let mut body = self.buffers.take(expected);
-        self.read_exactly(&mut connection, &mut early, &mut body, expected)
+        let mut sums = sum_pieces.map(PieceSums::new);
+        self.read_exactly(&mut connection, &mut early, &mut body, expected, sums.as_mut())
             .await?;
         // The connection carries the next GET only if this answer was read to its end.
         if response.keep_alive && expected as u64 == length && early.is_empty() {
             self.keep(connection);
         }
         self.carried.fetch_add(1, Ordering::Relaxed);
-        Ok(self.buffers.freeze(body))
+        Ok(RangeBody {
+            data: self.buffers.freeze(body),
+            piece_sums: sums.map(PieceSums::finish),
+        })
     }
 
     /// Sends `head` and reads the answer's head, on a kept connection if there is one. A kept
@@ -253,19 +264,29 @@ impl DirectGet {
     }
 
     /// The `expected` bytes of a body into `into`: `early` (bytes read with the head) first,
-    /// then straight from the connection. A body that ends early is worth a retry, as a reset
-    /// is; so is one silent for the request timeout. `early` keeps what it held past the body.
+    /// then straight from the connection, each read's bytes fed to `sums` while they are still
+    /// in the CPU's cache. A body that ends early is worth a retry, as a reset is; so is one
+    /// silent for the request timeout. `early` keeps what it held past the body.
     async fn read_exactly(
         &self,
         connection: &mut Connection,
         early: &mut Vec<u8>,
         into: &mut (impl BufMut + Filled),
         expected: usize,
+        mut sums: Option<&mut PieceSums>,
     ) -> Result<(), GetFailure> {
         let first = early.len().min(expected);
         into.put_slice(&early[..first]);
         early.drain(..first);
-        while into.filled() < expected {
+        let mut summed = 0;
+        loop {
+            if let Some(sums) = sums.as_deref_mut() {
+                sums.update(&into.filled_bytes()[summed..]);
+                summed = into.filled();
+            }
+            if into.filled() >= expected {
+                return Ok(());
+            }
             let room = expected - into.filled();
             let mut room = (&mut *into).limit(room);
             let read = tokio::time::timeout(self.request_timeout, connection.io.read_buf(&mut room));
@@ -288,7 +309,6 @@ impl DirectGet {
             };
             return Err(GetFailure::Failed(failure));
         }
-        Ok(())
     }
 
     /// An error answer as a [`GetFailure::Refused`], its error document read for S3's code; a
@@ -307,7 +327,7 @@ impl DirectGet {
         };
         let mut document = Vec::with_capacity(length);
         let read = self
-            .read_exactly(&mut connection, &mut early, &mut document, length)
+            .read_exactly(&mut connection, &mut early, &mut document, length, None)
             .await;
         if read.is_err() {
             return unclassified();
@@ -687,18 +707,22 @@ impl std::fmt::Debug for Connection {
 
 /// What a body is read into, and how much of it is there: a pooled body, or an error document.
 trait Filled {
-    fn filled(&self) -> usize;
+    fn filled_bytes(&self) -> &[u8];
+
+    fn filled(&self) -> usize {
+        self.filled_bytes().len()
+    }
 }
 
 impl Filled for Body {
-    fn filled(&self) -> usize {
-        self.len()
+    fn filled_bytes(&self) -> &[u8] {
+        self.bytes()
     }
 }
 
 impl Filled for Vec<u8> {
-    fn filled(&self) -> usize {
-        self.len()
+    fn filled_bytes(&self) -> &[u8] {
+        self
     }
 }
 

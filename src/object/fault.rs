@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::{
     CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata, ObjectStart,
-    Op, PutOptions, VersionListRequest, VersionPage,
+    Op, PutOptions, RangeBody, VersionListRequest, VersionPage,
 };
 
 const OP_COUNT: usize = Op::ALL.len();
@@ -228,17 +228,18 @@ impl<C: ObjectClient> ObjectClient for FaultClient<C> {
         self.answer(Op::Head, answer, lost).await
     }
 
-    async fn get_version_range(
+    async fn get_range_body(
         &self,
         key: &str,
         version_id: Option<&str>,
         range: Range<u64>,
         if_match: Option<&str>,
-    ) -> Result<Bytes, ObjectError> {
+        sum_pieces: Option<usize>,
+    ) -> Result<RangeBody, ObjectError> {
         let lost = self.begin(Op::Get).await?;
         let answer = self
             .inner
-            .get_version_range(key, version_id, range, if_match)
+            .get_range_body(key, version_id, range, if_match, sum_pieces)
             .await;
         self.answer(Op::Get, answer, lost).await
     }

@@ -48,7 +48,8 @@ use bytes::Bytes;
 
 use super::{
     CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata, ObjectStart,
-    ObjectSummary, Op, PutOptions, VersionListRequest, VersionPage, VersionSummary, conditions_on_create,
+    ObjectSummary, Op, PutOptions, RangeBody, VersionListRequest, VersionPage, VersionSummary,
+    conditions_on_create,
 };
 
 /// S3's page size when MaxKeys is absent, and also the most it returns when asked for more.
@@ -556,20 +557,28 @@ impl ObjectClient for MemoryClient {
         self.head_object(key)
     }
 
-    async fn get_version_range(
+    /// With `sum_pieces`, sums its pieces as the S3 client does while receiving them, so tests
+    /// of the block reader and the disk cache go the way a mount's blocks go.
+    async fn get_range_body(
         &self,
         key: &str,
         version_id: Option<&str>,
         range: Range<u64>,
         if_match: Option<&str>,
-    ) -> Result<Bytes, ObjectError> {
+        sum_pieces: Option<usize>,
+    ) -> Result<RangeBody, ObjectError> {
         self.begin(Op::Get);
         check_version(key, version_id)?;
-        let bytes = self.read_range(key, range, if_match)?;
+        let data = self.read_range(key, range, if_match)?;
         self.counters
             .get_bytes
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        Ok(bytes)
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let piece_sums = sum_pieces.map(|piece_len| {
+            let mut sums = crate::checksum::PieceSums::new(piece_len);
+            sums.update(&data);
+            sums.finish()
+        });
+        Ok(RangeBody { data, piece_sums })
     }
 
     /// One GetObject, as S3 answers it: the head without its checksum, and the first bytes.

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::{
     CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata, ObjectStart,
-    Op, PutOptions, VersionListRequest, VersionPage,
+    Op, PutOptions, RangeBody, VersionListRequest, VersionPage,
 };
 
 /// The first pause between attempts; each later one doubles, up to [`MAX_BACKOFF`].
@@ -221,13 +221,14 @@ impl<C: ObjectClient> ObjectClient for RetryClient<C> {
             .await?)
     }
 
-    async fn get_version_range(
+    async fn get_range_body(
         &self,
         key: &str,
         version_id: Option<&str>,
         range: Range<u64>,
         if_match: Option<&str>,
-    ) -> Result<Bytes, ObjectError> {
+        sum_pieces: Option<usize>,
+    ) -> Result<RangeBody, ObjectError> {
         let what = Request {
             op: Op::Get,
             key,
@@ -236,7 +237,7 @@ impl<C: ObjectClient> ObjectClient for RetryClient<C> {
         Ok(self
             .run(what, || {
                 self.inner
-                    .get_version_range(key, version_id, range.clone(), if_match)
+                    .get_range_body(key, version_id, range.clone(), if_match, sum_pieces)
             })
             .await?)
     }

@@ -48,10 +48,10 @@ use super::buffers::BufferPool;
 use super::direct_get::{DirectGet, GetFailure, SignedGet};
 use super::{
     CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata, ObjectStart,
-    ObjectSummary, PutOptions, VersionListRequest, VersionPage, VersionSummary, WriteSettings,
+    ObjectSummary, PutOptions, RangeBody, VersionListRequest, VersionPage, VersionSummary, WriteSettings,
     conditions_on_create,
 };
-use crate::checksum::crc32c;
+use crate::checksum::{PieceSums, crc32c};
 
 /// Region used when neither the command line, the environment nor a profile names one. S3 itself
 /// answers a wrong-region request with a redirect error that names the right one.
@@ -214,12 +214,22 @@ impl S3Client {
 
     /// The `expected` bytes of a GET's body, streamed into one (pooled) buffer; a body that ends
     /// early is an error worth a retry, as a reset is.
-    async fn read_body(&self, key: &str, mut body: ByteStream, expected: u64) -> Result<Bytes, ObjectError> {
+    async fn read_body(
+        &self,
+        key: &str,
+        mut body: ByteStream,
+        expected: u64,
+        sum_pieces: Option<usize>,
+    ) -> Result<RangeBody, ObjectError> {
         let mut data = self.buffers.take(usize::try_from(expected).unwrap_or(usize::MAX));
+        let mut sums = sum_pieces.map(PieceSums::new);
         let what = format!("body of {key}");
         while let Some(chunk) = self.bounded(&what, body.next()).await? {
             let chunk = chunk.map_err(|e| ObjectError::Unreachable(format!("reading {what}: {e}")))?;
             data.extend_from_slice(&chunk);
+            if let Some(sums) = &mut sums {
+                sums.update(&chunk);
+            }
         }
         if (data.len() as u64) < expected {
             // The connection ended cleanly but early: as good as a reset, and worth a retry.
@@ -228,7 +238,10 @@ impl S3Client {
                 data.len()
             )));
         }
-        Ok(self.buffers.freeze(data))
+        Ok(RangeBody {
+            data: self.buffers.freeze(data),
+            piece_sums: sums.map(PieceSums::finish),
+        })
     }
 
     /// A GetObject of `range_header` (`bytes=A-B`), of a version when given, on a condition.
@@ -270,7 +283,8 @@ impl S3Client {
         range_header: &str,
         if_match: Option<&str>,
         range: Range<u64>,
-    ) -> Option<Result<Bytes, ObjectError>> {
+        sum_pieces: Option<usize>,
+    ) -> Option<Result<RangeBody, ObjectError>> {
         let direct = self.direct.as_ref().filter(|direct| direct.is_on())?;
         let presigning = PresigningConfig::expires_in(PRESIGNED_FOR).ok()?;
         let presign = self
@@ -291,7 +305,7 @@ impl S3Client {
                 .map(|(name, value)| (name.to_owned(), value.to_owned()))
                 .collect(),
         };
-        match direct.get(&signed, range).await {
+        match direct.get(&signed, range, sum_pieces).await {
             Ok(body) => Some(Ok(body)),
             Err(GetFailure::Refused {
                 status,
@@ -539,24 +553,28 @@ impl ObjectClient for S3Client {
             .unwrap_or(length);
         let head = head_of!(output, size, None);
         let expected = length.min(len).min(size);
-        let data = self.read_body(key, output.body, expected).await?;
+        let data = self.read_body(key, output.body, expected, None).await?.data;
         Ok(ObjectStart { head, data })
     }
 
-    async fn get_version_range(
+    async fn get_range_body(
         &self,
         key: &str,
         version_id: Option<&str>,
         range: Range<u64>,
         if_match: Option<&str>,
-    ) -> Result<Bytes, ObjectError> {
+        sum_pieces: Option<usize>,
+    ) -> Result<RangeBody, ObjectError> {
         if range.is_empty() {
-            return Ok(Bytes::new());
+            return Ok(RangeBody {
+                data: Bytes::new(),
+                piece_sums: sum_pieces.map(|_| Vec::new()),
+            });
         }
         // HTTP ranges are inclusive at both ends.
         let header = format!("bytes={}-{}", range.start, range.end - 1);
         if let Some(answer) = self
-            .get_direct(key, version_id, &header, if_match, range.clone())
+            .get_direct(key, version_id, &header, if_match, range.clone(), sum_pieces)
             .await
         {
             return answer;
@@ -573,7 +591,7 @@ impl ObjectClient for S3Client {
             .content_length()
             .map_or(range.end - range.start, |length| length.max(0) as u64)
             .min(range.end - range.start);
-        self.read_body(key, output.body, expected).await
+        self.read_body(key, output.body, expected, sum_pieces).await
     }
 
     async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<String, ObjectError> {

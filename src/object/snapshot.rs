@@ -21,7 +21,7 @@ use moka::sync::Cache;
 
 use super::{
     CompletedPart, ListPage, ListRequest, ObjectClient, ObjectError, ObjectHead, ObjectMetadata,
-    ObjectSummary, PutOptions, VersionListRequest, VersionPage, VersionSummary,
+    ObjectSummary, PutOptions, RangeBody, VersionListRequest, VersionPage, VersionSummary,
 };
 
 /// Keys whose chosen version is remembered.
@@ -186,19 +186,20 @@ impl<C: ObjectClient> ObjectClient for SnapshotClient<C> {
         self.inner.head_version(key, Some(&version)).await
     }
 
-    async fn get_version_range(
+    async fn get_range_body(
         &self,
         key: &str,
         version_id: Option<&str>,
         range: Range<u64>,
         if_match: Option<&str>,
-    ) -> Result<Bytes, ObjectError> {
+        sum_pieces: Option<usize>,
+    ) -> Result<RangeBody, ObjectError> {
         let version = match version_id {
             Some(version) => version.to_owned(),
             None => self.version_or_missing(key).await?,
         };
         self.inner
-            .get_version_range(key, Some(&version), range, if_match)
+            .get_range_body(key, Some(&version), range, if_match, sum_pieces)
             .await
     }
 
@@ -344,13 +345,14 @@ mod tests {
         async fn head_version(&self, key: &str, _: Option<&str>) -> Result<ObjectHead, ObjectError> {
             Err(ObjectError::NoSuchKey(key.into()))
         }
-        async fn get_version_range(
+        async fn get_range_body(
             &self,
             key: &str,
             _: Option<&str>,
             _: Range<u64>,
             _: Option<&str>,
-        ) -> Result<Bytes, ObjectError> {
+            _: Option<usize>,
+        ) -> Result<RangeBody, ObjectError> {
             Err(ObjectError::NoSuchKey(key.into()))
         }
         async fn list_versions(&self, _: &VersionListRequest) -> Result<VersionPage, ObjectError> {

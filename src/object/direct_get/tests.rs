@@ -418,19 +418,27 @@ fn xml_elements_are_found_and_decoded() {
 // GETs against the fake server.
 // ---------------------------------------------------------------------------------------------
 
+/// `head` and `body` sent in writes of unequal sizes: the body's bytes before `cuts[0]` with the
+/// head, then from each cut to the next, then the rest.
+fn in_unequal_writes(head: String, body: &[u8], cuts: &[usize]) -> Reply {
+    let mut first = head.into_bytes();
+    first.extend_from_slice(&body[..cuts[0]]);
+    let mut pieces = vec![first];
+    let ends = cuts[1..].iter().copied().chain([body.len()]);
+    pieces.extend(
+        cuts.iter()
+            .zip(ends)
+            .map(|(&start, end)| body[start..end].to_vec()),
+    );
+    Reply::in_pieces(pieces)
+}
+
 #[tokio::test]
 async fn a_body_arrives_whole_and_aligned() {
     let body = pattern((3 << 20) + 17);
-    let mut first = partial_head(body.len(), "x-amz-request-id: R0\r\n").into_bytes();
-    // Some of the body comes with the head, the rest in writes of unequal sizes.
-    first.extend_from_slice(&body[..1000]);
-    let pieces = vec![
-        first,
-        body[1000..70_000].to_vec(),
-        body[70_000..(2 << 20)].to_vec(),
-        body[(2 << 20)..].to_vec(),
-    ];
-    let server = FakeServer::start(vec![Reply::in_pieces(pieces)]).await;
+    let head = partial_head(body.len(), "x-amz-request-id: R0\r\n");
+    let reply = in_unequal_writes(head, &body, &[1000, 70_000, 2 << 20]);
+    let server = FakeServer::start(vec![reply]).await;
     let direct = patient();
     let range_header = format!("bytes=0-{}", body.len() - 1);
     let request = server.get(
@@ -441,7 +449,11 @@ async fn a_body_arrives_whole_and_aligned() {
         ],
     );
 
-    let got = direct.get(&request, 0..body.len() as u64).await.unwrap();
+    let got = direct
+        .get(&request, 0..body.len() as u64, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
 
     assert_eq!(got.len(), body.len());
     assert!(got[..] == body[..], "the body as it was sent");
@@ -465,12 +477,45 @@ async fn a_body_arrives_whole_and_aligned() {
     assert_eq!(direct.kept(), 1);
 }
 
+/// Sums asked for are each piece's CRC32C, the bytes that came with the head included, however
+/// the body's writes fall across the pieces; a GET that does not ask gets none.
+#[tokio::test]
+async fn a_body_is_summed_piece_by_piece_as_it_arrives() {
+    let body = pattern((3 << 20) + 17);
+    let reply = in_unequal_writes(
+        partial_head(body.len(), ""),
+        &body,
+        &[1000, 70_000, (2 << 20) + 5],
+    );
+    let server = FakeServer::start(vec![reply, Reply::new(partial(&body))]).await;
+    let direct = patient();
+    let range_header = format!("bytes=0-{}", body.len() - 1);
+    let request = server.get("/b/k", &[("range", range_header.as_str())]);
+
+    let got = direct
+        .get(&request, 0..body.len() as u64, Some(1 << 20))
+        .await
+        .unwrap();
+    assert!(got.data[..] == body[..]);
+    let expected: Vec<u32> = body.chunks(1 << 20).map(crate::checksum::crc32c).collect();
+    assert_eq!(expected.len(), 4);
+    assert_eq!(got.piece_sums, Some(expected));
+
+    let unsummed = direct.get(&request, 0..body.len() as u64, None).await.unwrap();
+    assert!(unsummed.data[..] == body[..]);
+    assert_eq!(unsummed.piece_sums, None);
+}
+
 #[tokio::test]
 async fn a_small_range_is_returned_exactly() {
     let server = FakeServer::start(vec![Reply::new(partial(b"0123456789"))]).await;
     let direct = patient();
     let request = server.get("/b/k", &[("range", "bytes=0-9")]);
-    let got = direct.get(&request, 0..10).await.unwrap();
+    let got = direct
+        .get(&request, 0..10, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&got[..], b"0123456789");
     assert_eq!(got.as_ptr() as usize % BODY_ALIGN, 0);
     assert!(server.requests()[0].contains("\r\nrange: bytes=0-9\r\n"));
@@ -486,14 +531,16 @@ async fn two_gets_in_a_row_share_one_connection() {
     let direct = patient();
 
     let first = direct
-        .get(&server.get("/b/k", &[("range", "bytes=0-4")]), 0..5)
+        .get(&server.get("/b/k", &[("range", "bytes=0-4")]), 0..5, None)
         .await
+        .map(|body| body.data)
         .unwrap();
     assert_eq!(&first[..], b"first");
     assert_eq!(direct.kept(), 1);
     let second = direct
-        .get(&server.get("/b/k", &[("range", "bytes=5-10")]), 5..11)
+        .get(&server.get("/b/k", &[("range", "bytes=5-10")]), 5..11, None)
         .await
+        .map(|body| body.data)
         .unwrap();
     assert_eq!(&second[..], b"second");
     assert_eq!(direct.kept(), 1);
@@ -512,10 +559,18 @@ async fn a_kept_connection_the_server_closed_is_replaced() {
     .await;
     let direct = patient();
 
-    let first = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    let first = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&first[..], b"first");
     assert_eq!(direct.kept(), 1);
-    let second = direct.get(&server.get("/b/k", &[]), 0..6).await.unwrap();
+    let second = direct
+        .get(&server.get("/b/k", &[]), 0..6, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&second[..], b"second");
 
     assert_eq!(server.accepted(), 2, "the second GET went on a new connection");
@@ -529,7 +584,11 @@ async fn connection_close_is_not_kept() {
     answer.extend_from_slice(b"hello");
     let server = FakeServer::start(vec![Reply::new(answer).then(After::Close)]).await;
     let direct = patient();
-    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&got[..], b"hello");
     assert_eq!(direct.kept(), 0);
 }
@@ -541,7 +600,11 @@ async fn an_http_1_0_answer_is_not_kept() {
     )])
     .await;
     let direct = patient();
-    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&got[..], b"hello");
     assert_eq!(direct.kept(), 0);
 }
@@ -552,7 +615,11 @@ async fn a_body_that_ends_early_is_unreachable_and_retryable() {
     answer.extend_from_slice(&[7; 40]);
     let server = FakeServer::start(vec![Reply::new(answer).then(After::Close)]).await;
     let direct = patient();
-    let failure = direct.get(&server.get("/b/k", &[]), 0..100).await.unwrap_err();
+    let failure = direct
+        .get(&server.get("/b/k", &[]), 0..100, None)
+        .await
+        .map(|body| body.data)
+        .unwrap_err();
     let GetFailure::Failed(error @ ObjectError::Unreachable(_)) = &failure else {
         panic!("expected Failed(Unreachable), got {failure:?}");
     };
@@ -567,7 +634,11 @@ async fn a_head_cut_short_is_unreachable() {
     ])
     .await;
     let direct = patient();
-    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    let failure = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap_err();
     assert!(
         matches!(failure, GetFailure::Failed(ObjectError::Unreachable(_))),
         "{failure:?}"
@@ -579,7 +650,11 @@ async fn a_connection_closed_without_an_answer_is_unreachable() {
     // A new connection (not a kept one) closed before any answer is not sent again.
     let server = FakeServer::start(vec![Reply::new(Vec::new()).then(After::Close)]).await;
     let direct = patient();
-    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    let failure = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap_err();
     assert!(
         matches!(failure, GetFailure::Failed(ObjectError::Unreachable(_))),
         "{failure:?}"
@@ -594,7 +669,11 @@ async fn a_body_that_goes_silent_times_out() {
     let server = FakeServer::start(vec![Reply::new(answer).then(After::Hang)]).await;
     let direct = hasty();
     let started = Instant::now();
-    let failure = direct.get(&server.get("/b/k", &[]), 0..100).await.unwrap_err();
+    let failure = direct
+        .get(&server.get("/b/k", &[]), 0..100, None)
+        .await
+        .map(|body| body.data)
+        .unwrap_err();
     let GetFailure::Failed(error @ ObjectError::TimedOut(_)) = &failure else {
         panic!("expected Failed(TimedOut), got {failure:?}");
     };
@@ -609,7 +688,11 @@ async fn a_server_that_never_answers_times_out() {
     let server = FakeServer::start(vec![Reply::silent()]).await;
     let direct = hasty();
     let started = Instant::now();
-    let failure = direct.get(&server.get("/b/k", &[]), 0..100).await.unwrap_err();
+    let failure = direct
+        .get(&server.get("/b/k", &[]), 0..100, None)
+        .await
+        .map(|body| body.data)
+        .unwrap_err();
     assert!(
         matches!(failure, GetFailure::Failed(ObjectError::TimedOut(_))),
         "{failure:?}"
@@ -631,7 +714,11 @@ async fn nothing_listening_is_unreachable() {
         uri: format!("http://127.0.0.1:{port}/b/k"),
         headers: Vec::new(),
     };
-    let failure = direct.get(&request, 0..5).await.unwrap_err();
+    let failure = direct
+        .get(&request, 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap_err();
     let GetFailure::Failed(error @ ObjectError::Unreachable(_)) = &failure else {
         panic!("expected Failed(Unreachable), got {failure:?}");
     };
@@ -650,7 +737,11 @@ async fn an_error_answer_is_refused_with_its_code_and_message_and_its_connection
     let server = FakeServer::start(vec![Reply::new(answer), Reply::new(partial(b"after"))]).await;
     let direct = patient();
 
-    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    let failure = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap_err();
     assert_eq!(
         failure,
         GetFailure::Refused {
@@ -662,7 +753,11 @@ async fn an_error_answer_is_refused_with_its_code_and_message_and_its_connection
     );
     assert_eq!(direct.kept(), 1, "its body was read: the connection is kept");
 
-    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&got[..], b"after");
     assert_eq!(server.accepted(), 1, "the kept connection carried the next GET");
 }
@@ -674,7 +769,11 @@ async fn an_error_without_a_document_is_refused_with_its_status() {
     )])
     .await;
     let direct = patient();
-    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    let failure = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap_err();
     let GetFailure::Refused {
         status,
         code,
@@ -698,7 +797,11 @@ async fn an_error_whose_document_is_not_framed_is_unclassified_and_not_kept() {
     ])
     .await;
     let direct = patient();
-    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    let failure = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap_err();
     assert_eq!(failure, GetFailure::Unclassified("HTTP 503".to_owned()));
     assert_eq!(direct.kept(), 0);
 }
@@ -714,7 +817,11 @@ async fn a_chunked_error_document_is_unclassified() {
     );
     let server = FakeServer::start(vec![Reply::new(answer)]).await;
     let direct = patient();
-    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    let failure = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap_err();
     assert_eq!(failure, GetFailure::Unclassified("HTTP 404".to_owned()));
     assert_eq!(direct.kept(), 0, "a body not read leaves the connection unusable");
 }
@@ -726,7 +833,11 @@ async fn a_chunked_answer_is_declined() {
     )])
     .await;
     let direct = patient();
-    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    let failure = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap_err();
     assert!(matches!(failure, GetFailure::Declined(_)), "{failure:?}");
     assert_eq!(direct.kept(), 0);
 }
@@ -739,8 +850,9 @@ async fn a_whole_object_for_a_range_not_at_the_start_is_a_service_error() {
     .await;
     let direct = patient();
     let failure = direct
-        .get(&server.get("/b/k", &[("range", "bytes=5-9")]), 5..10)
+        .get(&server.get("/b/k", &[("range", "bytes=5-9")]), 5..10, None)
         .await
+        .map(|body| body.data)
         .unwrap_err();
     let GetFailure::Failed(error @ ObjectError::Service { .. }) = &failure else {
         panic!("expected Failed(Service), got {failure:?}");
@@ -757,8 +869,9 @@ async fn a_whole_object_for_a_range_at_the_start_gives_the_range() {
     let server = FakeServer::start(vec![Reply::new(answer)]).await;
     let direct = patient();
     let got = direct
-        .get(&server.get("/b/k", &[("range", "bytes=0-9")]), 0..10)
+        .get(&server.get("/b/k", &[("range", "bytes=0-9")]), 0..10, None)
         .await
+        .map(|body| body.data)
         .unwrap();
     assert_eq!(&got[..], &object[..10]);
     assert_eq!(direct.kept(), 0, "the rest of the object is on it: not kept");
@@ -771,7 +884,11 @@ async fn a_whole_object_shorter_than_the_range_is_all_of_it() {
     )])
     .await;
     let direct = patient();
-    let got = direct.get(&server.get("/b/k", &[]), 0..1000).await.unwrap();
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..1000, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&got[..], b"hello");
     assert_eq!(direct.kept(), 1);
 }
@@ -781,8 +898,9 @@ async fn a_range_the_server_clamps_gives_what_it_sent() {
     let server = FakeServer::start(vec![Reply::new(partial(b"0123456789"))]).await;
     let direct = patient();
     let got = direct
-        .get(&server.get("/b/k", &[("range", "bytes=0-999")]), 0..1000)
+        .get(&server.get("/b/k", &[("range", "bytes=0-999")]), 0..1000, None)
         .await
+        .map(|body| body.data)
         .unwrap();
     assert_eq!(&got[..], b"0123456789");
     assert_eq!(direct.kept(), 1, "read to its end: kept");
@@ -792,7 +910,11 @@ async fn a_range_the_server_clamps_gives_what_it_sent() {
 async fn an_unexpected_success_status_is_a_service_error() {
     let server = FakeServer::start(vec![Reply::new(b"HTTP/1.1 204 No Content\r\n\r\n".to_vec())]).await;
     let direct = patient();
-    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    let failure = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap_err();
     assert!(
         matches!(failure, GetFailure::Failed(ObjectError::Service { .. })),
         "{failure:?}"
@@ -806,7 +928,11 @@ async fn a_url_with_another_scheme_is_declined() {
         uri: "ftp://127.0.0.1/b/k".to_owned(),
         headers: Vec::new(),
     };
-    let failure = direct.get(&request, 0..5).await.unwrap_err();
+    let failure = direct
+        .get(&request, 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap_err();
     assert!(matches!(failure, GetFailure::Declined(_)), "{failure:?}");
 }
 
@@ -832,7 +958,11 @@ async fn a_head_in_pieces_is_put_together() {
     ];
     let server = FakeServer::start(vec![Reply::in_pieces(pieces)]).await;
     let direct = patient();
-    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&got[..], b"hello");
     assert_eq!(direct.kept(), 1);
 }
@@ -843,7 +973,11 @@ async fn an_endless_head_is_unreachable() {
     answer.resize(answer.len() + MAX_HEAD_BYTES + 10, b'a');
     let server = FakeServer::start(vec![Reply::new(answer).then(After::Hang)]).await;
     let direct = patient();
-    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    let failure = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap_err();
     assert!(
         matches!(failure, GetFailure::Failed(ObjectError::Unreachable(_))),
         "{failure:?}"
@@ -904,10 +1038,18 @@ async fn an_https_get_goes_over_tls_and_keeps_its_connection() {
         uri: url,
         headers: vec![("range".to_owned(), "bytes=0-1048578".to_owned())],
     };
-    let body = direct.get(&get, 0..(1 << 20) + 3).await.unwrap();
+    let body = direct
+        .get(&get, 0..(1 << 20) + 3, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert!(body[..] == first[..], "the body, decrypted");
     assert_eq!(body.as_ptr().align_offset(BODY_ALIGN), 0);
-    let body = direct.get(&get, 0..100).await.unwrap();
+    let body = direct
+        .get(&get, 0..100, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert!(body[..] == second[..]);
     assert_eq!(
         server.accepted(),
@@ -935,7 +1077,7 @@ async fn an_https_server_whose_certificate_is_not_trusted_is_unreachable() {
         uri: format!("https://localhost:{}/b/k", server.port),
         headers: Vec::new(),
     };
-    match direct.get(&get, 0..6).await {
+    match direct.get(&get, 0..6, None).await.map(|body| body.data) {
         Err(GetFailure::Failed(ObjectError::Unreachable(message))) => {
             assert!(message.contains("certificate"), "{message}");
         }
@@ -991,10 +1133,18 @@ async fn bytes_past_the_body_are_never_a_later_answer() {
     first.extend_from_slice(&partial(b"WRONG"));
     let server = FakeServer::start(vec![Reply::new(first), Reply::new(partial(b"right"))]).await;
     let direct = patient();
-    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&got[..], b"hello");
     assert_eq!(direct.kept(), 0);
-    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&got[..], b"right");
     assert_eq!(server.accepted(), 2);
 }
@@ -1011,13 +1161,21 @@ async fn bytes_past_an_error_document_are_never_a_later_answer() {
     first.extend_from_slice(&partial(b"WRONG"));
     let server = FakeServer::start(vec![Reply::new(first), Reply::new(partial(b"right"))]).await;
     let direct = patient();
-    let failure = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap_err();
+    let failure = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap_err();
     assert!(
         matches!(&failure, GetFailure::Refused { code: Some(code), .. } if code == "SlowDown"),
         "{failure:?}"
     );
     assert_eq!(direct.kept(), 0);
-    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&got[..], b"right");
 }
 
@@ -1034,11 +1192,19 @@ async fn an_answer_that_came_on_an_idle_connection_is_not_taken_for_the_next() {
     ])
     .await;
     let direct = patient();
-    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&got[..], b"hello");
     assert_eq!(direct.kept(), 1);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&got[..], b"right");
     assert_eq!(server.accepted(), 2);
 }
@@ -1057,8 +1223,16 @@ async fn a_408_answering_a_get_on_a_kept_connection_sends_it_again() {
     ])
     .await;
     let direct = patient();
-    direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
-    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&got[..], b"right");
     assert_eq!(server.accepted(), 2);
 }
@@ -1069,7 +1243,11 @@ async fn interim_answers_are_passed_over() {
     answer.extend_from_slice(&partial(b"hello"));
     let server = FakeServer::start(vec![Reply::new(answer)]).await;
     let direct = patient();
-    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&got[..], b"hello");
     assert_eq!(direct.kept(), 1);
 }
@@ -1091,7 +1269,7 @@ async fn a_get_dropped_in_the_middle_of_its_body_leaves_nothing_behind() {
     let direct = Arc::new(patient());
     let dropped = {
         let (direct, get) = (direct.clone(), server.get("/b/k", &[]));
-        tokio::spawn(async move { direct.get(&get, 0..100_000).await })
+        tokio::spawn(async move { direct.get(&get, 0..100_000, None).await.map(|body| body.data) })
     };
     while server.requests().is_empty() {
         tokio::task::yield_now().await;
@@ -1100,7 +1278,11 @@ async fn a_get_dropped_in_the_middle_of_its_body_leaves_nothing_behind() {
     dropped.abort();
     assert!(dropped.await.unwrap_err().is_cancelled());
     assert_eq!(direct.kept(), 0);
-    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&got[..], b"right");
     assert_eq!(server.accepted(), 2);
 }
@@ -1119,14 +1301,18 @@ async fn several_stale_kept_connections_in_a_row_are_passed_over() {
     let gets: Vec<_> = (0..3)
         .map(|_| {
             let (direct, get) = (direct.clone(), server.get("/b/k", &[]));
-            tokio::spawn(async move { direct.get(&get, 0..5).await })
+            tokio::spawn(async move { direct.get(&get, 0..5, None).await.map(|body| body.data) })
         })
         .collect();
     for get in gets {
         get.await.unwrap().unwrap();
     }
     assert_eq!(direct.kept(), 3);
-    let got = direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(&got[..], b"four");
     assert_eq!(server.accepted(), 4);
     assert_eq!(direct.carried(), 4);
@@ -1136,7 +1322,11 @@ async fn several_stale_kept_connections_in_a_row_are_passed_over() {
 async fn turning_off_closes_the_kept_connections() {
     let server = FakeServer::start(vec![Reply::new(partial(b"hello"))]).await;
     let direct = patient();
-    direct.get(&server.get("/b/k", &[]), 0..5).await.unwrap();
+    direct
+        .get(&server.get("/b/k", &[]), 0..5, None)
+        .await
+        .map(|body| body.data)
+        .unwrap();
     assert_eq!(direct.kept(), 1);
     direct.turn_off("a test");
     assert_eq!(direct.kept(), 0);
