@@ -66,6 +66,10 @@ impl ReadCounters {
 }
 
 type BlockResult = Option<Result<Bytes, ObjectError>>;
+type InFlightKey = (ObjectVersion, u64);
+/// Blocks being fetched, and fetched blocks on their way to disk: a reader that finds its block
+/// here waits for (or takes) that block instead of fetching it again.
+type InFlight = Arc<Mutex<HashMap<InFlightKey, watch::Receiver<BlockResult>>>>;
 
 /// A block fetched from S3, and its CRC32C where the client took it as the bytes arrived (the
 /// disk cache stores it rather than reading the block again to compute it).
@@ -74,10 +78,6 @@ struct FetchedBlock {
     data: Bytes,
     crc32c: Option<u32>,
 }
-type InFlightKey = (ObjectVersion, u64);
-/// Blocks being fetched, and fetched blocks on their way to disk: a reader that finds its block
-/// here waits for (or takes) that block instead of fetching it again.
-type InFlight = Arc<Mutex<HashMap<InFlightKey, watch::Receiver<BlockResult>>>>;
 
 /// Reads blocks of object versions through the disk cache.
 pub struct BlockReader {
@@ -311,10 +311,21 @@ impl BlockReader {
             .map(|(nth, block)| {
                 let start = nth * BLOCK_SIZE as usize;
                 let end = (start + BLOCK_SIZE as usize).min(data.len());
+                let data = data.slice(start..end);
+                let crc32c = sums.as_ref().map(|sums| sums[nth]);
+                // Debug builds (every test) check each sum against its block here, in the
+                // reading task, so a wrong one fails the test that read it. A release build
+                // trusts it (checking would cost what summing on arrival saves): a wrong one
+                // would only make the block look damaged when read back, and be fetched again.
+                debug_assert!(
+                    crc32c.is_none_or(|crc| crc == crate::checksum::crc32c(&data)),
+                    "the CRC32C taken on arrival of block {block} of {} is not its bytes'",
+                    object.key
+                );
                 FetchedBlock {
                     index: block,
-                    data: data.slice(start..end),
-                    crc32c: sums.as_ref().map(|sums| sums[nth]),
+                    data,
+                    crc32c,
                 }
             })
             .collect())

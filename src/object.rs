@@ -308,9 +308,10 @@ pub trait ObjectClient: Send + Sync + 'static {
     /// [`ObjectClient::get_version_range`], and with `sum_pieces: Some(len)` the CRC32C of each
     /// `len` bytes of the answer where the client takes them as the bytes arrive
     /// ([`crate::checksum::PieceSums`]). The block reader asks for its blocks' sums, which the
-    /// disk cache then stores instead of reading each block again to sum it. Every GET of an
-    /// object's bytes goes through here: layers over a client (retries, faults, snapshots)
-    /// implement this one method and pass `sum_pieces` on.
+    /// disk cache then stores instead of reading each block again to sum it. Every ranged GET
+    /// of an object's bytes (all but [`ObjectClient::get_start`]'s) goes through here: layers
+    /// over a client (retries, faults, snapshots) implement this one method and pass
+    /// `sum_pieces` on.
     async fn get_range_body(
         &self,
         key: &str,

@@ -144,6 +144,8 @@ pub struct DiskCacheCounters {
     /// system cannot punch, with their trailer zeroed.
     pub punched: AtomicU64,
     pub write_failures: AtomicU64,
+    /// Blocks stored with the CRC32C their GET took as they arrived, not computed again here.
+    pub summed_on_arrival: AtomicU64,
 }
 
 /// Where a stored block is, as the index knows it.
@@ -398,7 +400,8 @@ impl DiskCache {
     /// Stores a block, evicting the least recently used ones to stay within the bounds. Failures
     /// (disk full, unwritable) are logged once and otherwise ignored: the cache is best-effort.
     /// `known_crc32c` is the block's CRC32C where it was taken as the block arrived
-    /// ([`crate::checksum::PieceSums`]); `None`, and it is computed here.
+    /// ([`crate::checksum::PieceSums`]), stored as given (a wrong one makes the block fail its
+    /// check when read, and be fetched again); `None`, and it is computed here.
     pub fn put(&self, name: &BlockName, data: &[u8], known_crc32c: Option<u32>) {
         let _ = self.try_put(name, data, known_crc32c);
     }
@@ -429,7 +432,10 @@ impl DiskCache {
             return Ok(());
         };
         self.prepare_slot(entry.slot, space, data.len());
-        let crc = block_crc32c(data, known_crc32c);
+        let crc = known_crc32c.unwrap_or_else(|| crc32c(data));
+        if known_crc32c.is_some() {
+            self.counters.summed_on_arrival.fetch_add(1, Ordering::Relaxed);
+        }
         match self.write_slot(&entry, &description, data, crc) {
             Ok(()) => {
                 let mut index = self.lock_index();
@@ -861,25 +867,6 @@ fn stored_bytes(data_len: usize) -> u64 {
     (data_len.next_multiple_of(DIRECT_ALIGN) + TRAILER_LEN) as u64
 }
 
-/// The CRC32C a block is stored with: the one taken as it arrived, where there is one, else
-/// computed now. A sum taken on arrival is checked against the bytes in debug builds, so every
-/// test that caches a block checks the sums it was given; a release build trusts it (checking
-/// would cost what taking it on arrival saves), and a wrong one would only make the block look
-/// damaged when read back, and be fetched again.
-fn block_crc32c(data: &[u8], known: Option<u32>) -> u32 {
-    match known {
-        Some(crc) => {
-            debug_assert_eq!(
-                crc,
-                crc32c(data),
-                "a block's CRC32C taken on arrival is not its bytes'"
-            );
-            crc
-        }
-        None => crc32c(data),
-    }
-}
-
 /// A slot's trailer: the block's description at its start, zeros, then the footer (name length,
 /// data length, CRC32C of the data, write sequence, magic) ending the sector.
 fn encode_trailer(description: &[u8], data_len: usize, crc: u32, sequence: u64) -> [u8; TRAILER_LEN] {
@@ -1309,6 +1296,24 @@ mod tests {
     fn scribble(dir: &Path, offset: u64, bytes: &[u8]) {
         let file = OpenOptions::new().write(true).open(slots_path(dir)).unwrap();
         file.write_all_at(bytes, offset).unwrap();
+    }
+
+    /// A CRC32C taken on arrival is stored as given: the right one makes a block that reads
+    /// back, a wrong one a block that fails its check when read (dropped, never returned).
+    #[test]
+    fn a_block_is_stored_with_the_crc_it_came_with_and_checked_against_it_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path());
+        let block = vec![7u8; 70_000];
+        cache.put(&name("right", 0), &block, Some(crc32c(&block)));
+        cache.put(&name("wrong", 0), &block, Some(crc32c(&block) ^ 1));
+        assert_eq!(cache.counters.summed_on_arrival.load(Ordering::Relaxed), 2);
+        assert_eq!(cache.get(&name("right", 0)).as_deref(), Some(&block[..]));
+        assert_eq!(cache.get(&name("wrong", 0)), None);
+        assert_eq!(cache.counters.corrupt_dropped.load(Ordering::Relaxed), 1);
+        cache.put(&name("computed", 0), &block, None);
+        assert_eq!(cache.get(&name("computed", 0)).as_deref(), Some(&block[..]));
+        assert_eq!(cache.counters.summed_on_arrival.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -100,6 +100,27 @@ async fn blocks_come_back_whole_and_the_last_one_short() {
     assert_eq!(bed.client.counters().get, before);
 }
 
+/// A GET's blocks reach the disk with the CRC32Cs the client took as they arrived, each with
+/// its own block's (a run not starting at block 0, its last block short), and read back intact.
+#[tokio::test]
+async fn fetched_blocks_are_stored_with_the_sums_taken_on_arrival() {
+    let bed = bed(6 * MIB + 123);
+    bed.reader.read_blocks(&bed.object, 3..7).await.unwrap();
+    let summed = || bed.disk().counters.summed_on_arrival.load(Ordering::Relaxed);
+    for _ in 0..500 {
+        if summed() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(summed(), 4, "every block of the GET stored with its sum");
+    bed.client.reset_counters();
+    let data = bed.reader.read_blocks(&bed.object, 3..7).await.unwrap();
+    assert_eq!(&data[..], bed.expected(3..7));
+    assert_eq!(bed.client.counters().get, 0, "all four read back from disk");
+    assert_eq!(bed.disk().counters.corrupt_dropped.load(Ordering::Relaxed), 0);
+}
+
 #[tokio::test]
 async fn a_second_read_is_served_from_disk() {
     let bed = bed(4 * MIB);

@@ -869,11 +869,16 @@ async fn a_whole_object_for_a_range_at_the_start_gives_the_range() {
     let server = FakeServer::start(vec![Reply::new(answer)]).await;
     let direct = patient();
     let got = direct
-        .get(&server.get("/b/k", &[("range", "bytes=0-9")]), 0..10, None)
+        .get(&server.get("/b/k", &[("range", "bytes=0-9")]), 0..10, Some(4))
         .await
-        .map(|body| body.data)
         .unwrap();
-    assert_eq!(&got[..], &object[..10]);
+    assert_eq!(&got.data[..], &object[..10]);
+    let sums: Vec<u32> = object[..10].chunks(4).map(crate::checksum::crc32c).collect();
+    assert_eq!(
+        got.piece_sums,
+        Some(sums),
+        "the range's bytes summed, not the rest"
+    );
     assert_eq!(direct.kept(), 0, "the rest of the object is on it: not kept");
 }
 
