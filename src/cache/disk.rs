@@ -689,7 +689,7 @@ impl DiskCache {
         // From the slot's start: the slots between the end of what was allocated ahead and it
         // hold small blocks in their own space, or holes, and stay as they are.
         let from = allocated.max(slot * SLOT_LEN);
-        let free = free_bytes(&self.dir).unwrap_or(0);
+        let free = free_bytes(&self.slots).unwrap_or(0);
         let Some(end) = allocation_end(from, needed, &self.limits, free) else {
             return;
         };
@@ -830,7 +830,7 @@ impl DiskCache {
         }
         drop(index);
         let min_free_bytes = self.limits.min_free_bytes;
-        match free_bytes(&self.dir) {
+        match free_bytes(&self.slots) {
             Some(free_bytes) if free_bytes < min_free_bytes.saturating_add(incoming) => {
                 Some(FitRefusal::UnderFloor {
                     free_bytes,
@@ -1240,9 +1240,10 @@ fn allocation_end(from: u64, needed: u64, limits: &DiskCacheLimits, free: u64) -
     (free.saturating_sub(taken) >= limits.min_free_bytes).then_some(end)
 }
 
-/// Bytes available to unprivileged users on the file system holding `dir`.
-fn free_bytes(dir: &Path) -> Option<u64> {
-    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+/// Bytes available to unprivileged users on the file system holding `file`. (Asked of the open
+/// file rather than its directory's path, which every block written would look up again.)
+fn free_bytes(file: &File) -> Option<u64> {
+    let stat = nix::sys::statvfs::fstatvfs(file).ok()?;
     Some(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
 
