@@ -23,35 +23,36 @@ enum After {
     Unsolicited(&'static [u8]),
 }
 
-/// The fake server's answer to one request: bytes written in `pieces` (one write each), then
-/// `after`.
+/// The fake server's answer to one request: bytes written in `pieces` (one write each, `pause`
+/// apart), then `after`.
 struct Reply {
     pieces: Vec<Vec<u8>>,
+    pause: Duration,
     after: After,
 }
 
 impl Reply {
     /// `bytes` in one write; the connection then carries the next request.
     fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Self {
-            pieces: vec![bytes.into()],
-            after: After::Keep,
-        }
+        Self::in_pieces(vec![bytes.into()])
     }
 
     fn in_pieces(pieces: Vec<Vec<u8>>) -> Self {
         Self {
             pieces,
+            pause: Duration::ZERO,
             after: After::Keep,
         }
     }
 
     /// Reads the request and never answers it.
     fn silent() -> Self {
-        Self {
-            pieces: Vec::new(),
-            after: After::Hang,
-        }
+        Self::in_pieces(Vec::new()).then(After::Hang)
+    }
+
+    fn paused(mut self, pause: Duration) -> Self {
+        self.pause = pause;
+        self
     }
 
     fn then(mut self, after: After) -> Self {
@@ -154,7 +155,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let Some(reply) = replies.lock().unwrap().pop_front() else {
             return;
         };
-        for piece in &reply.pieces {
+        for (nth, piece) in reply.pieces.iter().enumerate() {
+            if nth > 0 && !reply.pause.is_zero() {
+                tokio::time::sleep(reply.pause).await;
+            }
             if stream.write_all(piece).await.is_err() || stream.flush().await.is_err() {
                 return;
             }
@@ -681,6 +685,46 @@ async fn a_body_that_goes_silent_times_out() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(direct.kept(), 0);
+}
+
+/// A body that comes slower than the receive low-water mark, each piece well within the request
+/// timeout of the last but the mark's worth of them not, arrives whole: a read under the mark
+/// looks whether bytes wait below it, and a body counts as silent only when nothing comes.
+#[tokio::test]
+async fn a_body_slower_than_the_low_water_mark_is_read_as_it_comes() {
+    let body = pattern((3 << 20) / 2);
+    let mut pieces: Vec<Vec<u8>> = body.chunks(256 << 10).map(<[u8]>::to_vec).collect();
+    pieces.insert(0, partial_head(body.len(), "").into_bytes());
+    let server = FakeServer::start(vec![Reply::in_pieces(pieces).paused(Duration::from_millis(150))]).await;
+    // Silence of 500 ms fails a read; the mark's 1 MiB takes four pieces, 600 ms.
+    let direct = client(Duration::from_millis(500));
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..body.len() as u64, None)
+        .await
+        .unwrap();
+    assert!(got.data[..] == body[..]);
+}
+
+/// After a body read under a low-water mark, the next answer on the same connection is read as
+/// soon as it comes: a mark left on the socket would hold back a small answer until it timed out.
+#[tokio::test]
+async fn a_small_answer_after_a_large_body_on_the_same_connection_is_not_held_back() {
+    // The large body's last 2 MiB come in one write, read at once under a mark of 1 MiB.
+    let large = pattern(3 << 20);
+    let first = in_unequal_writes(partial_head(large.len(), ""), &large, &[1 << 20]);
+    // The small answer comes 100 ms after its request, so its reader waits for it.
+    let late = Reply::in_pieces(vec![Vec::new(), partial(b"small")]);
+    let pause = Duration::from_millis(100);
+    let server = FakeServer::start(vec![first.paused(pause), late.paused(pause)]).await;
+    let direct = hasty();
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..large.len() as u64, None)
+        .await
+        .unwrap();
+    assert!(got.data[..] == large[..]);
+    let got = direct.get(&server.get("/b/k", &[]), 0..5, None).await.unwrap();
+    assert_eq!(&got.data[..], b"small");
+    assert_eq!(server.accepted(), 1, "both on one connection");
 }
 
 #[tokio::test]
