@@ -24,7 +24,7 @@
 use crate::lock;
 use std::io;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -64,10 +64,12 @@ const HAPPY_EYEBALLS: Duration = Duration::from_millis(300);
 /// The most bytes a read of a body waits for before its task wakes (the socket's SO_RCVLOWAT):
 /// one cache block. Woken for whatever had arrived, a cold read from loopback Garage took a
 /// wake-up, an epoll_wait and a recv per ~290 KiB; per MiB, a third of them, and about a tenth
-/// less daemon CPU per GiB.
+/// less daemon CPU per GiB. (Linux 4.18 or later: lowering the mark then wakes a reader whose
+/// bytes already wait.)
 const RECEIVE_LOW_WATER: usize = 1 << 20;
-/// The end of a body read without a low-water mark: more than a TLS record, which may sit half
-/// received in the TLS layer, so that the mark never asks for more bytes than are still to come.
+/// The end of a body the mark never reaches into: more than a TLS record and the TLS layer's
+/// read-ahead, which may sit half received in it, so that the mark never asks for more bytes
+/// than are still to come.
 const LOW_WATER_TAIL: usize = 64 << 10;
 /// How long a read under a low-water mark waits before looking whether fewer bytes wait: a body
 /// slower than the mark per this long is read as it comes for the rest of it, as without a mark.
@@ -207,7 +209,8 @@ impl DirectGet {
         self.read_exactly(&mut connection, &mut early, &mut body, expected, sums.as_mut())
             .await?;
         // The connection carries the next GET only if this answer was read to its end.
-        if response.keep_alive && expected as u64 == length && early.is_empty() {
+        // (Its low-water mark is back at 1, or it is not kept: see `read_exactly`.)
+        if response.keep_alive && expected as u64 == length && early.is_empty() && connection.low_water == 1 {
             self.keep(connection);
         }
         self.carried.fetch_add(1, Ordering::Relaxed);
@@ -292,7 +295,7 @@ impl DirectGet {
         into.put_slice(&early[..first]);
         early.drain(..first);
         let mut summed = 0;
-        connection.slow_body = false;
+        connection.set_low_water(low_water_ceiling(expected - into.filled()).max(1));
         loop {
             if let Some(sums) = sums.as_deref_mut() {
                 sums.update(&into.filled_bytes()[summed..]);
@@ -304,8 +307,11 @@ impl DirectGet {
                 return Ok(());
             }
             let room = expected - into.filled();
-            if !connection.slow_body {
-                connection.set_low_water(room.saturating_sub(LOW_WATER_TAIL).clamp(1, RECEIVE_LOW_WATER));
+            // Near the end the mark comes down, by halves of what may still be asked: a TLS read
+            // takes one record, and setting the mark to fit each would cost a call per record.
+            let ceiling = low_water_ceiling(room);
+            if connection.low_water > ceiling.max(1) {
+                connection.set_low_water((ceiling / 2).max(1));
             }
             let mut room = (&mut *into).limit(room);
             let failure = match self.read_some(connection, &mut room).await {
@@ -338,7 +344,7 @@ impl DirectGet {
         connection: &mut Connection,
         into: &mut impl BufMut,
     ) -> Option<io::Result<usize>> {
-        let deadline = Instant::now() + self.request_timeout;
+        let mut deadline = Instant::now() + self.request_timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -354,8 +360,10 @@ impl DirectGet {
                 return Some(read);
             }
             if connection.low_water > 1 && connection.bytes_waiting() > 0 {
-                connection.slow_body = true;
+                // Not silent: bytes came, fewer than the mark. (Found at the last look before
+                // the deadline, they still get their read.)
                 connection.set_low_water(1);
+                deadline = deadline.max(Instant::now() + LOW_WATER_PATIENCE);
             }
         }
     }
@@ -410,7 +418,6 @@ impl DirectGet {
                 .await
                 .map_err(|error| io::Error::other(source_chain(&error)))?
                 .into_inner();
-            let socket = tcp.as_raw_fd();
             let io: Box<dyn Io> = match tls {
                 Some(config) => {
                     let name = ServerName::try_from(origin.host.clone())
@@ -419,15 +426,13 @@ impl DirectGet {
                 }
                 None => Box::new(tcp),
             };
-            Ok::<_, io::Error>((io, socket))
+            Ok::<_, io::Error>(io)
         };
         match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Ok((io, socket))) => Ok(Connection {
+            Ok(Ok(io)) => Ok(Connection {
                 origin: origin.clone(),
                 io,
-                socket,
                 low_water: 1,
-                slow_body: false,
                 idle_since: Instant::now(),
             }),
             Ok(Err(error)) => Err(GetFailure::Failed(ObjectError::Unreachable(format!(
@@ -726,20 +731,23 @@ fn xml_element(document: &str, name: &str) -> Option<String> {
 }
 
 /// A byte stream a connection runs on: TCP, or TLS over TCP.
-trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+/// The most a low-water mark may ask for with `room` bytes of a body still to come: at most
+/// [`RECEIVE_LOW_WATER`], and never into the body's last [`LOW_WATER_TAIL`] (0: no mark).
+fn low_water_ceiling(room: usize) -> usize {
+    room.saturating_sub(LOW_WATER_TAIL).min(RECEIVE_LOW_WATER)
+}
+
+/// A connection's byte stream: TCP, or TLS over TCP (whose descriptor is the TCP socket's).
+trait Io: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin> Io for T {}
 
 /// One connection, kept between GETs.
 struct Connection {
     origin: Origin,
     io: Box<dyn Io>,
-    /// The TCP socket under `io` (TLS or not), for its receive low-water mark.
-    socket: RawFd,
     /// The socket's receive low-water mark (SO_RCVLOWAT) as last set: 1, the kernel's default,
     /// or more while a body is read.
     low_water: usize,
-    /// The body being read came slower than its low-water mark: the rest is read without one.
-    slow_body: bool,
     idle_since: Instant,
 }
 
@@ -753,11 +761,12 @@ impl Connection {
             return;
         }
         let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `socket` is the open TCP socket `io` owns, for as long as `self` lives; the
-        // option's value is a c_int, passed with its size, which the kernel only reads.
+        // SAFETY: the descriptor is the open TCP socket `io` owns (under TLS or not), for as long
+        // as `self` lives; the option's value is a c_int, passed with its size, which the kernel
+        // only reads.
         let set = unsafe {
             libc::setsockopt(
-                self.socket,
+                self.io.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVLOWAT,
                 (&raw const value).cast(),
@@ -772,8 +781,8 @@ impl Connection {
     /// Bytes received on the socket and not yet read (0 if it cannot tell).
     fn bytes_waiting(&self) -> usize {
         let mut waiting: libc::c_int = 0;
-        // SAFETY: `socket` is the open TCP socket `io` owns; FIONREAD writes one c_int.
-        let asked = unsafe { libc::ioctl(self.socket, libc::FIONREAD, &raw mut waiting) };
+        // SAFETY: the descriptor is the open TCP socket `io` owns; FIONREAD writes one c_int.
+        let asked = unsafe { libc::ioctl(self.io.as_raw_fd(), libc::FIONREAD, &raw mut waiting) };
         match asked {
             0 => usize::try_from(waiting).unwrap_or(0),
             _ => 0,

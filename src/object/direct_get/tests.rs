@@ -716,15 +716,40 @@ async fn a_small_answer_after_a_large_body_on_the_same_connection_is_not_held_ba
     let late = Reply::in_pieces(vec![Vec::new(), partial(b"small")]);
     let pause = Duration::from_millis(100);
     let server = FakeServer::start(vec![first.paused(pause), late.paused(pause)]).await;
-    let direct = hasty();
+    let direct = patient();
     let got = direct
         .get(&server.get("/b/k", &[]), 0..large.len() as u64, None)
         .await
         .unwrap();
     assert!(got.data[..] == large[..]);
+    let started = Instant::now();
     let got = direct.get(&server.get("/b/k", &[]), 0..5, None).await.unwrap();
     assert_eq!(&got.data[..], b"small");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "held back for {took:?}");
     assert_eq!(server.accepted(), 1, "both on one connection");
+}
+
+/// A large body that stops, with fewer bytes waiting than its low-water mark, times out as a
+/// silent one: the bytes that came are read, then nothing more comes for the request timeout.
+#[tokio::test]
+async fn a_large_body_that_goes_silent_under_the_low_water_mark_times_out() {
+    let mut answer = partial_head(3 << 20, "").into_bytes();
+    answer.extend_from_slice(&pattern(200 << 10));
+    let server = FakeServer::start(vec![Reply::new(answer).then(After::Hang)]).await;
+    let direct = hasty();
+    let started = Instant::now();
+    let failure = direct
+        .get(&server.get("/b/k", &[]), 0..3 << 20, None)
+        .await
+        .unwrap_err();
+    let GetFailure::Failed(ObjectError::TimedOut(message)) = &failure else {
+        panic!("expected Failed(TimedOut), got {failure:?}");
+    };
+    assert!(message.contains(&format!("after {} of", 200 << 10)), "{message}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(direct.kept(), 0);
 }
 
 #[tokio::test]
