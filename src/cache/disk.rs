@@ -433,11 +433,11 @@ impl DiskCache {
         };
         self.prepare_slot(entry.slot, space, data.len());
         let crc = known_crc32c.unwrap_or_else(|| crc32c(data));
-        if known_crc32c.is_some() {
-            self.counters.summed_on_arrival.fetch_add(1, Ordering::Relaxed);
-        }
         match self.write_slot(&entry, &description, data, crc) {
             Ok(()) => {
+                if known_crc32c.is_some() {
+                    self.counters.summed_on_arrival.fetch_add(1, Ordering::Relaxed);
+                }
                 let mut index = self.lock_index();
                 index.reserved_bytes -= entry.stored_bytes();
                 let replaced = index.insert(key_of(&description), entry);

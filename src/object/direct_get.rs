@@ -730,7 +730,6 @@ fn xml_element(document: &str, name: &str) -> Option<String> {
     )
 }
 
-/// A byte stream a connection runs on: TCP, or TLS over TCP.
 /// The most a low-water mark may ask for with `room` bytes of a body still to come: at most
 /// [`RECEIVE_LOW_WATER`], and never into the body's last [`LOW_WATER_TAIL`] (0: no mark).
 fn low_water_ceiling(room: usize) -> usize {
