@@ -398,11 +398,34 @@ impl StagedFile {
     }
 
     /// Renames a file that was never uploaded: only the key it will be uploaded to changes, and
-    /// the content type to `content_type` (a new object takes it from its name).
-    pub fn rekey(&mut self, key: String, content_type: Option<String>) -> Result<(), WriteError> {
+    /// the content type to `content_type` (a new object takes it from its name). What it
+    /// replaced was at the old key, and goes with the rename; an object at the new key is what
+    /// it replaces now. That object becomes its base, of none of its bytes (as for a file
+    /// truncated at open), so a recovery after a crash finds the object as the file left it and
+    /// uploads the file over it: with no base, the object would look changed remotely, and a
+    /// file whose close had begun would be set aside instead.
+    pub async fn rekey(
+        &mut self,
+        ctx: &WriteContext,
+        key: String,
+        content_type: Option<String>,
+    ) -> Result<(), WriteError> {
+        let replaced = match ctx.client.head(&key).await {
+            Ok(head) => Some(ObjectVersion {
+                key: key.clone(),
+                etag: head.etag,
+                size: head.size,
+                version_id: head.version_id,
+            }),
+            Err(ObjectError::NoSuchKey(_)) => None,
+            Err(error) => return Err(WriteError::Object(error)),
+        };
         self.key = key;
-        // What it replaced was at the old key, and goes with the rename.
-        self.base = None;
+        self.base = replaced.map(|version| Base {
+            version,
+            len: 0,
+            replaced_only: true,
+        });
         self.local.clear();
         self.metadata.content_type = content_type;
         self.record_journal(false)

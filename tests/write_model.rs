@@ -2771,3 +2771,45 @@ async fn setting_the_mtime_alone_leaves_the_atime() {
     let after = fs.getattr(attr.ino).await.unwrap();
     assert_eq!(after.atime, before.atime, "stat after utimensat");
 }
+
+/// Found by the model (CI of 0e2f224): a file whose flush failed, renamed over a new file that
+/// was truncated, then a crash: its close had begun, so the next mount must upload it at its new
+/// name, not set it aside.
+#[test]
+fn a_failed_flush_then_a_rename_over_a_truncated_new_file_then_a_crash_uploads_it() {
+    let write = |path| Step::Create {
+        path,
+        access: Access::Write,
+        exclusive: false,
+        truncate: false,
+        append: false,
+        creator: None,
+    };
+    let mut new_file = write(Target::Path("b".to_owned()));
+    if let Step::Create { creator, .. } = &mut new_file {
+        *creator = Some(Creator {
+            uid: 0,
+            gid: 0,
+            perm: 0o755,
+        });
+    }
+    run(
+        Duration::ZERO,
+        false,
+        &[
+            write(Target::Existing(0)),
+            new_file,
+            Step::Truncate {
+                path: Target::Existing(1),
+                size: Pos::At(0),
+            },
+            Step::FailedFlush { handle: 0 },
+            Step::Rename {
+                from: Target::Existing(0),
+                to: Target::Existing(1),
+                noreplace: false,
+            },
+            Step::Remount { how: Unmount::Crash },
+        ],
+    );
+}

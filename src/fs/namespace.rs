@@ -323,7 +323,7 @@ impl S3Fs {
             // Never uploaded; an object at the old name (a file truncated at open) goes now.
             self.client.delete(&from_key).await?;
             let content_type = renamed_content_type(file.metadata(), from, &to);
-            file.rekey(to_key, content_type)?;
+            file.rekey(ctx, to_key, content_type).await?;
         }
         staged.update_seen(&file);
         // Under the file's lock, which a settle takes too: the settle finds the entry at its new
@@ -475,9 +475,11 @@ impl S3Fs {
             let new_key = self.config.root.file_key(&new_path);
             let followed = if let Some((_, etag)) = copied.iter().find(|(key, _)| *key == new_key) {
                 file.moved_to(new_key, etag.clone())
-            } else if !file.exists_remotely() {
+            } else if !file.exists_remotely()
+                && let Ok(ctx) = self.writes()
+            {
                 let content_type = renamed_content_type(file.metadata(), &path, &new_path);
-                file.rekey(new_key, content_type)
+                file.rekey(ctx, new_key, content_type).await
             } else {
                 continue;
             };
