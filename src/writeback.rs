@@ -399,29 +399,19 @@ impl StagedFile {
 
     /// Renames a file that was never uploaded: only the key it will be uploaded to changes, and
     /// the content type to `content_type` (a new object takes it from its name). What it
-    /// replaced was at the old key, and goes with the rename; an object at the new key is what
-    /// it replaces now. That object becomes its base, of none of its bytes (as for a file
-    /// truncated at open), so a recovery after a crash finds the object as the file left it and
-    /// uploads the file over it: with no base, the object would look changed remotely, and a
-    /// file whose close had begun would be set aside instead.
-    pub async fn rekey(
+    /// replaced was at the old key, and goes with the rename; `replaces`, the object at the new
+    /// key ([`object_replaced_at`]), is what it replaces now. That object becomes its base, of
+    /// none of its bytes (as for a file truncated at open), so a recovery after a crash finds the
+    /// object as the file left it and uploads the file over it: with no base, the object would
+    /// look changed remotely, and a file whose close had begun would be set aside instead.
+    pub fn rekey(
         &mut self,
-        ctx: &WriteContext,
         key: String,
         content_type: Option<String>,
+        replaces: Option<ObjectVersion>,
     ) -> Result<(), WriteError> {
-        let replaced = match ctx.client.head(&key).await {
-            Ok(head) => Some(ObjectVersion {
-                key: key.clone(),
-                etag: head.etag,
-                size: head.size,
-                version_id: head.version_id,
-            }),
-            Err(ObjectError::NoSuchKey(_)) => None,
-            Err(error) => return Err(WriteError::Object(error)),
-        };
         self.key = key;
-        self.base = replaced.map(|version| Base {
+        self.base = replaces.map(|version| Base {
             version,
             len: 0,
             replaced_only: true,
@@ -1047,6 +1037,21 @@ fn set_aside(
 fn holds_the_metadata(head: &ObjectHead, metadata: &ObjectMetadata) -> bool {
     head.metadata.user == metadata.user
         && (metadata.content_type.is_none() || head.metadata.content_type == metadata.content_type)
+}
+
+/// The object at `key` that a file renamed to it replaces, if any: what
+/// [`StagedFile::rekey`] takes as the file's base. Asked before the rename changes anything.
+pub async fn object_replaced_at(ctx: &WriteContext, key: &str) -> Result<Option<ObjectVersion>, WriteError> {
+    match ctx.client.head(key).await {
+        Ok(head) => Ok(Some(ObjectVersion {
+            key: key.to_owned(),
+            etag: head.etag,
+            size: head.size,
+            version_id: head.version_id,
+        })),
+        Err(ObjectError::NoSuchKey(_)) => Ok(None),
+        Err(error) => Err(WriteError::Object(error)),
+    }
 }
 
 /// The object at the staged file's key now (`None`: there is none).

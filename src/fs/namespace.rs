@@ -20,7 +20,7 @@ use super::write::content_type_of;
 use super::{Attr, Creator, Details, Entry, FsError, Kind, S3Fs, lock};
 use crate::object::{ListRequest, ObjectMetadata, ObjectSummary, PutOptions};
 use crate::upload::copy_object;
-use crate::writeback::StagedFile;
+use crate::writeback::{StagedFile, object_replaced_at};
 
 /// The content type of a file never uploaded, renamed: taken from the new name if it was taken
 /// from the old one, else (an object truncated at open keeps its own) unchanged.
@@ -321,9 +321,10 @@ impl S3Fs {
             file.moved_to(to_key, copied)?;
         } else {
             // Never uploaded; an object at the old name (a file truncated at open) goes now.
+            let replaced = object_replaced_at(ctx, &to_key).await?;
             self.client.delete(&from_key).await?;
             let content_type = renamed_content_type(file.metadata(), from, &to);
-            file.rekey(ctx, to_key, content_type).await?;
+            file.rekey(to_key, content_type, replaced)?;
         }
         staged.update_seen(&file);
         // Under the file's lock, which a settle takes too: the settle finds the entry at its new
@@ -479,7 +480,10 @@ impl S3Fs {
                 && let Ok(ctx) = self.writes()
             {
                 let content_type = renamed_content_type(file.metadata(), &path, &new_path);
-                file.rekey(ctx, new_key, content_type).await
+                match object_replaced_at(ctx, &new_key).await {
+                    Ok(replaced) => file.rekey(new_key, content_type, replaced),
+                    Err(error) => Err(error),
+                }
             } else {
                 continue;
             };
