@@ -946,7 +946,7 @@ pub async fn recover(ctx: &WriteContext) -> io::Result<RecoveryReport> {
                 continue;
             }
         };
-        let remote = match remote_object(ctx, &file).await {
+        let remote = match object_at(ctx, file.key()).await {
             Ok(remote) => remote,
             Err(error) => {
                 tracing::error!(%key, %error, "cannot check the object of a staged file; kept for the next mount");
@@ -1042,21 +1042,18 @@ fn holds_the_metadata(head: &ObjectHead, metadata: &ObjectMetadata) -> bool {
 /// The object at `key` that a file renamed to it replaces, if any: what
 /// [`StagedFile::rekey`] takes as the file's base. Asked before the rename changes anything.
 pub async fn object_replaced_at(ctx: &WriteContext, key: &str) -> Result<Option<ObjectVersion>, WriteError> {
-    match ctx.client.head(key).await {
-        Ok(head) => Ok(Some(ObjectVersion {
-            key: key.to_owned(),
-            etag: head.etag,
-            size: head.size,
-            version_id: head.version_id,
-        })),
-        Err(ObjectError::NoSuchKey(_)) => Ok(None),
-        Err(error) => Err(WriteError::Object(error)),
-    }
+    let head = object_at(ctx, key).await.map_err(WriteError::Object)?;
+    Ok(head.map(|head| ObjectVersion {
+        key: key.to_owned(),
+        etag: head.etag,
+        size: head.size,
+        version_id: head.version_id,
+    }))
 }
 
-/// The object at the staged file's key now (`None`: there is none).
-async fn remote_object(ctx: &WriteContext, file: &StagedFile) -> Result<Option<ObjectHead>, ObjectError> {
-    match ctx.client.head(file.key()).await {
+/// The object at `key` now (`None`: there is none).
+async fn object_at(ctx: &WriteContext, key: &str) -> Result<Option<ObjectHead>, ObjectError> {
+    match ctx.client.head(key).await {
         Ok(head) => Ok(Some(head)),
         Err(ObjectError::NoSuchKey(_)) => Ok(None),
         Err(error) => Err(error),
