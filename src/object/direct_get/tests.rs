@@ -703,6 +703,53 @@ async fn a_body_slower_than_the_low_water_mark_is_read_as_it_comes() {
         .await
         .unwrap();
     assert!(got.data[..] == body[..]);
+    assert_eq!(
+        direct.slowed_by_low_water(),
+        1,
+        "the mark gave way once, then no more"
+    );
+}
+
+/// A body whose last piece comes after a pause, on a connection that stays open after it, is
+/// read to its end without its reader ever waiting out a low-water mark: near the end the mark
+/// never asks the socket for more than is still to come, under TLS either, whose layers hold
+/// some of the body's bytes before handing them over.
+async fn a_late_last_piece_is_read_without_waiting_on_a_mark(
+    tls: Option<(tokio_rustls::TlsAcceptor, Arc<ClientConfig>)>,
+) {
+    let body = pattern((5 << 20) + 12345);
+    // The reader drains the first piece and waits, under a mark, for the last 100 KiB.
+    let reply = in_unequal_writes(partial_head(body.len(), ""), &body, &[body.len() - (100 << 10)]);
+    let reply = reply.paused(Duration::from_millis(100)).then(After::Hang);
+    let (acceptor, trusted) = tls.map_or((None, None), |(acceptor, trusted)| {
+        (Some(acceptor), Some(trusted))
+    });
+    let server = FakeServer::start_with(vec![reply], acceptor).await;
+    let (direct, scheme) = match trusted {
+        Some(trusted) => (trusting(trusted), "https"),
+        None => (patient(), "http"),
+    };
+    let get = SignedGet {
+        uri: format!("{scheme}://localhost:{}/b/k", server.port),
+        headers: Vec::new(),
+    };
+    let got = direct.get(&get, 0..body.len() as u64, None).await.unwrap();
+    assert!(got.data[..] == body[..]);
+    assert_eq!(
+        direct.slowed_by_low_water(),
+        0,
+        "a read waited out its mark over {scheme}"
+    );
+}
+
+#[tokio::test]
+async fn a_late_last_piece_over_http_is_read_without_waiting_on_a_mark() {
+    a_late_last_piece_is_read_without_waiting_on_a_mark(None).await;
+}
+
+#[tokio::test]
+async fn a_late_last_piece_over_https_is_read_without_waiting_on_a_mark() {
+    a_late_last_piece_is_read_without_waiting_on_a_mark(Some(tls_pair())).await;
 }
 
 /// After a body read under a low-water mark, the next answer on the same connection is read as
