@@ -21,6 +21,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 
+/// The most bytes relayed per write, each way.
+const RELAY_CHUNK: usize = 64 << 10;
+
 fn main() {
     if let Err(message) = run() {
         eprintln!("tls_front: {message}");
@@ -72,13 +75,21 @@ fn self_signed_acceptor() -> Result<(TlsAcceptor, String), String> {
 async fn serve(listener: TcpListener, acceptor: TlsAcceptor, upstream: SocketAddr) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
+            // (Out of descriptors, say: not a reason to spin.)
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             match relay(client, acceptor, upstream).await {
-                // (Clients close kept connections without a TLS close_notify, as HTTP allows.)
-                Err(error) if error.kind() != std::io::ErrorKind::UnexpectedEof => {
+                // (Clients close kept connections without a TLS close_notify, as HTTP allows,
+                // and reset those they give up on.)
+                Err(error)
+                    if !matches!(
+                        error.kind(),
+                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                    ) =>
+                {
                     eprintln!("tls_front: a connection ended with {error}");
                 }
                 _ => {}
@@ -93,6 +104,9 @@ async fn relay(client: TcpStream, acceptor: TlsAcceptor, upstream: SocketAddr) -
     let mut client = acceptor.accept(client).await?;
     let mut server = TcpStream::connect(upstream).await?;
     server.set_nodelay(true)?;
-    tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+    // 64 KiB per write, so that the records sent are full ones (16 KiB), as S3's are: rustls
+    // makes a record of each write, and the default 8 KiB would double the clients' per-record
+    // costs.
+    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, RELAY_CHUNK, RELAY_CHUNK).await?;
     Ok(())
 }

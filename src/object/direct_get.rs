@@ -68,8 +68,8 @@ const HAPPY_EYEBALLS: Duration = Duration::from_millis(300);
 /// bytes already wait.)
 const RECEIVE_LOW_WATER: usize = 1 << 20;
 /// The most of a TLS connection's bytes one read from its socket takes ([`ReadAhead`]). rustls
-/// asks its transport for 4 KiB at a time, which made a cold https read one `recv` (and one
-/// trip through the runtime) per ~8 KiB: 133,000 per GiB.
+/// reads its transport into a buffer it grows 4 KiB at a time, up to one record: a cold https
+/// read made one `recvfrom` per ~8 KiB, 133,000 per GiB.
 const TLS_READ_AHEAD: usize = 128 << 10;
 /// The end of a body the mark never reaches into: more than the TLS layer may hold of it
 /// unread when its reader waits on the socket (a record, half received: its [`ReadAhead`] is
@@ -368,8 +368,8 @@ impl DirectGet {
                 true => left.min(LOW_WATER_PATIENCE),
                 false => left,
             };
-            // (A read dropped unfinished has read nothing: tokio's and rustls's reads are
-            // cancel safe.)
+            // (A read dropped unfinished loses nothing: tokio's and rustls's reads are cancel
+            // safe, and what it took from the socket stays with the connection's layers.)
             if let Ok(read) = tokio::time::timeout(wait, connection.io.read_buf(into)).await {
                 return Some(read);
             }
@@ -378,6 +378,7 @@ impl DirectGet {
                 // the deadline, they still get their read.)
                 connection.set_low_water(1);
                 self.slowed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(origin = %connection.origin, "a body comes slower than its low-water mark: read as it comes");
                 deadline = deadline.max(Instant::now() + LOW_WATER_PATIENCE);
             }
         }

@@ -65,6 +65,8 @@ impl Reply {
 /// its replies in order; it records each request head and counts the connections it accepts.
 struct FakeServer {
     port: u16,
+    /// Whether it speaks TLS (for `localhost`, the name its certificate has).
+    tls: bool,
     requests: Arc<Mutex<Vec<String>>>,
     accepted: Arc<AtomicUsize>,
 }
@@ -83,6 +85,7 @@ impl FakeServer {
         let replies = Arc::new(Mutex::new(VecDeque::from(replies)));
         let server = Self {
             port,
+            tls: tls.is_some(),
             requests: requests.clone(),
             accepted: accepted.clone(),
         };
@@ -108,8 +111,12 @@ impl FakeServer {
 
     /// A URL on this server, as a presigned one looks.
     fn url(&self, path: &str) -> String {
+        let origin = match self.tls {
+            true => "https://localhost",
+            false => "http://127.0.0.1",
+        };
         format!(
-            "http://127.0.0.1:{}{path}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc",
+            "{origin}:{}{path}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc",
             self.port
         )
     }
@@ -212,9 +219,67 @@ fn hasty() -> DirectGet {
     client(Duration::from_millis(300))
 }
 
+/// What a GET goes over: TCP, or TLS over TCP (whose reads take another path through the
+/// connection's layers: rustls, and the [`ReadAhead`] under it).
+#[derive(Clone, Copy, Debug)]
+enum Wire {
+    Tcp,
+    Tls,
+}
+
+/// A fake server answering with `replies` over `wire`, and a client of `request_timeout` that
+/// trusts it.
+async fn over(wire: Wire, replies: Vec<Reply>, request_timeout: Duration) -> (FakeServer, DirectGet) {
+    let direct = client(request_timeout);
+    let server = match wire {
+        Wire::Tcp => FakeServer::start(replies).await,
+        Wire::Tls => {
+            let (acceptor, trusted) = tls_pair();
+            direct.tls.set(Ok(trusted)).unwrap();
+            FakeServer::start_with(replies, Some(acceptor)).await
+        }
+    };
+    (server, direct)
+}
+
+/// Two tests of one check: `$tcp` runs it over TCP, `$tls` over TLS.
+macro_rules! over_both_wires {
+    ($check:ident: $tcp:ident, $tls:ident) => {
+        #[tokio::test]
+        async fn $tcp() {
+            $check(Wire::Tcp).await;
+        }
+
+        #[tokio::test]
+        async fn $tls() {
+            $check(Wire::Tls).await;
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pure functions.
 // ---------------------------------------------------------------------------------------------
+
+/// The mark never asks for more than the socket still has to bring, even with a whole TLS
+/// record (the largest TLS 1.2 allows, 16 KiB and 2 KiB of expansion, and its header) held
+/// unread above it; and never for more than [`RECEIVE_LOW_WATER`].
+#[test]
+fn a_low_water_mark_leaves_room_for_a_tls_record_held_above_the_socket() {
+    const LARGEST_RECORD: usize = 5 + (16 << 10) + 2048;
+    for room in (0..(4 << 20))
+        .step_by(977)
+        .chain([LOW_WATER_TAIL, LOW_WATER_TAIL + 1, 1 << 20])
+    {
+        let ceiling = low_water_ceiling(room);
+        assert!(ceiling <= RECEIVE_LOW_WATER, "{ceiling} for {room}");
+        assert!(
+            ceiling == 0 || ceiling + LARGEST_RECORD <= room,
+            "a mark of {ceiling} with {room} bytes to come"
+        );
+    }
+    assert_eq!(low_water_ceiling(4 << 20), RECEIVE_LOW_WATER);
+}
 
 #[test]
 fn an_http_url_is_taken_apart() {
@@ -690,14 +755,13 @@ async fn a_body_that_goes_silent_times_out() {
 /// A body that comes slower than the receive low-water mark, each piece well within the request
 /// timeout of the last but the mark's worth of them not, arrives whole: a read under the mark
 /// looks whether bytes wait below it, and a body counts as silent only when nothing comes.
-#[tokio::test]
-async fn a_body_slower_than_the_low_water_mark_is_read_as_it_comes() {
+async fn a_body_slower_than_the_low_water_mark_is_read_as_it_comes(wire: Wire) {
     let body = pattern((3 << 20) / 2);
     let mut pieces: Vec<Vec<u8>> = body.chunks(256 << 10).map(<[u8]>::to_vec).collect();
     pieces.insert(0, partial_head(body.len(), "").into_bytes());
-    let server = FakeServer::start(vec![Reply::in_pieces(pieces).paused(Duration::from_millis(150))]).await;
+    let reply = Reply::in_pieces(pieces).paused(Duration::from_millis(150));
     // Silence of 500 ms fails a read; the mark's 1 MiB takes four pieces, 600 ms.
-    let direct = client(Duration::from_millis(500));
+    let (server, direct) = over(wire, vec![reply], Duration::from_millis(500)).await;
     let got = direct
         .get(&server.get("/b/k", &[]), 0..body.len() as u64, None)
         .await
@@ -710,60 +774,51 @@ async fn a_body_slower_than_the_low_water_mark_is_read_as_it_comes() {
     );
 }
 
+over_both_wires!(a_body_slower_than_the_low_water_mark_is_read_as_it_comes:
+    a_body_slower_than_the_low_water_mark_is_read_as_it_comes_over_tcp,
+    a_body_slower_than_the_low_water_mark_is_read_as_it_comes_over_tls);
+
 /// A body whose last piece comes after a pause, on a connection that stays open after it, is
 /// read to its end without its reader ever waiting out a low-water mark: near the end the mark
 /// never asks the socket for more than is still to come, under TLS either, whose layers hold
 /// some of the body's bytes before handing them over.
-async fn a_late_last_piece_is_read_without_waiting_on_a_mark(
-    tls: Option<(tokio_rustls::TlsAcceptor, Arc<ClientConfig>)>,
-) {
+async fn a_late_last_piece_is_read_without_waiting_on_a_mark(wire: Wire) {
     let body = pattern((5 << 20) + 12345);
     // The reader drains the first piece and waits, under a mark, for the last 100 KiB.
     let reply = in_unequal_writes(partial_head(body.len(), ""), &body, &[body.len() - (100 << 10)]);
     let reply = reply.paused(Duration::from_millis(100)).then(After::Hang);
-    let (acceptor, trusted) = tls.map_or((None, None), |(acceptor, trusted)| {
-        (Some(acceptor), Some(trusted))
-    });
-    let server = FakeServer::start_with(vec![reply], acceptor).await;
-    let (direct, scheme) = match trusted {
-        Some(trusted) => (trusting(trusted), "https"),
-        None => (patient(), "http"),
-    };
-    let get = SignedGet {
-        uri: format!("{scheme}://localhost:{}/b/k", server.port),
-        headers: Vec::new(),
-    };
-    let got = direct.get(&get, 0..body.len() as u64, None).await.unwrap();
+    let (server, direct) = over(wire, vec![reply], Duration::from_secs(2)).await;
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..body.len() as u64, None)
+        .await
+        .unwrap();
     assert!(got.data[..] == body[..]);
     assert_eq!(
         direct.slowed_by_low_water(),
         0,
-        "a read waited out its mark over {scheme}"
+        "a read waited out its mark over {wire:?}"
     );
 }
 
-#[tokio::test]
-async fn a_late_last_piece_over_http_is_read_without_waiting_on_a_mark() {
-    a_late_last_piece_is_read_without_waiting_on_a_mark(None).await;
-}
-
-#[tokio::test]
-async fn a_late_last_piece_over_https_is_read_without_waiting_on_a_mark() {
-    a_late_last_piece_is_read_without_waiting_on_a_mark(Some(tls_pair())).await;
-}
+over_both_wires!(a_late_last_piece_is_read_without_waiting_on_a_mark:
+    a_late_last_piece_over_tcp_is_read_without_waiting_on_a_mark,
+    a_late_last_piece_over_tls_is_read_without_waiting_on_a_mark);
 
 /// After a body read under a low-water mark, the next answer on the same connection is read as
 /// soon as it comes: a mark left on the socket would hold back a small answer until it timed out.
-#[tokio::test]
-async fn a_small_answer_after_a_large_body_on_the_same_connection_is_not_held_back() {
+async fn a_small_answer_after_a_large_body_is_not_held_back(wire: Wire) {
     // The large body's last 2 MiB come in one write, read at once under a mark of 1 MiB.
     let large = pattern(3 << 20);
     let first = in_unequal_writes(partial_head(large.len(), ""), &large, &[1 << 20]);
     // The small answer comes 100 ms after its request, so its reader waits for it.
     let late = Reply::in_pieces(vec![Vec::new(), partial(b"small")]);
     let pause = Duration::from_millis(100);
-    let server = FakeServer::start(vec![first.paused(pause), late.paused(pause)]).await;
-    let direct = patient();
+    let (server, direct) = over(
+        wire,
+        vec![first.paused(pause), late.paused(pause)],
+        Duration::from_secs(2),
+    )
+    .await;
     let got = direct
         .get(&server.get("/b/k", &[]), 0..large.len() as u64, None)
         .await
@@ -777,14 +832,17 @@ async fn a_small_answer_after_a_large_body_on_the_same_connection_is_not_held_ba
     assert_eq!(server.accepted(), 1, "both on one connection");
 }
 
+over_both_wires!(a_small_answer_after_a_large_body_is_not_held_back:
+    a_small_answer_after_a_large_body_on_the_same_connection_is_not_held_back,
+    a_small_answer_after_a_large_body_on_the_same_tls_connection_is_not_held_back);
+
 /// A large body that stops, with fewer bytes waiting than its low-water mark, times out as a
 /// silent one: the bytes that came are read, then nothing more comes for the request timeout.
-#[tokio::test]
-async fn a_large_body_that_goes_silent_under_the_low_water_mark_times_out() {
+async fn a_large_body_that_goes_silent_under_the_low_water_mark_times_out(wire: Wire) {
     let mut answer = partial_head(3 << 20, "").into_bytes();
     answer.extend_from_slice(&pattern(200 << 10));
-    let server = FakeServer::start(vec![Reply::new(answer).then(After::Hang)]).await;
-    let direct = hasty();
+    let reply = Reply::new(answer).then(After::Hang);
+    let (server, direct) = over(wire, vec![reply], Duration::from_millis(300)).await;
     let started = Instant::now();
     let failure = direct
         .get(&server.get("/b/k", &[]), 0..3 << 20, None)
@@ -798,6 +856,10 @@ async fn a_large_body_that_goes_silent_under_the_low_water_mark_times_out() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(direct.kept(), 0);
 }
+
+over_both_wires!(a_large_body_that_goes_silent_under_the_low_water_mark_times_out:
+    a_large_body_that_goes_silent_under_the_low_water_mark_times_out_over_tcp,
+    a_large_body_that_goes_silent_under_the_low_water_mark_times_out_over_tls);
 
 #[tokio::test]
 async fn a_server_that_never_answers_times_out() {
@@ -1303,16 +1365,14 @@ async fn bytes_past_an_error_document_are_never_a_later_answer() {
 /// What a server writes on an idle kept connection (here a 503 as it sheds the connection)
 /// answers no request: the next GET does not take it as its answer, and goes on a new
 /// connection.
-#[tokio::test]
-async fn an_answer_that_came_on_an_idle_connection_is_not_taken_for_the_next() {
+async fn an_answer_that_came_on_an_idle_connection_is_not_taken_for_the_next(wire: Wire) {
     // Unasked, on the kept connection, which the server then closes.
     let unasked = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
-    let server = FakeServer::start(vec![
+    let replies = vec![
         Reply::new(partial(b"hello")).then(After::Unsolicited(unasked)),
         Reply::new(partial(b"right")),
-    ])
-    .await;
-    let direct = patient();
+    ];
+    let (server, direct) = over(wire, replies, Duration::from_secs(2)).await;
     let got = direct
         .get(&server.get("/b/k", &[]), 0..5, None)
         .await
@@ -1329,6 +1389,10 @@ async fn an_answer_that_came_on_an_idle_connection_is_not_taken_for_the_next() {
     assert_eq!(&got[..], b"right");
     assert_eq!(server.accepted(), 2);
 }
+
+over_both_wires!(an_answer_that_came_on_an_idle_connection_is_not_taken_for_the_next:
+    an_answer_that_came_on_an_idle_connection_is_not_taken_for_the_next_over_tcp,
+    an_answer_that_came_on_an_idle_tls_connection_is_not_taken_for_the_next);
 
 /// A 408 that arrives as the answer to a GET sent on a kept connection (the server timed it out
 /// just as the request went) is the connection's end, not the GET's: it goes again on a new one.
@@ -1375,19 +1439,18 @@ async fn interim_answers_are_passed_over() {
 
 /// The read-ahead cancels a GET by dropping it: a connection left in the middle of a body is
 /// never kept, and the next GET reads its own answer.
-#[tokio::test]
-async fn a_get_dropped_in_the_middle_of_its_body_leaves_nothing_behind() {
+async fn a_get_dropped_in_the_middle_of_its_body_leaves_nothing_behind(wire: Wire) {
     let body = pattern(100_000);
-    let server = FakeServer::start(vec![
+    let replies = vec![
         Reply::in_pieces(vec![
             partial_head(body.len(), "").into_bytes(),
             body[..1000].to_vec(),
         ])
         .then(After::Hang),
         Reply::new(partial(b"right")),
-    ])
-    .await;
-    let direct = Arc::new(patient());
+    ];
+    let (server, direct) = over(wire, replies, Duration::from_secs(2)).await;
+    let direct = Arc::new(direct);
     let dropped = {
         let (direct, get) = (direct.clone(), server.get("/b/k", &[]));
         tokio::spawn(async move { direct.get(&get, 0..100_000, None).await.map(|body| body.data) })
@@ -1407,6 +1470,10 @@ async fn a_get_dropped_in_the_middle_of_its_body_leaves_nothing_behind() {
     assert_eq!(&got[..], b"right");
     assert_eq!(server.accepted(), 2);
 }
+
+over_both_wires!(a_get_dropped_in_the_middle_of_its_body_leaves_nothing_behind:
+    a_get_dropped_in_the_middle_of_its_body_leaves_nothing_behind_over_tcp,
+    a_get_dropped_in_the_middle_of_its_tls_body_leaves_nothing_behind);
 
 #[tokio::test]
 async fn several_stale_kept_connections_in_a_row_are_passed_over() {
