@@ -1,6 +1,6 @@
 //! `tls_front UPSTREAM CERT_OUT`: https in front of the loopback S3 server, for `scripts/bench
-//! --https`, as real S3 is only spoken to over TLS and decrypting every byte is a cost the
-//! mount and the raw-SDK baseline both pay.
+//! --https`, as real S3 is reached over TLS, and decrypting every byte is a cost the mount and
+//! the raw-SDK baseline both pay.
 //!
 //! It makes a self-signed certificate for `localhost` and `127.0.0.1`, writes it (PEM) to
 //! CERT_OUT for the clients to trust (the bench puts it in the bundle `SSL_CERT_FILE` names),
