@@ -11,7 +11,7 @@
 //! bench_sdk upload-many BUCKET PREFIX COUNT SIZE_BYTES [--posix-every N]
 //! bench_sdk list        BUCKET PREFIX [--page-size N]
 //! bench_sdk list-tree   BUCKET PREFIX [--page-size N]
-//! bench_sdk download    BUCKET KEY [--part-size BYTES] [--concurrency N]
+//! bench_sdk download    BUCKET KEY [--part-size BYTES] [--concurrency N] [--store]
 //! bench_sdk download-parallel BUCKET KEY... [--part-size BYTES] [--concurrency N]
 //! bench_sdk random-read BUCKET KEY [--block-size BYTES] [--seconds S]
 //! bench_sdk download-many BUCKET PREFIX [--concurrency N]
@@ -24,7 +24,10 @@
 //! bench_sdk make-files  DIR COUNT SIZE_BYTES [--seed N]
 //! ```
 //!
-//! `download` is the sequential baseline (a sliding window of ranged GETs), `download-parallel`
+//! `download` is the sequential baseline (a sliding window of ranged GETs; it counts what it
+//! reads and drops it, and with `--store` copies each part's bytes into a buffer of the part's
+//! size, the buffers reused from part to part, as a reader that uses what it reads must: a
+//! mount lands every byte once in memory, for FUSE and its cache), `download-parallel`
 //! that of many readers at once (one such window per key given, a key given twice read twice), `random-read` the
 //! baseline of `fio --rw=randread --ioengine=psync` (one reader, one aligned block at a time),
 //! `download-many` the baseline of reading many small files (list, then GET them all), `list` the
@@ -95,7 +98,7 @@ const USAGE: &str = "usage:
   bench_sdk upload-many BUCKET PREFIX COUNT SIZE_BYTES [--posix-every N]
   bench_sdk list        BUCKET PREFIX [--page-size N]
   bench_sdk list-tree   BUCKET PREFIX [--page-size N]
-  bench_sdk download    BUCKET KEY [--part-size BYTES] [--concurrency N]
+  bench_sdk download    BUCKET KEY [--part-size BYTES] [--concurrency N] [--store]
   bench_sdk download-parallel BUCKET KEY... [--part-size BYTES] [--concurrency N]
   bench_sdk random-read BUCKET KEY [--block-size BYTES] [--seconds S]
   bench_sdk download-many BUCKET PREFIX [--concurrency N]
@@ -159,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
                 key,
                 options.part_bytes,
                 options.concurrency,
+                options.store,
             )
             .await
         }
@@ -277,6 +281,8 @@ struct Options {
     posix_every: u64,
     /// `list`: keys per ListObjectsV2 page.
     page_keys: i32,
+    /// `download`: keep each part's bytes in a buffer, not only count them.
+    store: bool,
 }
 
 impl Options {
@@ -290,6 +296,7 @@ impl Options {
             seed: 0,
             posix_every: 0,
             page_keys: DEFAULT_PAGE_KEYS,
+            store: false,
         };
         let mut iter = args.iter();
         while let Some(arg) = iter.next() {
@@ -314,6 +321,7 @@ impl Options {
                     ensure!((1..=1000).contains(&keys), "--page-size must be 1 to 1000");
                     options.page_keys = keys as i32;
                 }
+                "--store" => options.store = true,
                 _ if arg.starts_with("--") => bail!("unknown option {arg}\n{USAGE}"),
                 _ => options.positional.push(arg.clone()),
             }
@@ -701,12 +709,13 @@ async fn download(
     key: &str,
     part_bytes: u64,
     concurrency: usize,
+    store: bool,
 ) -> anyhow::Result<()> {
     let size = object_size(client, bucket, key)
         .await?
         .with_context(|| format!("no object s3://{bucket}/{key}"))?;
     let started = Instant::now();
-    let total = read_whole(client, bucket, key, size, part_bytes, concurrency).await?;
+    let total = read_whole(client, bucket, key, size, part_bytes, concurrency, store).await?;
     report_read(total, started);
     Ok(())
 }
@@ -732,7 +741,9 @@ async fn download_parallel(
     let mut readers = JoinSet::new();
     for (key, size) in keys.iter().zip(sizes) {
         let (client, bucket, key) = (client.clone(), bucket.to_owned(), key.clone());
-        readers.spawn(async move { read_whole(&client, &bucket, &key, size, part_bytes, concurrency).await });
+        readers.spawn(async move {
+            read_whole(&client, &bucket, &key, size, part_bytes, concurrency, false).await
+        });
     }
     let mut total = 0u64;
     while let Some(done) = readers.join_next().await {
@@ -743,7 +754,8 @@ async fn download_parallel(
 }
 
 /// The bytes of `key` (of `size` bytes), with ranged GETs of `part_bytes`, `concurrency` of
-/// them in flight; returns how many came, checked against `size`.
+/// them in flight; returns how many came, checked against `size`. With `store`, each part's
+/// bytes are copied into a buffer of its own as they come.
 async fn read_whole(
     client: &Client,
     bucket: &str,
@@ -751,8 +763,12 @@ async fn read_whole(
     size: u64,
     part_bytes: u64,
     concurrency: usize,
+    store: bool,
 ) -> anyhow::Result<u64> {
     let mut in_flight = JoinSet::new();
+    // With `store`, the parts' buffers are reused as a pool, as a reader's would be: fresh
+    // memory for every part would cost page faults that no careful reader pays.
+    let buffers: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
     let mut next_start = 0u64;
     let mut total = 0u64;
     while next_start < size || !in_flight.is_empty() {
@@ -763,14 +779,28 @@ async fn read_whole(
                 next_start,
                 end - 1
             ));
+            let buffers = buffers.clone();
             in_flight.spawn(async move {
                 let output = request.send().await.map_err(|e| {
                     anyhow::anyhow!("GET bytes {next_start}..{end}: {}", DisplayErrorContext(&e))
                 })?;
                 let mut body = output.body;
                 let mut received = 0u64;
+                let mut stored = store.then(|| {
+                    let mut buffer = buffers.lock().unwrap().pop().unwrap_or_default();
+                    buffer.clear();
+                    buffer.reserve((end - next_start) as usize);
+                    buffer
+                });
                 while let Some(chunk) = body.next().await {
-                    received += chunk.context("reading a GET body")?.len() as u64;
+                    let chunk = chunk.context("reading a GET body")?;
+                    received += chunk.len() as u64;
+                    if let Some(stored) = &mut stored {
+                        stored.extend_from_slice(&chunk);
+                    }
+                }
+                if let Some(stored) = std::hint::black_box(stored) {
+                    buffers.lock().unwrap().push(stored);
                 }
                 ensure!(
                     received == end - next_start,
