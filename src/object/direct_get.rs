@@ -24,7 +24,7 @@
 use crate::lock;
 use std::io;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -67,14 +67,15 @@ const HAPPY_EYEBALLS: Duration = Duration::from_millis(300);
 /// less daemon CPU per GiB. (Linux 4.18 or later: lowering the mark then wakes a reader whose
 /// bytes already wait.)
 const RECEIVE_LOW_WATER: usize = 1 << 20;
-/// The most of a TLS connection's bytes one read from its socket takes ([`ReadAhead`]). rustls
-/// reads its transport into a buffer it grows 4 KiB at a time, up to one record: a cold https
-/// read made a `recvfrom` per record or less, 70,000 per GiB with S3's 16 KiB records (9,400
-/// through this).
+/// The most of a TLS connection's bytes one read from its socket takes: a `BufReader` sits under
+/// rustls, which takes its small reads from it (a copy of bytes still in the CPU's cache costs
+/// less than the calls it saves). rustls reads its transport into a buffer it grows 4 KiB at a
+/// time, up to one record: a cold https read made a `recvfrom` per record or less, 70,000 per
+/// GiB with S3's 16 KiB records (9,400 through this).
 const TLS_READ_AHEAD: usize = 128 << 10;
 /// The end of a body the mark never reaches into: more than the TLS layer may hold of it
-/// unread when its reader waits on the socket (a record, half received: its [`ReadAhead`] is
-/// empty then, or it would not wait), so that the mark never asks the socket for more bytes
+/// unread when its reader waits on the socket (a record, half received: its read-ahead buffer
+/// is empty then, or it would not wait), so that the mark never asks the socket for more bytes
 /// than are still to come.
 const LOW_WATER_TAIL: usize = 64 << 10;
 /// How long a read under a low-water mark waits before looking whether fewer bytes wait: a body
@@ -435,21 +436,24 @@ impl DirectGet {
                 .await
                 .map_err(|error| io::Error::other(source_chain(&error)))?
                 .into_inner();
+            let socket = tcp.as_raw_fd();
             let io: Box<dyn Io> = match tls {
                 Some(config) => {
                     let name = ServerName::try_from(origin.host.clone())
                         .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
-                    let tcp = ReadAhead(tokio::io::BufReader::with_capacity(TLS_READ_AHEAD, tcp));
+                    // TLS takes its small reads from a buffer that one `recv` fills.
+                    let tcp = tokio::io::BufReader::with_capacity(TLS_READ_AHEAD, tcp);
                     Box::new(TlsConnector::from(config).connect(name, tcp).await?)
                 }
                 None => Box::new(tcp),
             };
-            Ok::<_, io::Error>(io)
+            Ok::<_, io::Error>((io, socket))
         };
         match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Ok(io)) => Ok(Connection {
+            Ok(Ok((io, socket))) => Ok(Connection {
                 origin: origin.clone(),
                 io,
+                socket,
                 low_water: 1,
                 idle_since: Instant::now(),
             }),
@@ -754,65 +758,17 @@ fn low_water_ceiling(room: usize) -> usize {
     room.saturating_sub(LOW_WATER_TAIL).min(RECEIVE_LOW_WATER)
 }
 
-/// A connection's byte stream: TCP, or TLS over TCP (whose descriptor is the TCP socket's).
-trait Io: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin> Io for T {}
-
-/// A TCP stream read through a buffer of [`TLS_READ_AHEAD`] bytes, for TLS to take its small
-/// reads from: one `recv` then serves many of them. (A copy of bytes just received, in the CPU's
-/// cache, costs less than the calls it saves.) Writes go straight through.
-struct ReadAhead(tokio::io::BufReader<tokio::net::TcpStream>);
-
-impl AsyncRead for ReadAhead {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        into: &mut ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(context, into)
-    }
-}
-
-impl AsyncWrite for ReadAhead {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        bytes: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(context, bytes)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        slices: &[io::IoSlice<'_>],
-    ) -> std::task::Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(context, slices)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> std::task::Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(context)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> std::task::Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(context)
-    }
-}
-
-impl AsRawFd for ReadAhead {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.get_ref().as_raw_fd()
-    }
-}
+/// A connection's byte stream: TCP, or TLS over TCP (read through a buffer of
+/// [`TLS_READ_AHEAD`] bytes).
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// One connection, kept between GETs.
 struct Connection {
     origin: Origin,
     io: Box<dyn Io>,
+    /// The TCP socket under `io`, which `io` owns and keeps open for as long as it lives.
+    socket: RawFd,
     /// The socket's receive low-water mark (SO_RCVLOWAT) as last set: 1, the kernel's default,
     /// or more while a body is read.
     low_water: usize,
@@ -829,12 +785,12 @@ impl Connection {
             return;
         }
         let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        // SAFETY: the descriptor is the open TCP socket `io` owns (under TLS or not), for as long
-        // as `self` lives; the option's value is a c_int, passed with its size, which the kernel
+        // SAFETY: `socket` is the open TCP socket `io` owns (under TLS or not), for as long as
+        // `self` lives; the option's value is a c_int, passed with its size, which the kernel
         // only reads.
         let set = unsafe {
             libc::setsockopt(
-                self.io.as_raw_fd(),
+                self.socket,
                 libc::SOL_SOCKET,
                 libc::SO_RCVLOWAT,
                 (&raw const value).cast(),
@@ -849,8 +805,8 @@ impl Connection {
     /// Bytes received on the socket and not yet read (0 if it cannot tell).
     fn bytes_waiting(&self) -> usize {
         let mut waiting: libc::c_int = 0;
-        // SAFETY: the descriptor is the open TCP socket `io` owns; FIONREAD writes one c_int.
-        let asked = unsafe { libc::ioctl(self.io.as_raw_fd(), libc::FIONREAD, &raw mut waiting) };
+        // SAFETY: `socket` is the open TCP socket `io` owns; FIONREAD writes one c_int.
+        let asked = unsafe { libc::ioctl(self.socket, libc::FIONREAD, &raw mut waiting) };
         match asked {
             0 => usize::try_from(waiting).unwrap_or(0),
             _ => 0,

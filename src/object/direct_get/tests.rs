@@ -220,7 +220,7 @@ fn hasty() -> DirectGet {
 }
 
 /// What a GET goes over: TCP, or TLS over TCP (whose reads take another path through the
-/// connection's layers: rustls, and the [`ReadAhead`] under it).
+/// connection's layers: rustls, and the read-ahead buffer under it).
 #[derive(Clone, Copy, Debug)]
 enum Wire {
     Tcp,
@@ -240,6 +240,17 @@ async fn over(wire: Wire, replies: Vec<Reply>, request_timeout: Duration) -> (Fa
         }
     };
     (server, direct)
+}
+
+/// Reads `body` whole from `server` (checking it came as sent), and says how many bodies came
+/// slower than their low-water mark meanwhile.
+async fn slowed_reading_whole(direct: &DirectGet, server: &FakeServer, body: &[u8]) -> u64 {
+    let got = direct
+        .get(&server.get("/b/k", &[]), 0..body.len() as u64, None)
+        .await
+        .unwrap();
+    assert!(got.data[..] == body[..]);
+    direct.slowed_by_low_water()
 }
 
 /// Two tests of one check: `$tcp` runs it over TCP, `$tls` over TLS.
@@ -762,13 +773,8 @@ async fn a_body_slower_than_the_low_water_mark_is_read_as_it_comes(wire: Wire) {
     let reply = Reply::in_pieces(pieces).paused(Duration::from_millis(150));
     // Silence of 500 ms fails a read; the mark's 1 MiB takes four pieces, 600 ms.
     let (server, direct) = over(wire, vec![reply], Duration::from_millis(500)).await;
-    let got = direct
-        .get(&server.get("/b/k", &[]), 0..body.len() as u64, None)
-        .await
-        .unwrap();
-    assert!(got.data[..] == body[..]);
     assert_eq!(
-        direct.slowed_by_low_water(),
+        slowed_reading_whole(&direct, &server, &body).await,
         1,
         "the mark gave way once, then no more"
     );
@@ -788,13 +794,8 @@ async fn a_late_last_piece_is_read_without_waiting_on_a_mark(wire: Wire) {
     let reply = in_unequal_writes(partial_head(body.len(), ""), &body, &[body.len() - (100 << 10)]);
     let reply = reply.paused(Duration::from_millis(100)).then(After::Hang);
     let (server, direct) = over(wire, vec![reply], Duration::from_secs(2)).await;
-    let got = direct
-        .get(&server.get("/b/k", &[]), 0..body.len() as u64, None)
-        .await
-        .unwrap();
-    assert!(got.data[..] == body[..]);
     assert_eq!(
-        direct.slowed_by_low_water(),
+        slowed_reading_whole(&direct, &server, &body).await,
         0,
         "a read waited out its mark over {wire:?}"
     );
